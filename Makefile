@@ -1,0 +1,92 @@
+# crmsync developer commands. `make` alone lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/example.yaml
+KAFKA := $(PYTHON) deploy/kafka/local_kafka.py
+# The demo source's bearer token; any value works locally.
+export CRMSYNC_DEMO_TOKEN ?= demo-token
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "crmsync needs Python 3.11+"; exit 1; }
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	@$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create the virtualenv and install crmsync with its pinned dependencies
+
+.PHONY: kafka-jars
+kafka-jars: ## Fetch the Apache Kafka jars with Maven (once)
+	@$(KAFKA) fetch
+
+.PHONY: kafka-up
+kafka-up: kafka-jars ## Start the local single-broker KRaft cluster on 127.0.0.1:9092
+	@$(KAFKA) start --name local --port 9092
+
+.PHONY: kafka-down
+kafka-down: ## Stop the local Kafka cluster
+	@$(KAFKA) stop --name local
+
+.PHONY: run
+run: install kafka-up ## Start Kafka and the three services on the example config, with the demo source
+	@$(BIN)/python -m services.devstack up --config $(CONFIG)
+	@echo
+	@echo "crmsync is running (logs in var/log/). Send a contact to the demo source:"
+	@echo
+	@echo "  curl -sS -X POST http://127.0.0.1:8080/webhooks/demo \\"
+	@echo "    -H 'Authorization: Bearer $(CRMSYNC_DEMO_TOKEN)' -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"id\": \"1001\", \"updated_at\": \"2026-11-23T09:00:00Z\", \"email\": \"ada@example.com\", \"first_name\": \"Ada\"}'"
+	@echo
+	@echo "then look it up:"
+	@echo
+	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --email ada@example.com"
+	@echo
+	@echo "Health and metrics: http://127.0.0.1:808{0,1,2}/readyz and /metrics. Stop with: make stop"
+
+.PHONY: stop
+stop: ## Stop the services and Kafka
+	@test ! -x $(BIN)/python || $(BIN)/python -m services.devstack down
+	@$(KAFKA) stop --name local
+
+.PHONY: test
+test: install kafka-jars ## Run the whole suite (starts its own broker on 127.0.0.1:39092)
+	@$(BIN)/pytest
+
+.PHONY: test-unit
+test-unit: install ## Run only the unit tests (nothing needs to be running)
+	@$(BIN)/pytest -m unit
+
+.PHONY: lint
+lint: install ## ruff and mypy --strict
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+.PHONY: fmt
+fmt: install ## Format the code
+	@$(BIN)/ruff check --fix-only --quiet .
+	@$(BIN)/ruff format .
+
+.PHONY: schemas-check
+schemas-check: install ## Fail when a schema change would break readers of an earlier version
+	@$(BIN)/python -m services.core.schemas_check
+
+.PHONY: bench
+bench: install kafka-jars ## Run the benchmarks; figures go to bench/results/
+	@$(BIN)/python bench/e2e_webhook_to_store.py
+
+.PHONY: clean
+clean: stop ## Stop everything and delete local data (var/)
+	@rm -rf var

@@ -1,0 +1,1 @@
+"""crmsync services: ingest, mapper, writer and what they share."""

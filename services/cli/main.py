@@ -1,0 +1,118 @@
+"""``crmsync``: operate crmsync from a shell.
+
+Commands read the same config as the services (``--config`` or ``CRMSYNC_CONFIG``)
+and exit 0 on success, 1 when what was asked for is not there, 2 on bad usage or an
+invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from services.core.config import ConfigError, Settings, config_path, load_settings
+from services.core.contracts import Identity
+from services.mapper.rules.identity import normalise_email
+from services.writer.stores import open_store
+from services.writer.stores.base import StoredProfile
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
+    raise SystemExit(args.handler(settings, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crmsync", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: $CRMSYNC_CONFIG or crmsync.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", help="work with the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser("validate", help="check the config and list problems")
+    validate.set_defaults(handler=_validate)
+
+    topics = commands.add_parser("topics", help="Kafka topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    create = topic_commands.add_parser("create", help="create missing topics from the config")
+    create.set_defaults(handler=_create_topics)
+
+    profile = commands.add_parser("profile", help="look up profiles in the store")
+    profile_commands = profile.add_subparsers(dest="profile_command", required=True)
+    get = profile_commands.add_parser("get", help="show one profile with provenance")
+    which = get.add_mutually_exclusive_group(required=True)
+    which.add_argument("--email", help="the profile's email address")
+    which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
+    get.set_defaults(handler=_profile_get)
+    return parser
+
+
+def _validate(settings: Settings, args: argparse.Namespace) -> int:
+    sources = ", ".join(sorted(settings.sources)) or "none"
+    print(f"{config_path(args.config)}: valid (sources: {sources})")
+    return 0
+
+
+def _create_topics(settings: Settings, _args: argparse.Namespace) -> int:
+    from services.core.kafka import ensure_topics
+
+    created = ensure_topics(settings.kafka, client_id="crmsync-cli")
+    print("created: " + (", ".join(created) if created else "nothing, all topics exist"))
+    return 0
+
+
+def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
+    if args.email is not None:
+        email = normalise_email(args.email)
+        if email is None:
+            sys.stderr.write(f"not an email address: {args.email}\n")
+            return 2
+        identity = Identity("email", email)
+    else:
+        source, colon, record_id = args.crm_id.partition(":")
+        if not colon or not source or not record_id:
+            sys.stderr.write("--id takes SOURCE:ID, e.g. demo:1001\n")
+            return 2
+        identity = Identity("crm", f"{source}:{record_id}")
+    try:
+        store = open_store(settings.store, read_only=True)
+    except Exception as exc:
+        sys.stderr.write(f"store not readable: {exc}\n")
+        return 1
+    try:
+        profile = store.find_profile(identity)
+    finally:
+        store.close()
+    if profile is None:
+        sys.stderr.write(f"no profile with {identity.kind} {identity.value}\n")
+        return 1
+    print(json.dumps(_profile_json(profile), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _profile_json(profile: StoredProfile) -> dict[str, Any]:
+    return {
+        "profile_id": profile.profile_id,
+        "identities": [{"kind": i.kind, "value": i.value} for i in profile.identities],
+        "attributes": {
+            name: {
+                "value": attribute.value,
+                "source": attribute.source,
+                "source_modified_at": attribute.source_modified_at.isoformat(),
+                "mapping_version": attribute.mapping_version,
+                "written_at": attribute.written_at.isoformat(),
+            }
+            for name, attribute in profile.attributes.items()
+        },
+        "created_at": profile.created_at.isoformat(),
+        "updated_at": profile.updated_at.isoformat(),
+    }

@@ -1,0 +1,346 @@
+"""crmsync's configuration: one YAML file, validated by pydantic at start-up.
+
+The file's path comes from ``CRMSYNC_CONFIG`` (default ``crmsync.yaml``). Every
+problem is reported with the file, the path inside it, the line and the reason, all
+at once, so an operator fixes a config in one pass. Secrets are never values in the
+YAML: they are ``SecretRef``s naming an environment variable or a file, resolved only
+when a client is built, and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from services.core.logs import remember_secret
+
+CONFIG_ENV: Final = "CRMSYNC_CONFIG"
+DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
+
+SOURCE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Client properties whose values are credentials: they must come through `secrets`.
+SECRET_PROPERTY_PATTERN: Final = re.compile(r"(password|secret|token|sasl\.jaas\.config)", re.I)
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """Where a secret lives: an environment variable or a file (e.g. a mounted secret)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret names exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise MissingSecretError(f"environment variable {self.env} is not set")
+        elif self.file is not None:
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise MissingSecretError(f"secret file {self.file} cannot be read: {exc}") from exc
+        else:
+            raise MissingSecretError("a secret names exactly one of 'env' or 'file'")
+        remember_secret(value)
+        return value
+
+    def describe(self) -> str:
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+
+class MissingSecretError(RuntimeError):
+    pass
+
+
+class TopicSettings(Strict):
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+def _compacted(partitions: int) -> TopicSettings:
+    return TopicSettings(partitions=partitions, config={"cleanup.policy": "compact"})
+
+
+class TopicsSettings(Strict):
+    prefix: str = Field(default="crmsync.", pattern=r"^[A-Za-z0-9._-]*$")
+    changes: TopicSettings = TopicSettings()
+    fullsync: TopicSettings = TopicSettings()
+    barrier: TopicSettings = TopicSettings(partitions=1, config={"retention.ms": "-1"})
+    profile_updates: TopicSettings = TopicSettings()
+    rejected: TopicSettings = TopicSettings(partitions=3)
+    audit: TopicSettings = TopicSettings(partitions=3)
+    connector_state: TopicSettings = _compacted(1)
+    schemas: TopicSettings = _compacted(1)
+
+    @model_validator(mode="after")
+    def _fullsync_matches_changes(self) -> TopicsSettings:
+        # The barrier compares positions per partition, so a record must land on the
+        # same partition number in both topics.
+        if self.fullsync.partitions != self.changes.partitions:
+            raise ValueError(
+                f"fullsync.partitions ({self.fullsync.partitions}) must equal "
+                f"changes.partitions ({self.changes.partitions})"
+            )
+        return self
+
+
+ClientValue = str | int | float | bool
+
+
+class KafkaSettings(Strict):
+    bootstrap_servers: str = Field(min_length=1)
+    client: dict[str, ClientValue] = Field(
+        default_factory=dict,
+        description="librdkafka properties passed through (security.protocol, sasl.*, ssl.*)",
+    )
+    secrets: dict[str, SecretRef] = Field(
+        default_factory=dict, description="client properties whose values are secrets"
+    )
+    topics: TopicsSettings = TopicsSettings()
+
+    @field_validator("client")
+    @classmethod
+    def _no_inline_secrets(cls, client: dict[str, ClientValue]) -> dict[str, ClientValue]:
+        inline = sorted(k for k in client if SECRET_PROPERTY_PATTERN.search(k))
+        if inline:
+            raise ValueError(
+                f"{', '.join(inline)} must not be written in the config; declare "
+                "it under kafka.secrets as {env: VAR} or {file: PATH}"
+            )
+        return client
+
+
+class SqliteStoreSettings(Strict):
+    kind: Literal["sqlite"]
+    path: Path = Path("var/crmsync.db")
+
+
+StoreSettings = Annotated[SqliteStoreSettings, Field(discriminator="kind")]
+
+
+class HttpListen(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class IngestSettings(Strict):
+    http: HttpListen = HttpListen(port=8080)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    delivery_timeout_ms: int = Field(default=10_000, ge=100)
+    retry_after_seconds: int = Field(default=5, ge=1)
+
+
+class MapperSettings(Strict):
+    http: HttpListen = HttpListen(port=8081)
+    data_dir: Path = Path("var/mapper")
+
+
+class WriterSettings(Strict):
+    http: HttpListen = HttpListen(port=8082)
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=100, ge=0)
+
+
+class ServicesSettings(Strict):
+    ingest: IngestSettings = IngestSettings()
+    mapper: MapperSettings = MapperSettings()
+    writer: WriterSettings = WriterSettings()
+
+
+class NoAuth(Strict):
+    kind: Literal["none"]
+
+
+class BearerAuth(Strict):
+    kind: Literal["bearer"]
+    token: SecretRef
+
+
+class HmacSha256Auth(Strict):
+    """HMAC-SHA256 of the raw body (optionally prefixed by a timestamp), hex in a header."""
+
+    kind: Literal["hmac_sha256"]
+    secret: SecretRef
+    signature_header: str = "X-Signature"
+    timestamp_header: str | None = None
+    tolerance_seconds: int = Field(default=300, ge=1)
+
+
+WebhookAuth = Annotated[NoAuth | BearerAuth | HmacSha256Auth, Field(discriminator="kind")]
+
+
+class GenericWebhookSource(Strict):
+    """A CRM or system that posts its contacts as plain JSON: one object or a list."""
+
+    kind: Literal["generic_webhook"]
+    auth: WebhookAuth
+    record_id_field: str = "id"
+    modified_at_field: str | None = "updated_at"
+    event_id_field: str | None = None
+    deleted_field: str | None = None
+    email_field: str = "email"
+    match_key: Literal["email", "crm_id"] = "email"
+    mapping: dict[str, str] = Field(
+        default_factory=dict, description="CRM field -> profile attribute"
+    )
+    mapping_version: int = Field(default=1, ge=1)
+
+
+SourceSettings = Annotated[GenericWebhookSource, Field(discriminator="kind")]
+
+
+def _check_source_name(name: str) -> str:
+    if not SOURCE_NAME_PATTERN.match(name):
+        raise ValueError(
+            "a source name is lower-case letters, digits, '-' or '_', at most 63 "
+            "characters (it appears in URLs and message keys)"
+        )
+    return name
+
+
+SourceName = Annotated[str, AfterValidator(_check_source_name)]
+
+
+class Settings(Strict):
+    kafka: KafkaSettings
+    store: StoreSettings
+    services: ServicesSettings = ServicesSettings()
+    sources: dict[SourceName, SourceSettings] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    location: str
+    line: int | None
+    message: str
+
+    def render(self, file: str) -> str:
+        where = f"{file}: {self.location}" if self.location else file
+        if self.line is not None:
+            where += f" (line {self.line})"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; ``str()`` lists every problem found."""
+
+    def __init__(self, file: str, problems: Sequence[ConfigProblem]) -> None:
+        self.file = file
+        self.problems = list(problems)
+        super().__init__("\n".join(p.render(file) for p in self.problems))
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [ConfigProblem("", None, f"cannot read: {exc}")]) from exc
+    return parse_settings(text, file=str(file))
+
+
+def parse_settings(text: str, *, file: str) -> Settings:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(file, [ConfigProblem("", line, f"not valid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(file, [ConfigProblem("", None, "the top level must be a mapping")])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(
+                location=_dotted(error["loc"]),
+                line=_line_of(root, error["loc"]),
+                message=_message(error),
+            )
+            for error in exc.errors()
+        ]
+        raise ConfigError(file, problems) from exc
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown setting (check the spelling)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item == "[key]" or _is_union_tag(item):
+            # pydantic names the chosen union member in the location; the YAML has no
+            # such key, so it would only confuse the reader.
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _is_union_tag(item: str) -> bool:
+    return item in {"generic_webhook", "none", "bearer", "hmac_sha256", "sqlite"}
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """The YAML line of the deepest node that exists along ``loc``."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    key_line = line
+    for item in loc:
+        if item == "[key]":
+            # pydantic reports a bad mapping key below the key's own location.
+            return key_line
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if getattr(key, "value", None) == item:
+                    child, key_line = value, key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(item, int):
+            child = node.value[item] if item < len(node.value) else None
+        if child is None:
+            if isinstance(item, str) and _is_union_tag(item):
+                continue
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,367 @@
+"""The wire contracts as typed Python values, and their codecs.
+
+The Avro schemas in ``schemas/`` are the only definition of the contracts; the frozen
+dataclasses here mirror them field for field (a unit test keeps the two in step) so
+that pure logic works with typed values instead of dicts. ``Codec`` joins a dataclass
+to its schema's ``Converter``: bytes from Kafka in, a typed value out, and back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+from services.core.serde import Converter, SchemaCatalog, load_schema_file
+
+FieldValue = None | bool | int | float | str | list[str]
+"""A field as CRMs send it: scalars, or a list of strings for multi-select values."""
+
+SCHEMAS_DIR_ENV: Final = "CRMSYNC_SCHEMAS_DIR"
+
+
+def schemas_dir() -> Path:
+    configured = os.environ.get(SCHEMAS_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+class Operation(StrEnum):
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+
+
+class Origin(StrEnum):
+    WEBHOOK = "WEBHOOK"
+    POLL = "POLL"
+    FULL_SYNC = "FULL_SYNC"
+    CSV_IMPORT = "CSV_IMPORT"
+    REPLAY = "REPLAY"
+
+
+class UpdateOperation(StrEnum):
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+    ERASE = "ERASE"
+
+
+class ControlKind(StrEnum):
+    STARTED = "STARTED"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+
+class Channel(StrEnum):
+    EMAIL = "EMAIL"
+    SMS = "SMS"
+
+
+class ConsentStatus(StrEnum):
+    OPT_IN = "OPT_IN"
+    OPT_OUT = "OPT_OUT"
+
+
+def record_key(source: str, record_id: str) -> bytes:
+    """Key of a source record's messages; source names cannot contain ':'."""
+    return f"{source}:{record_id}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    source: str
+    record_id: str
+    operation: Operation
+    event_id: str
+    source_modified_at: datetime
+    received_at: datetime
+    fields: Mapping[str, FieldValue]
+    sequence: int = 0
+    origin: Origin = Origin.WEBHOOK
+    sync_id: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return record_key(self.source, self.record_id)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "record_id": self.record_id,
+            "operation": self.operation.value,
+            "event_id": self.event_id,
+            "source_modified_at": self.source_modified_at,
+            "sequence": self.sequence,
+            "received_at": self.received_at,
+            "origin": self.origin.value,
+            "sync_id": self.sync_id,
+            "fields": dict(self.fields),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ContactChange:
+        return cls(
+            source=record["source"],
+            record_id=record["record_id"],
+            operation=Operation(record["operation"]),
+            event_id=record["event_id"],
+            source_modified_at=record["source_modified_at"],
+            sequence=record["sequence"],
+            received_at=record["received_at"],
+            origin=Origin(record["origin"]),
+            sync_id=record["sync_id"],
+            fields=record["fields"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentChange:
+    subscription: str
+    channel: Channel
+    status: ConsentStatus
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    match_key: str
+    source: str
+    record_id: str
+    event_id: str
+    operation: UpdateOperation
+    source_modified_at: datetime
+    received_at: datetime
+    identities: tuple[Identity, ...]
+    attributes: Mapping[str, FieldValue]
+    sequence: int = 0
+    mapping_version: int = 0
+    cleared: tuple[str, ...] = ()
+    consents: tuple[ConsentChange, ...] = ()
+
+    @property
+    def key(self) -> bytes:
+        return self.match_key.encode()
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "match_key": self.match_key,
+            "source": self.source,
+            "record_id": self.record_id,
+            "event_id": self.event_id,
+            "operation": self.operation.value,
+            "source_modified_at": self.source_modified_at,
+            "sequence": self.sequence,
+            "received_at": self.received_at,
+            "mapping_version": self.mapping_version,
+            "identities": [{"kind": i.kind, "value": i.value} for i in self.identities],
+            "attributes": dict(self.attributes),
+            "cleared": list(self.cleared),
+            "consents": [
+                {
+                    "subscription": c.subscription,
+                    "channel": c.channel.value,
+                    "status": c.status.value,
+                    "changed_at": c.changed_at,
+                }
+                for c in self.consents
+            ],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ProfileUpdate:
+        return cls(
+            match_key=record["match_key"],
+            source=record["source"],
+            record_id=record["record_id"],
+            event_id=record["event_id"],
+            operation=UpdateOperation(record["operation"]),
+            source_modified_at=record["source_modified_at"],
+            sequence=record["sequence"],
+            received_at=record["received_at"],
+            mapping_version=record["mapping_version"],
+            identities=tuple(Identity(i["kind"], i["value"]) for i in record["identities"]),
+            attributes=record["attributes"],
+            cleared=tuple(record["cleared"]),
+            consents=tuple(
+                ConsentChange(
+                    subscription=c["subscription"],
+                    channel=Channel(c["channel"]),
+                    status=ConsentStatus(c["status"]),
+                    changed_at=c["changed_at"],
+                )
+                for c in record["consents"]
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffset:
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncControl:
+    source: str
+    sync_id: str
+    kind: ControlKind
+    at: datetime
+    mapping_version: int = 0
+    records_total: int | None = None
+    fullsync_end_offsets: tuple[PartitionOffset, ...] = ()
+    reason: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.source.encode()
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "sync_id": self.sync_id,
+            "kind": self.kind.value,
+            "at": self.at,
+            "mapping_version": self.mapping_version,
+            "records_total": self.records_total,
+            "fullsync_end_offsets": [
+                {"partition": p.partition, "offset": p.offset} for p in self.fullsync_end_offsets
+            ],
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SyncControl:
+        return cls(
+            source=record["source"],
+            sync_id=record["sync_id"],
+            kind=ControlKind(record["kind"]),
+            at=record["at"],
+            mapping_version=record["mapping_version"],
+            records_total=record["records_total"],
+            fullsync_end_offsets=tuple(
+                PartitionOffset(p["partition"], p["offset"]) for p in record["fullsync_end_offsets"]
+            ),
+            reason=record["reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    stage: str
+    reason: str
+    rejected_at: datetime
+    source: str | None = None
+    event_id: str | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+    origin_topic: str | None = None
+    origin_partition: int | None = None
+    origin_offset: int | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "reason": self.reason,
+            "source": self.source,
+            "event_id": self.event_id,
+            "key": self.key,
+            "value": self.value,
+            "origin_topic": self.origin_topic,
+            "origin_partition": self.origin_partition,
+            "origin_offset": self.origin_offset,
+            "rejected_at": self.rejected_at,
+            "attributes": dict(self.attributes),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RejectedEvent:
+        return cls(**record)
+
+
+T = TypeVar("T")
+
+
+class Codec(Generic[T]):
+    """Bytes <-> one contract's dataclass, through that contract's Avro converter."""
+
+    def __init__(
+        self,
+        *,
+        converter: Converter,
+        to_record: Callable[[T], Mapping[str, Any]],
+        from_record: Callable[[Mapping[str, Any]], T],
+    ) -> None:
+        self.converter = converter
+        self._to_record = to_record
+        self._from_record = from_record
+
+    def encode(self, value: T) -> bytes:
+        return self.converter.encode(self._to_record(value))
+
+    def decode(self, data: bytes) -> T:
+        return self._from_record(self.converter.decode(data))
+
+
+@dataclass(frozen=True)
+class WireContracts:
+    """One codec per contract, sharing one schema catalog."""
+
+    catalog: SchemaCatalog
+    contact_change: Codec[ContactChange]
+    profile_update: Codec[ProfileUpdate]
+    sync_control: Codec[SyncControl]
+    rejected_event: Codec[RejectedEvent]
+
+
+SCHEMA_FILES: Final = {
+    "contact_change": "contact_change.avsc",
+    "profile_update": "profile_update.avsc",
+    "sync_control": "sync_control.avsc",
+    "rejected_event": "rejected_event.avsc",
+}
+
+
+def load_contracts(
+    *, catalog: SchemaCatalog | None = None, directory: Path | None = None
+) -> WireContracts:
+    catalog = catalog or SchemaCatalog()
+    base = directory or schemas_dir()
+
+    def converter(name: str) -> Converter:
+        return Converter(schema=load_schema_file(base / SCHEMA_FILES[name]), catalog=catalog)
+
+    return WireContracts(
+        catalog=catalog,
+        contact_change=Codec(
+            converter=converter("contact_change"),
+            to_record=ContactChange.to_record,
+            from_record=ContactChange.from_record,
+        ),
+        profile_update=Codec(
+            converter=converter("profile_update"),
+            to_record=ProfileUpdate.to_record,
+            from_record=ProfileUpdate.from_record,
+        ),
+        sync_control=Codec(
+            converter=converter("sync_control"),
+            to_record=SyncControl.to_record,
+            from_record=SyncControl.from_record,
+        ),
+        rejected_event=Codec(
+            converter=converter("rejected_event"),
+            to_record=RejectedEvent.to_record,
+            from_record=RejectedEvent.from_record,
+        ),
+    )

@@ -1,0 +1,222 @@
+"""Kafka client factories, topic names and topic administration.
+
+Every service builds its clients here so that the pass-through security settings
+(``security.protocol``, ``sasl.*``, ``ssl.*``) and secrets reach every client alike,
+and so that producers are always idempotent with ``acks=all`` (guarantee 1).
+Topics are created by crmsync itself from the config; a topic that exists with the
+wrong partition count is an error, because keys would then move between partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from services.core.config import KafkaSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    changes: str
+    fullsync: str
+    barrier: str
+    profile_updates: str
+    rejected: str
+    audit: str
+    connector_state: str
+    schemas: str
+
+    @classmethod
+    def from_settings(cls, settings: KafkaSettings) -> TopicNames:
+        prefix = settings.topics.prefix
+        return cls(
+            changes=f"{prefix}changes",
+            fullsync=f"{prefix}fullsync",
+            barrier=f"{prefix}barrier",
+            profile_updates=f"{prefix}profile-updates",
+            rejected=f"{prefix}rejected",
+            audit=f"{prefix}audit",
+            connector_state=f"{prefix}connector-state",
+            schemas=f"{prefix}schemas",
+        )
+
+
+def topic_specs(settings: KafkaSettings) -> dict[str, TopicSettings]:
+    names = TopicNames.from_settings(settings)
+    topics = settings.topics
+    return {
+        names.changes: topics.changes,
+        names.fullsync: topics.fullsync,
+        names.barrier: topics.barrier,
+        names.profile_updates: topics.profile_updates,
+        names.rejected: topics.rejected,
+        names.audit: topics.audit,
+        names.connector_state: topics.connector_state,
+        names.schemas: topics.schemas,
+    }
+
+
+def client_config(settings: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+    """Base librdkafka config: bootstrap, pass-through settings, resolved secrets."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    config.update(settings.client)
+    config.update({name: ref.resolve() for name, ref in settings.secrets.items()})
+    config["client.id"] = client_id
+    # librdkafka's own log lines go through Python logging (JSON, scrubbed, deduplicated)
+    # instead of raw stderr.
+    config["logger"] = librdkafka_logger()
+    return config
+
+
+class RepeatFilter(logging.Filter):
+    """Drops a line identical to one logged less than ``interval_s`` ago.
+
+    While a broker is down librdkafka reports every reconnect attempt; one line per
+    interval says the same.
+    """
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._last_seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        last = self._last_seen.get(text)
+        if last is not None and record.created - last < self._interval_s:
+            return False
+        if len(self._last_seen) > 1000:
+            self._last_seen.clear()
+        self._last_seen[text] = record.created
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    logger = logging.getLogger("librdkafka")
+    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return logger
+
+
+def producer_config(
+    settings: KafkaSettings, *, client_id: str, delivery_timeout_ms: int = 30_000
+) -> dict[str, Any]:
+    config = client_config(settings, client_id=client_id)
+    config.update(
+        {
+            # Guarantee 1: a send counts only once every in-sync replica has it, and
+            # librdkafka's retries cannot duplicate or reorder within a partition.
+            "enable.idempotence": True,
+            "acks": "all",
+            "message.timeout.ms": delivery_timeout_ms,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+    )
+    return config
+
+
+def consumer_config(settings: KafkaSettings, *, client_id: str, group_id: str) -> dict[str, Any]:
+    config = client_config(settings, client_id=client_id)
+    config.update(
+        {
+            "group.id": group_id,
+            # Offsets are committed by the service after its work is durable.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    return config
+
+
+class TopicMismatchError(RuntimeError):
+    pass
+
+
+def ensure_topics(settings: KafkaSettings, *, client_id: str = "crmsync-admin") -> list[str]:
+    """Create the missing topics; return the names created.
+
+    Existing topics are checked, not altered: a partition count that differs from the
+    config is an error an operator must resolve, since keys would move partitions.
+    """
+    admin = AdminClient(client_config(settings, client_id=client_id))
+    specs = topic_specs(settings)
+    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    existing = metadata.topics
+    mismatched = [
+        f"{name} has {len(existing[name].partitions)} partitions, config says {spec.partitions}"
+        for name, spec in specs.items()
+        if name in existing and len(existing[name].partitions) != spec.partitions
+    ]
+    if mismatched:
+        raise TopicMismatchError("; ".join(mismatched))
+    missing = [
+        NewTopic(
+            name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=dict(spec.config),
+        )
+        for name, spec in specs.items()
+        if name not in existing
+    ]
+    if not missing:
+        return []
+    created: list[str] = []
+    for name, future in admin.create_topics(missing, operation_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            # Another instance may have created it between our listing and our request.
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    if created:
+        log.info("created topics %s", ",".join(sorted(created)))
+    return created
+
+
+def faust_broker_settings(settings: KafkaSettings) -> dict[str, Any]:
+    """The same cluster and credentials expressed for faust (aiokafka)."""
+    servers = [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()]
+    result: dict[str, Any] = {"broker": ";".join(f"kafka://{s}" for s in servers)}
+    protocol = str(settings.client.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol == "PLAINTEXT":
+        return result
+    import ssl
+
+    import faust
+
+    ssl_context: ssl.SSLContext | None = None
+    if protocol in {"SSL", "SASL_SSL"}:
+        ca = settings.client.get("ssl.ca.location")
+        ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        cert = settings.client.get("ssl.certificate.location")
+        key = settings.client.get("ssl.key.location")
+        if cert and key:
+            ssl_context.load_cert_chain(str(cert), str(key))
+    if protocol == "SSL":
+        result["broker_credentials"] = faust.SSLCredentials(ssl_context)
+        return result
+    mechanism = str(settings.client.get("sasl.mechanism", "PLAIN")).upper()
+    username = str(settings.client.get("sasl.username", ""))
+    password_ref = settings.secrets.get("sasl.password")
+    password = password_ref.resolve() if password_ref is not None else ""
+    result["broker_credentials"] = faust.SASLCredentials(
+        username=username,
+        password=password,
+        ssl_context=ssl_context,
+        mechanism=mechanism,
+    )
+    return result

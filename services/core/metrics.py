@@ -1,0 +1,57 @@
+"""The Prometheus metrics every crmsync service exposes on /metrics.
+
+One catalogue, so that dashboards and alert rules (deploy/) can rely on the names.
+Label values are bounded: sources come from the config and reasons are short codes,
+never free text or record data.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+EVENTS_RECEIVED: Final = Counter(
+    "crmsync_events_received_total", "Changes accepted into Kafka", ["source", "origin"]
+)
+EVENTS_REJECTED: Final = Counter(
+    "crmsync_events_rejected_total",
+    "Inputs rejected, by stage and reason code",
+    ["stage", "source", "reason"],
+)
+WEBHOOK_REQUESTS: Final = Counter(
+    "crmsync_webhook_requests_total", "Webhook requests by answer", ["source", "status"]
+)
+WEBHOOK_SECONDS: Final = Histogram(
+    "crmsync_webhook_request_seconds",
+    "Webhook request time, body read to answer",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+PROFILE_UPDATES: Final = Counter(
+    "crmsync_profile_updates_total", "ProfileUpdates emitted by the mapper", ["source"]
+)
+RECORDS_WRITTEN: Final = Counter(
+    "crmsync_records_written_total", "Profile updates applied to the store", ["source"]
+)
+STORE_BATCHES: Final = Histogram(
+    "crmsync_store_batch_seconds", "Time to apply and commit one batch", buckets=LATENCY_BUCKETS
+)
+SYNC_LAG: Final = Histogram(
+    "crmsync_sync_lag_seconds",
+    "From receipt by ingest to the store commit",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+LAST_SUCCESSFUL_SYNC: Final = Gauge(
+    "crmsync_last_successful_sync_timestamp_seconds",
+    "When a change from the source last reached the store",
+    ["source"],
+)
+CONSUMER_LAG: Final = Gauge(
+    "crmsync_consumer_lag_messages",
+    "Messages not yet consumed, per partition",
+    ["group", "topic", "partition"],
+)

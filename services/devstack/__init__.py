@@ -1,0 +1,1 @@
+"""Local development stack: the three services as background processes for `make run`."""

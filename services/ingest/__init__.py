@@ -1,0 +1,1 @@
+"""Ingest: receives CRM changes (webhooks, polls, full syncs) and writes ContactChange events."""

@@ -1,0 +1,85 @@
+"""The generic webhook: any system that posts contacts as plain JSON.
+
+The body is one object or a list of objects. Field names for the record id, the
+modification time, an event id and a deletion flag come from the source's config.
+Without a configured event id, the id is a hash of the record's content, so a sender
+retrying the same body produces the same ids and duplicates stay harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from services.core.config import GenericWebhookSource
+from services.core.contracts import ContactChange, Operation, Origin
+from services.ingest.auth import Authenticator
+from services.ingest.connectors.base import PayloadError
+from services.ingest.fields import flatten, load_json, parse_timestamp, record_identifier
+
+MAX_RECORDS_PER_REQUEST: Final = 10_000
+
+
+class GenericWebhookConnector:
+    def __init__(self, *, source: str, settings: GenericWebhookSource) -> None:
+        self.source = source
+        self._settings = settings
+        self._auth = Authenticator(settings.auth)
+
+    def authenticate(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> None:
+        self._auth.verify(headers=headers, body=body, now=now)
+
+    def parse(
+        self, *, headers: Mapping[str, str], body: bytes, received_at: datetime
+    ) -> Sequence[ContactChange]:
+        document = load_json(body)
+        if isinstance(document, dict):
+            return [self._change(document, where="body", at=received_at)]
+        if not isinstance(document, list) or not document:
+            raise PayloadError("body", "must be a JSON object or a non-empty array of objects")
+        if len(document) > MAX_RECORDS_PER_REQUEST:
+            raise PayloadError("body", f"more than {MAX_RECORDS_PER_REQUEST} records")
+        return [
+            self._change(record, where=f"body[{index}]", at=received_at)
+            for index, record in enumerate(document)
+        ]
+
+    def _change(self, record: Any, *, where: str, at: datetime) -> ContactChange:
+        if not isinstance(record, dict):
+            raise PayloadError(where, "must be a JSON object")
+        settings = self._settings
+        record_id = record_identifier(
+            record.get(settings.record_id_field), where=f"{where}.{settings.record_id_field}"
+        )
+        modified_at = at
+        if settings.modified_at_field is not None:
+            modified_at = parse_timestamp(
+                record.get(settings.modified_at_field),
+                where=f"{where}.{settings.modified_at_field}",
+            )
+        deleted = settings.deleted_field is not None and record.get(settings.deleted_field) is True
+        fields = flatten(record, where=where)
+        if settings.event_id_field is not None:
+            event_id = record_identifier(
+                record.get(settings.event_id_field), where=f"{where}.{settings.event_id_field}"
+            )
+        else:
+            event_id = self._content_event_id(record_id, record)
+        return ContactChange(
+            source=self.source,
+            record_id=record_id,
+            operation=Operation.DELETE if deleted else Operation.UPSERT,
+            event_id=event_id,
+            source_modified_at=modified_at,
+            received_at=at,
+            fields=fields,
+            origin=Origin.WEBHOOK,
+        )
+
+    def _content_event_id(self, record_id: str, record: Mapping[str, Any]) -> str:
+        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(f"{self.source}\x00{record_id}\x00{canonical}".encode())
+        return digest.hexdigest()[:32]

@@ -1,0 +1,112 @@
+"""Turning a CRM's JSON record into ContactChange fields, and reading its timestamps.
+
+Nested objects are flattened with dots (``address.city``), lists of scalars become
+lists of strings (multi-select values), and anything the wire contract cannot carry
+faithfully (lists of objects, integers beyond 64 bits) is a PayloadError naming the
+field, never a silent loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from services.core.contracts import FieldValue
+from services.ingest.connectors.base import PayloadError
+
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
+# Numbers above this are taken as Unix milliseconds rather than seconds (year 5138).
+MILLIS_THRESHOLD: Final = 100_000_000_000
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_json(body: bytes) -> Any:
+    try:
+        # RFC 8259: JSON between systems is UTF-8; json.loads(bytes) would also guess
+        # UTF-16/32 from the first bytes, which no CRM sends on purpose.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("body", f"not UTF-8: {exc.reason}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise PayloadError("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body", "JSON nested too deeply") from None
+
+
+def flatten(record: Mapping[str, Any], *, where: str) -> dict[str, FieldValue]:
+    fields: dict[str, FieldValue] = {}
+    _flatten_into(fields, record, prefix="", where=where)
+    return fields
+
+
+def _flatten_into(
+    fields: dict[str, FieldValue], value: Mapping[str, Any], *, prefix: str, where: str
+) -> None:
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping):
+            _flatten_into(fields, item, prefix=f"{name}.", where=where)
+        else:
+            fields[name] = scalar_or_list(item, where=f"{where}.{name}")
+
+
+def scalar_or_list(value: Any, *, where: str) -> FieldValue:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise PayloadError(where, "integer out of the 64-bit range")
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, list):
+        if any(isinstance(item, Mapping | list) for item in value):
+            raise PayloadError(where, "lists of objects or lists are not supported")
+        return ["" if item is None else _text(item) for item in value]
+    raise PayloadError(where, f"unsupported value of type {type(value).__name__}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_timestamp(value: Any, *, where: str) -> datetime:
+    """ISO 8601 (with a zone or UTC assumed) or Unix seconds / milliseconds."""
+    if isinstance(value, bool) or value is None:
+        raise PayloadError(where, "expected a timestamp")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if abs(value) >= MILLIS_THRESHOLD else float(value)
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise PayloadError(where, f"timestamp {value} out of range") from None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return parse_timestamp(int(text), where=where)
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise PayloadError(where, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise PayloadError(where, f"expected a timestamp, got {type(value).__name__}")
+
+
+def record_identifier(value: Any, *, where: str) -> str:
+    if isinstance(value, bool) or value is None:
+        raise PayloadError(where, "missing or not an id")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise PayloadError(where, "must be a non-empty string or an integer")

@@ -1,0 +1,163 @@
+"""``POST /webhooks/{source}``: from an HTTP request to acknowledged ContactChanges.
+
+Steps, and the answer each failure gets:
+
+1. Find the source's connector: unknown source -> 404.
+2. Read the body up to the configured cap: larger -> 413.
+3. Authenticate with the connector: unproven sender -> 401.
+4. Parse into ContactChanges: invalid -> 400 naming the field and problem; the raw
+   body also goes to the rejected topic, since an authenticated sender sent it.
+5. Publish every change durably: Kafka unavailable -> 503 with Retry-After.
+6. Answer 200 with how many changes were accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from services.core import metrics
+from services.core.contracts import Codec, ContactChange, RejectedEvent
+from services.ingest.connectors.base import AuthError, PayloadError, WebhookConnector
+from services.ingest.publisher import BrokerUnavailable, KafkaPublisher, OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class WebhookHandler:
+    def __init__(
+        self,
+        *,
+        connectors: Mapping[str, WebhookConnector],
+        publisher: KafkaPublisher,
+        changes: Codec[ContactChange],
+        rejected: Codec[RejectedEvent],
+        changes_topic: str,
+        rejected_topic: str,
+        max_body_bytes: int,
+        retry_after_seconds: int,
+        accepting: Callable[[], bool],
+        clock: Clock = utc_now,
+    ) -> None:
+        self._connectors = connectors
+        self._publisher = publisher
+        self._changes = changes
+        self._rejected = rejected
+        self._changes_topic = changes_topic
+        self._rejected_topic = rejected_topic
+        self._max_body_bytes = max_body_bytes
+        self._retry_after = str(retry_after_seconds)
+        self._accepting = accepting
+        self._clock = clock
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_post("/webhooks/{source}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        source = request.match_info["source"]
+        started = time.perf_counter()
+        response = await self._handle(request, source)
+        if source in self._connectors:
+            metrics.WEBHOOK_SECONDS.labels(source).observe(time.perf_counter() - started)
+            metrics.WEBHOOK_REQUESTS.labels(source, str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: web.Request, source: str) -> web.Response:
+        # Step 1
+        connector = self._connectors.get(source)
+        if connector is None:
+            return _error(404, f"unknown source {source!r}")
+        if not self._accepting():
+            return _error(503, "starting up", retry_after=self._retry_after)
+        # Step 2
+        try:
+            body = await self._read_body(request)
+        except BodyTooLarge:
+            return _error(413, f"body larger than {self._max_body_bytes} bytes")
+        # Step 3
+        received_at = self._clock()
+        try:
+            connector.authenticate(headers=request.headers, body=body, now=received_at)
+        except AuthError as exc:
+            log.info("webhook refused source=%s reason=%s", source, exc)
+            metrics.EVENTS_REJECTED.labels("ingest", source, "auth").inc()
+            return _error(401, str(exc))
+        # Step 4
+        try:
+            changes = connector.parse(headers=request.headers, body=body, received_at=received_at)
+        except PayloadError as exc:
+            return await self._reject_payload(request, source=source, body=body, error=exc)
+        # Step 5
+        messages = [
+            OutgoingMessage(self._changes_topic, change.key, self._changes.encode(change))
+            for change in changes
+        ]
+        try:
+            await self._publisher.publish(messages)
+        except BrokerUnavailable as exc:
+            log.warning("webhook deferred source=%s events=%s reason=%s", source, len(changes), exc)
+            return _error(
+                503, "temporarily unable to accept changes", retry_after=self._retry_after
+            )
+        # Step 6
+        metrics.EVENTS_RECEIVED.labels(source, "WEBHOOK").inc(len(changes))
+        return web.json_response({"accepted": len(changes)})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self._max_body_bytes:
+            raise BodyTooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _reject_payload(
+        self, request: web.Request, *, source: str, body: bytes, error: PayloadError
+    ) -> web.Response:
+        metrics.EVENTS_REJECTED.labels("ingest", source, "payload").inc()
+        rejected = RejectedEvent(
+            stage="ingest",
+            reason=str(error),
+            rejected_at=self._clock(),
+            source=source,
+            key=source.encode(),
+            value=body,
+            attributes={"path": request.path, "content_type": request.content_type},
+        )
+        message = OutgoingMessage(
+            self._rejected_topic, source.encode(), self._rejected.encode(rejected)
+        )
+        try:
+            await self._publisher.publish([message])
+        except BrokerUnavailable:
+            # The sender still gets the precise 400 and keeps its copy of the body.
+            log.warning("rejected body not kept: Kafka unavailable source=%s", source)
+        return _error(400, str(error), field=error.where)
+
+
+def _error(
+    status: int, message: str, *, field: str | None = None, retry_after: str | None = None
+) -> web.Response:
+    body: dict[str, str] = {"error": message}
+    if field:
+        body["field"] = field
+    headers = {"Retry-After": retry_after} if retry_after else None
+    return web.json_response(body, status=status, headers=headers)

@@ -1,0 +1,1 @@
+"""Mapper: turns each source's ContactChanges into ProfileUpdates by its rules."""

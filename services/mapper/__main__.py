@@ -1,0 +1,5 @@
+"""python -m services.mapper"""
+
+from services.mapper.main import main
+
+main()

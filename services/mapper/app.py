@@ -1,0 +1,86 @@
+"""The mapper's faust app: the changes topic in, profile updates and rejections out.
+
+The life of a message here (faust owns the consumer and the commits):
+
+1. faust's consumer fetches a ContactChange from the changes topic and hands the
+   event to ``map_changes``.
+2. ``ChangeProcessor`` decides what to emit; the agent sends it through faust's
+   producer (``acks=all``).
+3. When the agent moves past the event, faust acks it; at the next commit faust
+   first flushes its producer and only then commits the offset, so a crash at any
+   point re-delivers the change instead of losing its update (at-least-once). The
+   writer's event ids and version checks make the redelivery harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.core.config import Settings
+from services.core.contracts import WireContracts
+from services.core.kafka import TopicNames, faust_broker_settings
+from services.mapper.processor import ChangeProcessor, Position
+
+
+def create_app(settings: Settings, *, contracts: WireContracts) -> faust.App:
+    topics = TopicNames.from_settings(settings.kafka)
+    mapper = settings.services.mapper
+    app = faust.App(
+        # The app id is the consumer group; the topic prefix keeps deployments that
+        # share a cluster (or test runs) apart.
+        f"{settings.kafka.topics.prefix}mapper",
+        **faust_broker_settings(settings.kafka),
+        datadir=str(mapper.data_dir),
+        web_enabled=True,
+        web_bind=mapper.http.host,
+        web_host=mapper.http.host,
+        web_port=mapper.http.port,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # crmsync creates its topics itself; faust only creates its internal ones.
+        topic_partitions=settings.kafka.topics.changes.partitions,
+        topic_replication_factor=settings.kafka.topics.changes.replication_factor,
+        store="memory://",
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+    changes = app.topic(topics.changes, key_serializer="raw", value_serializer="raw", **raw)
+    outputs = {
+        "profile_updates": app.topic(
+            topics.profile_updates, key_serializer="raw", value_serializer="raw", **raw
+        ),
+        "rejected": app.topic(topics.rejected, key_serializer="raw", value_serializer="raw", **raw),
+    }
+    processor = ChangeProcessor(settings=settings, contracts=contracts)
+
+    @app.agent(changes)
+    async def map_changes(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            position = Position(message.topic, message.partition, message.offset)
+            for emit in processor.process(key=event.key, value=event.value, position=position):
+                await outputs[emit.topic].send(key=emit.key, value=emit.value)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, _request: Any) -> Any:
+        return web.json({"service": "mapper", "status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, _request: Any) -> Any:
+        failures = {}
+        if app.rebalancing:
+            failures["kafka"] = "consumer group rebalancing"
+        elif not app.consumer.assignment():
+            failures["kafka"] = "no partitions assigned yet"
+        return web.json(
+            {"service": "mapper", "ready": not failures, "failures": failures},
+            status=503 if failures else 200,
+        )
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, _request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app

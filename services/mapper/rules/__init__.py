@@ -1,0 +1,1 @@
+"""Pure mapping rules: no Kafka, HTTP or database code below this package."""

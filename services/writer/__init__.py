@@ -1,0 +1,1 @@
+"""Writer: applies ProfileUpdates to the profile store, effectively once."""

@@ -1,0 +1,5 @@
+"""python -m services.writer"""
+
+from services.writer.main import main
+
+main()

@@ -1,0 +1,80 @@
+"""The profile store interface every store (SQLite, PostgreSQL, HTTP CDP) implements.
+
+A store applies one batch of ProfileUpdates in one transaction together with the
+Kafka positions they came from, so the data and "how far we got" can never disagree
+after a crash: on restart the writer resumes from the positions the store holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from services.core.contracts import FieldValue, Identity, ProfileUpdate
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class StoredAttribute:
+    value: FieldValue
+    source: str
+    source_modified_at: datetime
+    mapping_version: int
+    written_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredProfile:
+    profile_id: int
+    identities: tuple[Identity, ...]
+    attributes: Mapping[str, StoredAttribute]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoreRejection:
+    """An update the store cannot take (a poison change); the batch goes on without it."""
+
+    index: int
+    reason: str
+
+
+class TransientStoreError(Exception):
+    """The store is unavailable for now; the same batch is retried, nothing is skipped."""
+
+
+BeforeCommit = Callable[[Sequence[StoreRejection]], None]
+
+
+class ProfileStore(Protocol):
+    def migrate(self) -> None:
+        """Create or upgrade the schema to this version's."""
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the next offset to consume, as committed with the data."""
+
+    def apply_batch(
+        self,
+        *,
+        updates: Sequence[ProfileUpdate],
+        next_offsets: Mapping[TopicPartitionKey, int],
+        written_at: datetime,
+        before_commit: BeforeCommit,
+    ) -> Sequence[StoreRejection]:
+        """Apply all updates and the offsets atomically.
+
+        ``before_commit`` receives the rejected updates and must make them durable
+        (the rejected topic) before the transaction commits; if it raises, nothing is
+        committed.
+        """
+
+    def find_profile(self, identity: Identity) -> StoredProfile | None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,47 @@
+"""The SQLite store's schema, as numbered migrations applied in order exactly once.
+
+Times are integer microseconds since the Unix epoch (UTC), so versions compare as
+integers in SQL. Attribute values are JSON text so every FieldValue round-trips.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (
+        1,
+        """
+        CREATE TABLE profiles (
+            id          INTEGER PRIMARY KEY,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL
+        );
+        CREATE TABLE identities (
+            kind        TEXT    NOT NULL,
+            value       TEXT    NOT NULL,
+            profile_id  INTEGER NOT NULL REFERENCES profiles (id),
+            PRIMARY KEY (kind, value)
+        ) WITHOUT ROWID;
+        CREATE INDEX identities_by_profile ON identities (profile_id);
+        CREATE TABLE attributes (
+            profile_id          INTEGER NOT NULL REFERENCES profiles (id),
+            name                TEXT    NOT NULL,
+            value               TEXT    NOT NULL,
+            source              TEXT    NOT NULL,
+            source_record_id    TEXT    NOT NULL,
+            source_modified_at  INTEGER NOT NULL,
+            sequence            INTEGER NOT NULL,
+            mapping_version     INTEGER NOT NULL,
+            written_at          INTEGER NOT NULL,
+            PRIMARY KEY (profile_id, name)
+        ) WITHOUT ROWID;
+        CREATE TABLE consumer_offsets (
+            topic        TEXT    NOT NULL,
+            partition    INTEGER NOT NULL,
+            next_offset  INTEGER NOT NULL,
+            PRIMARY KEY (topic, partition)
+        ) WITHOUT ROWID;
+        """,
+    ),
+)

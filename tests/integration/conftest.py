@@ -1,0 +1,91 @@
+"""Integration fixtures: the real broker (session-wide), stacks of real services.
+
+The broker is the project's own Apache Kafka started for the session, unless
+CRMSYNC_TEST_BOOTSTRAP names an existing cluster to use instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from tests.support.kafka import LocalKafka
+from tests.support.services import Stack
+
+TEST_KAFKA_PORT = 39092
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    existing = os.environ.get("CRMSYNC_TEST_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    cluster = LocalKafka(name="test", port=TEST_KAFKA_PORT)
+    bootstrap = cluster.start()
+    try:
+        yield bootstrap
+    finally:
+        cluster.stop(purge=True)
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
+    """Config, topics prefix and store of one test; services started by the test."""
+    test_stack = Stack(bootstrap=kafka_bootstrap, workdir=tmp_path / "stack")
+    try:
+        yield test_stack
+    finally:
+        test_stack.stop()
+
+
+ReadAll = Callable[..., list[Message]]
+
+
+@pytest.fixture
+def read_topic(kafka_bootstrap: str) -> ReadAll:
+    """Read a topic from the start until ``count`` messages or the timeout."""
+
+    def read(
+        topic: str, *, count: int, timeout_s: float = 30.0, bootstrap: str | None = None
+    ) -> list[Message]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap or kafka_bootstrap,
+                "group.id": f"test-reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            consumer.subscribe([topic])
+            messages: list[Message] = []
+            deadline = time.monotonic() + timeout_s
+            while len(messages) < count and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    messages.append(message)
+            return messages
+        finally:
+            consumer.close()
+
+    return read
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in metadata.topics[topic].partitions
+        }
+    finally:
+        consumer.close()

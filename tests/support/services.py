@@ -1,0 +1,196 @@
+"""Real service processes for integration tests, each with its own config and ports.
+
+Every test stack gets a unique topic prefix (so its own topics and consumer groups),
+its own SQLite file and free ports, and runs the three services exactly as
+production does: as separate processes talking only through the real broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+SERVICES: Final = ("ingest", "mapper", "writer")
+DEMO_TOKEN: Final = "test-token-5f2c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def stack_config(
+    *, bootstrap: str, prefix: str, workdir: Path, ports: dict[str, int], partitions: int = 3
+) -> dict[str, Any]:
+    return {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topics": {
+                "prefix": prefix,
+                "changes": {"partitions": partitions},
+                "fullsync": {"partitions": partitions},
+                "profile_updates": {"partitions": partitions},
+            },
+        },
+        "store": {"kind": "sqlite", "path": str(workdir / "profiles.db")},
+        "services": {
+            "ingest": {"http": {"port": ports["ingest"]}, "delivery_timeout_ms": 5000},
+            "mapper": {"http": {"port": ports["mapper"]}, "data_dir": str(workdir / "mapper")},
+            "writer": {"http": {"port": ports["writer"]}, "batch_max_wait_ms": 50},
+        },
+        "sources": {
+            "demo": {
+                "kind": "generic_webhook",
+                "auth": {"kind": "bearer", "token": {"env": "CRMSYNC_DEMO_TOKEN"}},
+                "mapping": {"email": "email", "first_name": "first_name", "seq": "seq"},
+            }
+        },
+    }
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    config_path: Path
+    log_path: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "CRMSYNC_CONFIG": str(self.config_path),
+            "CRMSYNC_DEMO_TOKEN": DEMO_TOKEN,
+            "CRMSYNC_LOG_FORMAT": "text",
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        try:
+            status, _ = http_get(f"{self.url}/readyz")
+        except OSError:
+            return False
+        return status == 200
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.process is None:
+            return 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError(f"{self.name} ignored SIGTERM:\n{self.log_tail()}") from None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class Stack:
+    """The three services on one config; ``workdir`` holds config, logs and the store."""
+
+    bootstrap: str
+    workdir: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in SERVICES}
+        self.config = stack_config(
+            bootstrap=self.bootstrap, prefix=self.prefix, workdir=self.workdir, ports=ports
+        )
+        self.config_path = self.workdir / "crmsync.yaml"
+        self.write_config()
+        for name in SERVICES:
+            self.services[name] = ServiceProcess(
+                name=name,
+                config_path=self.config_path,
+                log_path=self.workdir / f"{name}.log",
+                port=ports[name],
+            )
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.config["store"]["path"])
+
+    def topic(self, role: str) -> str:
+        return f"{self.prefix}{role}"
+
+    def start(self, *names: str) -> None:
+        for name in names or SERVICES:
+            self.services[name].start()
+        for name in names or SERVICES:
+            self.services[name].wait_ready()
+
+    def stop(self) -> None:
+        for name in reversed(SERVICES):
+            # A service that ignored SIGTERM was killed; the test reports that itself.
+            with contextlib.suppress(RuntimeError):
+                self.services[name].stop()
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.services[name]

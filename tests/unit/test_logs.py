@@ -1,0 +1,47 @@
+"""Logs carry no email addresses and no secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from services.core.logs import JsonFormatter, email_tag, remember_secret, scrub
+
+pytestmark = pytest.mark.unit
+
+
+def test_emails_become_stable_tags() -> None:
+    text = scrub("matched Ada@Example.com and bob@corp.example.org")
+    assert "@" not in text
+    assert email_tag("ada@example.com") in text
+    assert email_tag("ada@example.com") == email_tag(" ADA@example.com ")
+
+
+def test_salt_changes_the_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsalted = email_tag("ada@example.com")
+    monkeypatch.setenv("CRMSYNC_PII_SALT", "pepper")
+    assert email_tag("ada@example.com") != unsalted
+
+
+def test_remembered_secrets_are_masked() -> None:
+    remember_secret("tok-7f3a9c")
+    assert scrub("Authorization: Bearer tok-7f3a9c") == "Authorization: Bearer ***"
+
+
+def test_json_formatter_scrubs_message_and_traceback() -> None:
+    formatter = JsonFormatter(service="ingest")
+    try:
+        raise ValueError("bad email ada@example.com")
+    except ValueError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed for %s", ("ada@example.com",), None
+        )
+        import sys
+
+        record.exc_info = sys.exc_info()
+    entry = json.loads(formatter.format(record))
+    assert entry["service"] == "ingest"
+    assert "@" not in entry["msg"]
+    assert "@" not in entry["exc"]
