@@ -61,7 +61,7 @@ stop: ## Stop the services and Kafka
 	@$(KAFKA) stop --name local
 
 .PHONY: test
-test: install kafka-jars ## Run the whole suite (starts its own broker on 127.0.0.1:39092)
+test: install kafka-jars lint schemas-check ## Lint, schema check, then the whole suite (starts its own broker)
 	@$(BIN)/pytest
 
 .PHONY: test-unit

@@ -178,9 +178,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores {platform.machine()}, "
         f"Python {platform.python_version()}",
-        "command": "make bench  (python bench/e2e_webhook_to_store.py "
-        + " ".join(sys.argv[1:])
-        + ")",
+        "command": " ".join(["python bench/e2e_webhook_to_store.py", *sys.argv[1:]]),
         "throughput": tp,
         "latency": lat,
     }

@@ -1,9 +1,18 @@
-"""Suite-wide settings: hypothesis profiles tuned for a loaded 2-core CI machine."""
+"""Suite-wide settings and reporting.
+
+- hypothesis profile tuned for a loaded 2-core CI machine;
+- an integration test is never skipped: a skip is turned into a failure, because a
+  skipped integration test would make a green run claim what it did not check;
+- the summary says how many integration tests ran against which real broker.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Timing-based health checks and deadlines measure the machine, not the code: a
@@ -12,3 +21,33 @@ settings.register_profile(
     "crmsync", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crmsync"))
+
+BROKER_KEY = pytest.StashKey[str]()
+INTEGRATION_OUTCOMES = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[INTEGRATION_OUTCOMES] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("integration") is None:
+        return
+    if report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped ({report.longrepr}); they must run"
+    if report.when == "call" or report.outcome != "passed":
+        counts = item.config.stash[INTEGRATION_OUTCOMES]
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    counts = config.stash[INTEGRATION_OUTCOMES]
+    if not counts:
+        return
+    broker = config.stash.get(BROKER_KEY, "no broker started")
+    tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    terminalreporter.write_sep("-", f"integration tests: {tally}, skipped 0; broker: {broker}")

@@ -30,12 +30,14 @@ STOP_TIMEOUT_S: Final = 40.0
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services.devstack")
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", help="the services' config (needed by up and status)")
     parser.add_argument("--var-dir", default="var")
     args = parser.parse_args()
     var = Path(args.var_dir)
     if args.command == "down":
         raise SystemExit(down(var))
+    if args.config is None:
+        parser.error(f"{args.command} needs --config")
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

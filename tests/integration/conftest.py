@@ -15,20 +15,31 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from tests.support.kafka import LocalKafka
-from tests.support.services import Stack
+from tests.conftest import BROKER_KEY
+from tests.support.kafka import KAFKA_VERSION, LocalKafka
+from tests.support.services import Stack, kill_leftovers
 
 TEST_KAFKA_PORT = 39092
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    yield
+    kill_leftovers()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     existing = os.environ.get("CRMSYNC_TEST_BOOTSTRAP")
     if existing:
+        request.config.stash[BROKER_KEY] = f"existing cluster at {existing}"
         yield existing
         return
     cluster = LocalKafka(name="test", port=TEST_KAFKA_PORT)
     bootstrap = cluster.start()
+    request.config.stash[BROKER_KEY] = (
+        f"Apache Kafka {KAFKA_VERSION} (KRaft) started by the suite at {bootstrap}"
+    )
     try:
         yield bootstrap
     finally:

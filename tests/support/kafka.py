@@ -7,6 +7,7 @@ and a running `make run` broker never share ports or data.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from typing import Final
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SCRIPT: Final = REPO_ROOT / "deploy" / "kafka" / "local_kafka.py"
+POM: Final = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+_VERSION = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+KAFKA_VERSION: Final = _VERSION.group(1) if _VERSION else "unknown"
 
 
 @dataclass

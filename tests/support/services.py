@@ -25,6 +25,9 @@ import yaml
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SERVICES: Final = ("ingest", "mapper", "writer")
+# Every process a test started, so the session can kill what a failed or timed-out
+# test left behind.
+STARTED: Final[list[subprocess.Popen[bytes]]] = []
 DEMO_TOKEN: Final = "test-token-5f2c"
 
 
@@ -94,6 +97,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        STARTED.append(self.process)
         log.close()
 
     @property
@@ -194,3 +198,11 @@ class Stack:
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
+
+
+def kill_leftovers() -> None:
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    STARTED.clear()
