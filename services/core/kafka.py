@@ -10,6 +10,7 @@ wrong partition count is an error, because keys would then move between partitio
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -149,42 +150,59 @@ def ensure_topics(settings: KafkaSettings, *, client_id: str = "crmsync-admin") 
 
     Existing topics are checked, not altered: a partition count that differs from the
     config is an error an operator must resolve, since keys would move partitions.
+    A topic another process created meanwhile ("already exists") is checked too.
     """
     admin = AdminClient(client_config(settings, client_id=client_id))
     specs = topic_specs(settings)
-    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    existing = metadata.topics
-    mismatched = [
-        f"{name} has {len(existing[name].partitions)} partitions, config says {spec.partitions}"
-        for name, spec in specs.items()
-        if name in existing and len(existing[name].partitions) != spec.partitions
-    ]
-    if mismatched:
-        raise TopicMismatchError("; ".join(mismatched))
-    missing = [
-        NewTopic(
-            name,
-            num_partitions=spec.partitions,
-            replication_factor=spec.replication_factor,
-            config=dict(spec.config),
-        )
-        for name, spec in specs.items()
-        if name not in existing
-    ]
+    existing = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+    _check_partitions(specs, {name: len(existing[name].partitions) for name in existing})
+    missing = [name for name in specs if name not in existing]
     if not missing:
         return []
     created: list[str] = []
-    for name, future in admin.create_topics(missing, operation_timeout=ADMIN_TIMEOUT_S).items():
+    raced: list[str] = []
+    requests = [
+        NewTopic(
+            name,
+            num_partitions=specs[name].partitions,
+            replication_factor=specs[name].replication_factor,
+            config=dict(specs[name].config),
+        )
+        for name in missing
+    ]
+    for name, future in admin.create_topics(requests, operation_timeout=ADMIN_TIMEOUT_S).items():
         try:
             future.result()
             created.append(name)
         except KafkaException as exc:
-            # Another instance may have created it between our listing and our request.
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+            raced.append(name)
+    if raced:
+        _check_partitions(specs, _partition_counts(admin, raced))
     if created:
         log.info("created topics %s", ",".join(sorted(created)))
     return created
+
+
+def _partition_counts(admin: AdminClient, names: list[str]) -> dict[str, int]:
+    """Partition counts of topics that exist, waiting out metadata propagation."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        topics = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+        if all(name in topics for name in names) or time.monotonic() > deadline:
+            return {name: len(topics[name].partitions) for name in names if name in topics}
+        time.sleep(0.2)
+
+
+def _check_partitions(specs: dict[str, TopicSettings], counts: dict[str, int]) -> None:
+    mismatched = [
+        f"{name} has {counts[name]} partitions, config says {spec.partitions}"
+        for name, spec in specs.items()
+        if name in counts and counts[name] != spec.partitions
+    ]
+    if mismatched:
+        raise TopicMismatchError("; ".join(mismatched))
 
 
 def faust_broker_settings(settings: KafkaSettings) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import pytest
 
 from tests.integration.conftest import ReadAll
 from tests.support.kafka import LocalKafka
+from tests.support.polling import wait_for
 from tests.support.services import Stack, http_get
-from tests.support.store import attribute, wait_for
+from tests.support.store import attribute
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

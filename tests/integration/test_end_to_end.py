@@ -10,8 +10,9 @@ import pytest
 
 from services.core.contracts import load_contracts
 from tests.integration.conftest import ReadAll
+from tests.support.polling import wait_for
 from tests.support.services import REPO_ROOT, Stack, http_get
-from tests.support.store import attribute, query, wait_for
+from tests.support.store import attribute, query
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,9 @@ from confluent_kafka import Producer
 
 from services.core.contracts import load_contracts
 from tests.integration.conftest import ReadAll
+from tests.support.polling import wait_for
 from tests.support.services import Stack
-from tests.support.store import attribute, wait_for
+from tests.support.store import attribute
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = pytest.mark.integration

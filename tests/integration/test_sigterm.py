@@ -9,8 +9,9 @@ import urllib.error
 
 import pytest
 
+from tests.support.polling import wait_for
 from tests.support.services import Stack
-from tests.support.store import stored_record_ids, wait_for
+from tests.support.store import stored_record_ids
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 def query(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -37,13 +32,3 @@ def attribute(db: Path, *, record_id: str, name: str) -> object | None:
 def stored_record_ids(db: Path) -> set[str]:
     rows = query(db, "SELECT value FROM identities WHERE kind = 'crm'")
     return {str(value).split(":", 1)[1] for (value,) in rows}
-
-
-def wait_for(check: Callable[[], T], *, timeout_s: float = 60.0, interval_s: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; return that (or the last value)."""
-    deadline = time.monotonic() + timeout_s
-    result = check()
-    while not result and time.monotonic() < deadline:
-        time.sleep(interval_s)
-        result = check()
-    return result
