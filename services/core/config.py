@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from services.core.logs import remember_secret
+from services.core.settings_base import SecretRef, Strict
+from services.core.sources import AUTH_KINDS, SOURCE_KINDS, SourceKinds
 
 CONFIG_ENV: Final = "CRMSYNC_CONFIG"
 DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
@@ -35,47 +28,9 @@ DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
 SOURCE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Client properties whose values are credentials: they must come through `secrets`.
 SECRET_PROPERTY_PATTERN: Final = re.compile(r"(password|secret|token|sasl\.jaas\.config)", re.I)
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are errors, not silently ignored typos."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(Strict):
-    """Where a secret lives: an environment variable or a file (e.g. a mounted secret)."""
-
-    env: str | None = None
-    file: Path | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("a secret names exactly one of 'env' or 'file'")
-        return self
-
-    def resolve(self) -> str:
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise MissingSecretError(f"environment variable {self.env} is not set")
-        elif self.file is not None:
-            try:
-                value = self.file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise MissingSecretError(f"secret file {self.file} cannot be read: {exc}") from exc
-        else:
-            raise MissingSecretError("a secret names exactly one of 'env' or 'file'")
-        remember_secret(value)
-        return value
-
-    def describe(self) -> str:
-        return f"env {self.env}" if self.env is not None else f"file {self.file}"
-
-
-class MissingSecretError(RuntimeError):
-    pass
+# pydantic names the chosen member of a tagged union in error locations; these are
+# the tags, which the YAML itself never contains.
+UNION_TAGS: Final = frozenset({"sqlite", *SOURCE_KINDS, *AUTH_KINDS})
 
 
 class TopicSettings(Strict):
@@ -152,9 +107,23 @@ class HttpListen(Strict):
 
 class IngestSettings(Strict):
     http: HttpListen = HttpListen(port=8080)
+    public_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="the scheme and host CRMs use to reach ingest (behind a proxy); "
+        "some CRMs sign the URL they called",
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     delivery_timeout_ms: int = Field(default=10_000, ge=100)
     retry_after_seconds: int = Field(default=5, ge=1)
+    admin_token: SecretRef | None = Field(
+        default=None, description="bearer token of the admin API (full syncs, status)"
+    )
+    run_pulls: bool = Field(
+        default=True,
+        description="run polls and full syncs here; set false on extra ingest instances "
+        "that only take webhooks, so one instance owns each source's pulls",
+    )
 
 
 class MapperSettings(Strict):
@@ -174,46 +143,7 @@ class ServicesSettings(Strict):
     writer: WriterSettings = WriterSettings()
 
 
-class NoAuth(Strict):
-    kind: Literal["none"]
-
-
-class BearerAuth(Strict):
-    kind: Literal["bearer"]
-    token: SecretRef
-
-
-class HmacSha256Auth(Strict):
-    """HMAC-SHA256 of the raw body (optionally prefixed by a timestamp), hex in a header."""
-
-    kind: Literal["hmac_sha256"]
-    secret: SecretRef
-    signature_header: str = "X-Signature"
-    timestamp_header: str | None = None
-    tolerance_seconds: int = Field(default=300, ge=1)
-
-
-WebhookAuth = Annotated[NoAuth | BearerAuth | HmacSha256Auth, Field(discriminator="kind")]
-
-
-class GenericWebhookSource(Strict):
-    """A CRM or system that posts its contacts as plain JSON: one object or a list."""
-
-    kind: Literal["generic_webhook"]
-    auth: WebhookAuth
-    record_id_field: str = "id"
-    modified_at_field: str | None = "updated_at"
-    event_id_field: str | None = None
-    deleted_field: str | None = None
-    email_field: str = "email"
-    match_key: Literal["email", "crm_id"] = "email"
-    mapping: dict[str, str] = Field(
-        default_factory=dict, description="CRM field -> profile attribute"
-    )
-    mapping_version: int = Field(default=1, ge=1)
-
-
-SourceSettings = Annotated[GenericWebhookSource, Field(discriminator="kind")]
+SourceSettings = Annotated[SourceKinds, Field(discriminator="kind")]
 
 
 def _check_source_name(name: str) -> str:
@@ -316,7 +246,7 @@ def _dotted(loc: Sequence[int | str]) -> str:
 
 
 def _is_union_tag(item: str) -> bool:
-    return item in {"generic_webhook", "none", "bearer", "hmac_sha256", "sqlite"}
+    return item in UNION_TAGS
 
 
 def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -238,3 +238,50 @@ def faust_broker_settings(settings: KafkaSettings) -> dict[str, Any]:
         mechanism=mechanism,
     )
     return result
+
+
+def read_compacted(
+    config: dict[str, Any], *, topic: str, timeout_s: float = ADMIN_TIMEOUT_S
+) -> dict[bytes, bytes]:
+    """The latest value of every key of a (compacted) topic, read from start to end.
+
+    No consumer group: the whole topic is read each time and nothing is committed.
+    A key whose latest value is a tombstone (None) is absent from the result.
+    """
+    consumer = Consumer({**config, "group.id": "crmsync-reader", "enable.auto.commit": False})
+    latest: dict[bytes, bytes] = {}
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ends: dict[int, int] = {}
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise KafkaException(f"reading {topic} to its end took over {timeout_s}s")
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                raise KafkaException(message.error())
+            key, value = message.key(), message.value()
+            if key is not None:
+                if value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = value
+            partition, offset = message.partition(), message.offset()
+            if (
+                partition is not None
+                and offset is not None
+                and offset + 1 >= ends.get(partition, 0)
+            ):
+                ends.pop(partition, None)
+    finally:
+        consumer.close()
+    return latest

@@ -55,3 +55,27 @@ CONSUMER_LAG: Final = Gauge(
     "Messages not yet consumed, per partition",
     ["group", "topic", "partition"],
 )
+API_REQUESTS: Final = Counter(
+    "crmsync_api_requests_total", "Requests to CRM APIs by HTTP status", ["source", "status"]
+)
+API_RETRIES: Final = Counter(
+    "crmsync_api_retries_total", "CRM API requests retried, by reason", ["source", "reason"]
+)
+POLLS: Final = Counter(
+    "crmsync_polls_total", "Poll runs by outcome (ok, failed)", ["source", "outcome"]
+)
+POLL_FAILURES_IN_A_ROW: Final = Gauge(
+    "crmsync_poll_consecutive_failures", "Poll runs failed since the last success", ["source"]
+)
+LAST_SUCCESSFUL_POLL: Final = Gauge(
+    "crmsync_last_successful_poll_timestamp_seconds", "When a poll last completed", ["source"]
+)
+FULLSYNC_RECORDS: Final = Gauge(
+    "crmsync_fullsync_records_done", "Records written by the running full sync", ["source"]
+)
+FULLSYNC_RECORDS_TOTAL: Final = Gauge(
+    "crmsync_fullsync_records_total", "Records the running full sync expects", ["source"]
+)
+FULLSYNC_RUNS: Final = Counter(
+    "crmsync_fullsync_runs_total", "Full syncs ended, by outcome", ["source", "outcome"]
+)

@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
 from services.core.config import KafkaSettings
-from services.core.kafka import TopicNames, client_config
+from services.core.kafka import TopicNames, client_config, read_compacted
 from services.core.serde import RegisteredSchema
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ class KafkaSchemaResolver:
     """Finds writer schemas by fingerprint by reading the schemas topic end to end."""
 
     def __init__(self, *, consumer_config: dict[str, Any], topic: str) -> None:
-        # No consumer group: the whole topic is read each time, nothing is committed.
-        self._config = {
-            **consumer_config,
-            "group.id": "crmsync-schema-resolver",
-            "enable.auto.commit": False,
-        }
+        self._config = consumer_config
         self._topic = topic
         self._known: dict[str, str] = {}
         self._scanned_at = float("-inf")
@@ -81,35 +76,12 @@ class KafkaSchemaResolver:
 
     def _scan(self) -> None:
         self._scanned_at = time.monotonic()
-        consumer = Consumer(self._config)
         try:
-            metadata = consumer.list_topics(self._topic, timeout=SCAN_TIMEOUT_S)
-            partitions = metadata.topics[self._topic].partitions
-            ends: dict[int, int] = {}
-            for partition in partitions:
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), timeout=SCAN_TIMEOUT_S
-                )
-                if high > 0:
-                    ends[partition] = high
-            consumer.assign([TopicPartition(self._topic, p, 0) for p in ends])
-            deadline = time.monotonic() + SCAN_TIMEOUT_S
-            while ends and time.monotonic() < deadline:
-                message = consumer.poll(0.5)
-                if message is None:
-                    continue
-                if message.error():
-                    raise KafkaException(message.error())
-                key, value = message.key(), message.value()
-                if key is not None and value is not None:
-                    self._known[key.decode()] = value.decode()
-                partition, offset = message.partition(), message.offset()
-                if partition is None or offset is None or offset + 1 >= ends.get(partition, 0):
-                    ends.pop(partition or 0, None)
+            found = read_compacted(self._config, topic=self._topic, timeout_s=SCAN_TIMEOUT_S)
         except KafkaException:
             log.warning("schemas topic scan failed topic=%s", self._topic, exc_info=True)
-        finally:
-            consumer.close()
+            return
+        self._known.update({key.decode(): value.decode() for key, value in found.items()})
 
 
 def schema_resolver(settings: KafkaSettings, *, client_id: str) -> KafkaSchemaResolver:

@@ -1,4 +1,4 @@
-"""Webhook sender verification: bearer tokens and HMAC-SHA256 signatures.
+"""Webhook sender verification shared by connectors: bearer, HMAC, Standard Webhooks.
 
 Every comparison is constant-time (``hmac.compare_digest``) so response timing says
 nothing about how much of a guess was right. Signed timestamps are bounded to a
@@ -7,45 +7,37 @@ tolerance window so a captured request cannot be replayed later.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import datetime
 
-from services.core.config import BearerAuth, HmacSha256Auth, NoAuth
-from services.ingest.connectors.base import AuthError
+from services.core.sources import (
+    BearerAuth,
+    HmacSha256Auth,
+    NoAuth,
+    StandardWebhooksAuth,
+    WebhookAuth,
+)
+from services.ingest.connectors.base import AuthError, InboundRequest
+
+MILLIS_THRESHOLD = 100_000_000_000
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+def header(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name)
     if not value:
         raise AuthError(f"missing {name} header")
     return value
 
 
-def verify_bearer(*, headers: Mapping[str, str], token: str) -> None:
-    presented = _header(headers, "Authorization")
-    scheme, _, credential = presented.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        credential.strip().encode(), token.encode()
-    ):
-        raise AuthError("invalid bearer token")
-
-
-def verify_hmac_sha256(
-    *, headers: Mapping[str, str], body: bytes, auth: HmacSha256Auth, secret: str, now: datetime
-) -> None:
-    signed = body
-    if auth.timestamp_header is not None:
-        timestamp = _header(headers, auth.timestamp_header)
-        check_timestamp(timestamp, now=now, tolerance_seconds=auth.tolerance_seconds)
-        # The timestamp is part of what is signed, so it cannot be swapped for a fresh one.
-        signed = timestamp.encode() + b"." + body
-    presented = _header(headers, auth.signature_header).strip()
-    presented = presented.removeprefix("sha256=")
-    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(presented.lower().encode(), expected.encode()):
-        raise AuthError(f"invalid signature in {auth.signature_header}")
+def same(presented: str | bytes, expected: str | bytes) -> bool:
+    """Constant-time equality of two secrets or signatures."""
+    left = presented.encode() if isinstance(presented, str) else presented
+    right = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(left, right)
 
 
 def check_timestamp(value: str, *, now: datetime, tolerance_seconds: int) -> None:
@@ -54,27 +46,88 @@ def check_timestamp(value: str, *, now: datetime, tolerance_seconds: int) -> Non
         number = int(value.strip())
     except ValueError:
         raise AuthError("timestamp is not a Unix time") from None
-    seconds = number / 1000 if number > 100_000_000_000 else float(number)
+    seconds = number / 1000 if number > MILLIS_THRESHOLD else float(number)
     if abs(now.timestamp() - seconds) > tolerance_seconds:
         raise AuthError("timestamp outside the allowed window (possible replay)")
 
 
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def verify_bearer(headers: Mapping[str, str], *, token: str) -> None:
+    scheme, _, credential = header(headers, "Authorization").partition(" ")
+    if scheme.lower() != "bearer" or not same(credential.strip(), token):
+        raise AuthError("invalid bearer token")
+
+
+def verify_hmac_sha256(
+    request: InboundRequest, *, auth: HmacSha256Auth, secret: str, now: datetime
+) -> None:
+    signed = request.body
+    if auth.timestamp_header is not None:
+        timestamp = header(request.headers, auth.timestamp_header)
+        check_timestamp(timestamp, now=now, tolerance_seconds=auth.tolerance_seconds)
+        # The timestamp is part of what is signed, so it cannot be swapped for a fresh one.
+        signed = timestamp.encode() + b"." + request.body
+    presented = header(request.headers, auth.signature_header).strip().removeprefix("sha256=")
+    expected = hmac_sha256(secret.encode(), signed).hex()
+    if not same(presented.lower(), expected):
+        raise AuthError(f"invalid signature in {auth.signature_header}")
+
+
+def standard_webhooks_key(secret: str) -> bytes:
+    """The signing key from a ``whsec_``-prefixed, base64-encoded secret."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error as exc:
+        raise ValueError("Standard Webhooks secret is not base64 after 'whsec_'") from exc
+
+
+def verify_standard_webhooks(
+    request: InboundRequest, *, key: bytes, tolerance_seconds: int, now: datetime
+) -> None:
+    """Standard Webhooks: HMAC-SHA256 over ``id.timestamp.body``, any ``v1,`` signature."""
+    message_id = header(request.headers, "webhook-id")
+    timestamp = header(request.headers, "webhook-timestamp")
+    check_timestamp(timestamp, now=now, tolerance_seconds=tolerance_seconds)
+    signed = f"{message_id}.{timestamp}.".encode() + request.body
+    expected = base64.b64encode(hmac_sha256(key, signed))
+    presented = header(request.headers, "webhook-signature").split()
+    # Several signatures may be present while a secret is rotated; one must match.
+    # Every candidate is compared, so timing does not reveal which one did.
+    matches = [
+        same(signature.encode(), expected)
+        for version, _, signature in (p.partition(",") for p in presented)
+        if version == "v1"
+    ]
+    if not any(matches):
+        raise AuthError("invalid signature in webhook-signature")
+
+
 class Authenticator:
-    """The configured scheme of one source, with its secret resolved once."""
+    """A source's configured generic scheme, with its secret resolved once."""
 
-    def __init__(self, auth: NoAuth | BearerAuth | HmacSha256Auth) -> None:
+    def __init__(self, auth: WebhookAuth) -> None:
         self._auth = auth
-        self._secret = (
-            auth.token.resolve()
-            if isinstance(auth, BearerAuth)
-            else auth.secret.resolve()
-            if isinstance(auth, HmacSha256Auth)
-            else ""
-        )
-
-    def verify(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> None:
-        auth = self._auth
+        self._secret = ""
+        self._key = b""
         if isinstance(auth, BearerAuth):
-            verify_bearer(headers=headers, token=self._secret)
+            self._secret = auth.token.resolve()
         elif isinstance(auth, HmacSha256Auth):
-            verify_hmac_sha256(headers=headers, body=body, auth=auth, secret=self._secret, now=now)
+            self._secret = auth.secret.resolve()
+        elif isinstance(auth, StandardWebhooksAuth):
+            self._key = standard_webhooks_key(auth.secret.resolve())
+
+    def verify(self, request: InboundRequest, *, now: datetime) -> None:
+        auth = self._auth
+        if isinstance(auth, NoAuth):
+            return
+        if isinstance(auth, BearerAuth):
+            verify_bearer(request.headers, token=self._secret)
+        elif isinstance(auth, HmacSha256Auth):
+            verify_hmac_sha256(request, auth=auth, secret=self._secret, now=now)
+        else:
+            verify_standard_webhooks(
+                request, key=self._key, tolerance_seconds=auth.tolerance_seconds, now=now
+            )

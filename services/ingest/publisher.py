@@ -48,24 +48,33 @@ class OutgoingMessage:
 
 
 class _RequestTracker:
-    """Counts one request's deliveries down on the poll thread; resolves its future once."""
+    """Counts one request's deliveries down on the poll thread; resolves its future once.
 
-    __slots__ = ("_future", "_loop", "_pending", "_settled")
+    It also keeps, per partition, the offset after the last delivered message: a full
+    sync tells the mapper how far into the fullsync topic its records go.
+    """
+
+    __slots__ = ("_future", "_loop", "_pending", "_settled", "end_offsets")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self._loop = loop
         self._future: asyncio.Future[KafkaError | None] = loop.create_future()
         self._pending = count
         self._settled = False
+        self.end_offsets: dict[int, int] = {}
 
     @property
     def future(self) -> asyncio.Future[KafkaError | None]:
         return self._future
 
-    def on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+    def on_delivery(self, error: KafkaError | None, message: Any) -> None:
         if self._settled:
             return
         self._pending -= 1
+        if error is None:
+            partition, offset = message.partition(), message.offset()
+            if offset + 1 > self.end_offsets.get(partition, 0):
+                self.end_offsets[partition] = offset + 1
         if error is not None or self._pending == 0:
             self._settled = True
             self._loop.call_soon_threadsafe(self._settle, error)
@@ -102,10 +111,14 @@ class KafkaPublisher:
             return "no Kafka broker reachable"
         return None
 
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Return once Kafka acknowledged every message; raise BrokerUnavailable otherwise."""
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, int]:
+        """Return once Kafka acknowledged every message; raise BrokerUnavailable otherwise.
+
+        Returns, per partition, the offset after the last of these messages (the
+        callbacks wrote it before the future resolved, on the loop, so it is complete).
+        """
         if not messages:
-            return
+            return {}
         reason = self.unavailable_reason()
         if reason is not None:
             raise BrokerUnavailable(reason)
@@ -129,6 +142,7 @@ class KafkaPublisher:
         error = await tracker.future
         if error is not None:
             raise BrokerUnavailable(f"Kafka did not acknowledge: {error.str()}")
+        return tracker.end_offsets
 
     def flush(self, timeout_s: float) -> int:
         """Deliver what is queued; return how many messages are still undelivered."""

@@ -8,7 +8,7 @@ Steps, and the answer each failure gets:
 4. Parse into ContactChanges: invalid -> 400 naming the field and problem; the raw
    body also goes to the rejected topic, since an authenticated sender sent it.
 5. Publish every change durably: Kafka unavailable -> 503 with Retry-After.
-6. Answer 200 with how many changes were accepted.
+6. Answer as the CRM expects (the connector decides; most take 200 and any body).
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from aiohttp import web
 
 from services.core import metrics
 from services.core.contracts import Codec, ContactChange, RejectedEvent
-from services.ingest.connectors.base import AuthError, PayloadError, WebhookConnector
+from services.ingest.connectors.base import (
+    AuthError,
+    InboundRequest,
+    PayloadError,
+    WebhookConnector,
+)
 from services.ingest.publisher import BrokerUnavailable, KafkaPublisher, OutgoingMessage
 
 log = logging.getLogger(__name__)
@@ -48,9 +53,10 @@ class WebhookHandler:
         rejected: Codec[RejectedEvent],
         changes_topic: str,
         rejected_topic: str,
-        max_body_bytes: int,
+        body_caps: Mapping[str, int],
         retry_after_seconds: int,
         accepting: Callable[[], bool],
+        public_base_url: str | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._connectors = connectors
@@ -59,9 +65,10 @@ class WebhookHandler:
         self._rejected = rejected
         self._changes_topic = changes_topic
         self._rejected_topic = rejected_topic
-        self._max_body_bytes = max_body_bytes
+        self._body_caps = body_caps
         self._retry_after = str(retry_after_seconds)
         self._accepting = accepting
+        self._public_base_url = public_base_url
         self._clock = clock
 
     def install(self, app: web.Application) -> None:
@@ -80,25 +87,35 @@ class WebhookHandler:
         # Step 1
         connector = self._connectors.get(source)
         if connector is None:
+            if source in self._body_caps:
+                return _error(404, f"source {source!r} does not receive webhooks")
             return _error(404, f"unknown source {source!r}")
         if not self._accepting():
             return _error(503, "starting up", retry_after=self._retry_after)
         # Step 2
+        cap = self._body_caps[source]
         try:
-            body = await self._read_body(request)
+            body = await self._read_body(request, cap)
         except BodyTooLarge:
-            return _error(413, f"body larger than {self._max_body_bytes} bytes")
+            return _error(413, f"body larger than {cap} bytes")
         # Step 3
         received_at = self._clock()
+        inbound = InboundRequest(
+            method=request.method,
+            url=self._public_url(request),
+            headers=request.headers,
+            body=body,
+            query=request.query,
+        )
         try:
-            connector.authenticate(headers=request.headers, body=body, now=received_at)
+            connector.authenticate(inbound, now=received_at)
         except AuthError as exc:
             log.info("webhook refused source=%s reason=%s", source, exc)
             metrics.EVENTS_REJECTED.labels("ingest", source, "auth").inc()
             return _error(401, str(exc))
         # Step 4
         try:
-            changes = connector.parse(headers=request.headers, body=body, received_at=received_at)
+            changes = connector.parse(inbound, received_at=received_at)
         except PayloadError as exc:
             return await self._reject_payload(request, source=source, body=body, error=exc)
         # Step 5
@@ -115,16 +132,25 @@ class WebhookHandler:
             )
         # Step 6
         metrics.EVENTS_RECEIVED.labels(source, "WEBHOOK").inc(len(changes))
-        return web.json_response({"accepted": len(changes)})
+        answer = connector.answer(len(changes))
+        return web.Response(
+            body=answer.body, status=answer.status, content_type=answer.content_type
+        )
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self._max_body_bytes:
+    def _public_url(self, request: web.Request) -> str:
+        """The URL as the CRM addressed it: behind a proxy, the configured public base."""
+        if self._public_base_url is None:
+            return str(request.url)
+        return self._public_base_url.rstrip("/") + request.path_qs
+
+    async def _read_body(self, request: web.Request, cap: int) -> bytes:
+        if request.content_length is not None and request.content_length > cap:
             raise BodyTooLarge
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
-            if size > self._max_body_bytes:
+            if size > cap:
                 raise BodyTooLarge
             chunks.append(chunk)
         return b"".join(chunks)

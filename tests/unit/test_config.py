@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.core.config import (
-    ConfigError,
-    GenericWebhookSource,
-    MissingSecretError,
-    SecretRef,
-    load_settings,
-    parse_settings,
-)
+from services.core.config import ConfigError, load_settings, parse_settings
+from services.core.settings_base import MissingSecretError, SecretRef
+from services.core.sources import GenericWebhookSource
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,16 @@ from typing import Any
 
 import pytest
 
-from services.core.config import BearerAuth, GenericWebhookSource, HmacSha256Auth, NoAuth, SecretRef
 from services.core.contracts import Operation
-from services.ingest.connectors.base import AuthError, PayloadError
+from services.core.settings_base import SecretRef
+from services.core.sources import (
+    BearerAuth,
+    GenericWebhookSource,
+    HmacSha256Auth,
+    NoAuth,
+    StandardWebhooksAuth,
+)
+from services.ingest.connectors.base import AuthError, InboundRequest, PayloadError
 from services.ingest.connectors.generic import GenericWebhookConnector
 
 pytestmark = pytest.mark.unit
@@ -26,9 +33,15 @@ def connector(**settings: Any) -> GenericWebhookConnector:
     return GenericWebhookConnector(source="demo", settings=GenericWebhookSource(**values))
 
 
-def parse(body: Any, **settings: Any) -> list[Any]:
+def request(body: bytes, headers: dict[str, str] | None = None) -> InboundRequest:
+    return InboundRequest(
+        method="POST", url="https://crmsync.example/webhooks/demo", headers=headers or {}, body=body
+    )
+
+
+def parse(body: Any, headers: dict[str, str] | None = None, **settings: Any) -> list[Any]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return list(connector(**settings).parse(headers={}, body=raw, received_at=NOW))
+    return list(connector(**settings).parse(request(raw, headers), received_at=NOW))
 
 
 def test_single_object_becomes_one_change() -> None:
@@ -120,12 +133,12 @@ def sign(body: bytes, prefix: bytes = b"") -> str:
 def test_hmac_signature_accepted_and_forgeries_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     c = hmac_connector(monkeypatch)
     body = b'{"id": 1}'
-    c.authenticate(headers={"X-Signature": sign(body)}, body=body, now=NOW)
-    c.authenticate(headers={"X-Signature": "sha256=" + sign(body)}, body=body, now=NOW)
+    c.authenticate(request(body, {"X-Signature": sign(body)}), now=NOW)
+    c.authenticate(request(body, {"X-Signature": "sha256=" + sign(body)}), now=NOW)
     with pytest.raises(AuthError, match="invalid signature"):
-        c.authenticate(headers={"X-Signature": sign(body + b" ")}, body=body, now=NOW)
+        c.authenticate(request(body, {"X-Signature": sign(body + b" ")}), now=NOW)
     with pytest.raises(AuthError, match="missing X-Signature"):
-        c.authenticate(headers={}, body=body, now=NOW)
+        c.authenticate(request(body, {}), now=NOW)
 
 
 def test_signed_timestamp_bounds_replay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,25 +149,82 @@ def test_signed_timestamp_bounds_replay(monkeypatch: pytest.MonkeyPatch) -> None
         stamp = str(int(at.timestamp()))
         return {"X-Timestamp": stamp, "X-Signature": sign(body, stamp.encode() + b".")}
 
-    c.authenticate(headers=headers(NOW - timedelta(seconds=299)), body=body, now=NOW)
+    c.authenticate(request(body, headers(NOW - timedelta(seconds=299))), now=NOW)
     with pytest.raises(AuthError, match="outside the allowed window"):
-        c.authenticate(headers=headers(NOW - timedelta(seconds=301)), body=body, now=NOW)
+        c.authenticate(request(body, headers(NOW - timedelta(seconds=301))), now=NOW)
     with pytest.raises(AuthError, match="outside the allowed window"):
-        c.authenticate(headers=headers(NOW + timedelta(seconds=301)), body=body, now=NOW)
+        c.authenticate(request(body, headers(NOW + timedelta(seconds=301))), now=NOW)
     # A fresh timestamp cannot be glued onto an old signature.
     old = headers(NOW - timedelta(hours=1))
     with pytest.raises(AuthError, match="invalid signature"):
-        c.authenticate(
-            headers={**old, "X-Timestamp": str(int(NOW.timestamp()))}, body=body, now=NOW
-        )
+        c.authenticate(request(body, {**old, "X-Timestamp": str(int(NOW.timestamp()))}), now=NOW)
 
 
 def test_bearer_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMSYNC_TEST_TOKEN", "t0ken-value")
     c = connector(auth=BearerAuth(kind="bearer", token=SecretRef(env="CRMSYNC_TEST_TOKEN")))
-    c.authenticate(headers={"Authorization": "Bearer t0ken-value"}, body=b"", now=NOW)
+    c.authenticate(request(b"", {"Authorization": "Bearer t0ken-value"}), now=NOW)
     for presented in ("Bearer wrong", "Basic t0ken-value", "t0ken-value"):
         with pytest.raises(AuthError):
-            c.authenticate(headers={"Authorization": presented}, body=b"", now=NOW)
+            c.authenticate(request(b"", {"Authorization": presented}), now=NOW)
     with pytest.raises(AuthError, match="missing Authorization"):
-        c.authenticate(headers={}, body=b"", now=NOW)
+        c.authenticate(request(b"", {}), now=NOW)
+
+
+# Standard Webhooks test vector from the specification's reference libraries.
+SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SW_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+SW_TIMESTAMP = "1614265330"
+SW_BODY = b'{"test": 2432232314}'
+SW_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def standard_connector(monkeypatch: pytest.MonkeyPatch) -> GenericWebhookConnector:
+    monkeypatch.setenv("CRMSYNC_TEST_SW", SW_SECRET)
+    return connector(
+        auth=StandardWebhooksAuth(kind="standard_webhooks", secret=SecretRef(env="CRMSYNC_TEST_SW"))
+    )
+
+
+def sw_headers(**overrides: str) -> dict[str, str]:
+    return {
+        "webhook-id": SW_ID,
+        "webhook-timestamp": SW_TIMESTAMP,
+        "webhook-signature": SW_SIGNATURE,
+        **overrides,
+    }
+
+
+SW_NOW = datetime.fromtimestamp(int(SW_TIMESTAMP), UTC)
+
+
+def test_standard_webhooks_reference_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = standard_connector(monkeypatch)
+    c.authenticate(request(SW_BODY, sw_headers()), now=SW_NOW)
+    # Several signatures during a secret rotation: any valid v1 one passes.
+    rotated = sw_headers(**{"webhook-signature": f"v1,bm9wZQ== {SW_SIGNATURE}"})
+    c.authenticate(request(SW_BODY, rotated), now=SW_NOW)
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "message"),
+    [
+        (sw_headers(**{"webhook-signature": "v1,bm9wZQ=="}), SW_NOW, "invalid signature"),
+        (sw_headers(**{"webhook-signature": SW_SIGNATURE.replace("v1", "v2")}), SW_NOW, "invalid"),
+        (sw_headers(**{"webhook-id": "msg_other"}), SW_NOW, "invalid signature"),
+        (sw_headers(), SW_NOW + timedelta(minutes=6), "outside the allowed window"),
+        ({"webhook-id": SW_ID, "webhook-timestamp": SW_TIMESTAMP}, SW_NOW, "missing webhook-sig"),
+    ],
+)
+def test_standard_webhooks_refusals(
+    monkeypatch: pytest.MonkeyPatch, headers: dict[str, str], now: datetime, message: str
+) -> None:
+    c = standard_connector(monkeypatch)
+    with pytest.raises(AuthError, match=message):
+        c.authenticate(request(SW_BODY, headers), now=now)
+
+
+def test_standard_webhooks_message_id_becomes_the_event_id() -> None:
+    body = [{"id": "a", "updated_at": 1}, {"id": "b", "updated_at": 1}]
+    changes = parse(body, {"webhook-id": "msg_42"})
+    assert [c.event_id for c in changes] == ["msg_42:0", "msg_42:1"]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.core.config import GenericWebhookSource, NoAuth
 from services.core.contracts import ContactChange, Identity, Operation, UpdateOperation
+from services.core.sources import GenericWebhookSource, NoAuth
 from services.mapper.rules.identity import normalise_email
 from services.mapper.rules.mapping import map_change
 

@@ -2,8 +2,9 @@
 
 The body is one object or a list of objects. Field names for the record id, the
 modification time, an event id and a deletion flag come from the source's config.
-Without a configured event id, the id is a hash of the record's content, so a sender
-retrying the same body produces the same ids and duplicates stay harmless.
+Event ids, so that a sender's retry of the same body is recognised downstream: the
+configured event-id field; else the Standard Webhooks ``webhook-id`` with the
+record's position; else a hash of the record's content.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from services.core.config import GenericWebhookSource
 from services.core.contracts import ContactChange, Operation, Origin
+from services.core.sources import GenericWebhookSource
 from services.ingest.auth import Authenticator
-from services.ingest.connectors.base import PayloadError
+from services.ingest.connectors.base import (
+    InboundRequest,
+    PayloadError,
+    SourceConnectors,
+    WebhookAnswer,
+    json_answer,
+)
 from services.ingest.fields import flatten, load_json, parse_timestamp, record_identifier
 
 MAX_RECORDS_PER_REQUEST: Final = 10_000
@@ -29,25 +36,34 @@ class GenericWebhookConnector:
         self._settings = settings
         self._auth = Authenticator(settings.auth)
 
-    def authenticate(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> None:
-        self._auth.verify(headers=headers, body=body, now=now)
+    def authenticate(self, request: InboundRequest, *, now: datetime) -> None:
+        self._auth.verify(request, now=now)
 
-    def parse(
-        self, *, headers: Mapping[str, str], body: bytes, received_at: datetime
-    ) -> Sequence[ContactChange]:
-        document = load_json(body)
+    def answer(self, accepted: int) -> WebhookAnswer:
+        return json_answer(accepted)
+
+    def parse(self, request: InboundRequest, *, received_at: datetime) -> Sequence[ContactChange]:
+        document = load_json(request.body)
+        delivery = request.headers.get("webhook-id")
         if isinstance(document, dict):
-            return [self._change(document, where="body", at=received_at)]
+            return [self._change(document, where="body", at=received_at, delivery=delivery)]
         if not isinstance(document, list) or not document:
             raise PayloadError("body", "must be a JSON object or a non-empty array of objects")
         if len(document) > MAX_RECORDS_PER_REQUEST:
             raise PayloadError("body", f"more than {MAX_RECORDS_PER_REQUEST} records")
         return [
-            self._change(record, where=f"body[{index}]", at=received_at)
+            self._change(
+                record,
+                where=f"body[{index}]",
+                at=received_at,
+                delivery=f"{delivery}:{index}" if delivery else None,
+            )
             for index, record in enumerate(document)
         ]
 
-    def _change(self, record: Any, *, where: str, at: datetime) -> ContactChange:
+    def _change(
+        self, record: Any, *, where: str, at: datetime, delivery: str | None
+    ) -> ContactChange:
         if not isinstance(record, dict):
             raise PayloadError(where, "must be a JSON object")
         settings = self._settings
@@ -66,6 +82,8 @@ class GenericWebhookConnector:
             event_id = record_identifier(
                 record.get(settings.event_id_field), where=f"{where}.{settings.event_id_field}"
             )
+        elif delivery is not None:
+            event_id = delivery
         else:
             event_id = self._content_event_id(record_id, record)
         return ContactChange(
@@ -83,3 +101,7 @@ class GenericWebhookConnector:
         canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(f"{self.source}\x00{record_id}\x00{canonical}".encode())
         return digest.hexdigest()[:32]
+
+
+def connectors(source: str, settings: GenericWebhookSource) -> SourceConnectors:
+    return SourceConnectors(webhook=GenericWebhookConnector(source=source, settings=settings))

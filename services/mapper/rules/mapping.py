@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.core.config import GenericWebhookSource
 from services.core.contracts import (
     ContactChange,
     FieldValue,
@@ -18,6 +17,7 @@ from services.core.contracts import (
     ProfileUpdate,
     UpdateOperation,
 )
+from services.core.sources import SourceBase
 from services.mapper.rules.identity import identities_of, match_key
 
 
@@ -35,7 +35,7 @@ def mapped_attributes(
     }
 
 
-def map_change(change: ContactChange, source: GenericWebhookSource) -> ProfileUpdate:
+def map_change(change: ContactChange, source: SourceBase) -> ProfileUpdate:
     identities = identities_of(
         source=change.source,
         record_id=change.record_id,

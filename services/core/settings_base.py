@@ -1,0 +1,51 @@
+"""The building blocks of every config section: strict models and secret references."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from services.core.logs import remember_secret
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """Where a secret lives: an environment variable or a file (e.g. a mounted secret)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret names exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise MissingSecretError(f"environment variable {self.env} is not set")
+        elif self.file is not None:
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise MissingSecretError(f"secret file {self.file} cannot be read: {exc}") from exc
+        else:
+            raise MissingSecretError("a secret names exactly one of 'env' or 'file'")
+        remember_secret(value)
+        return value
+
+    def describe(self) -> str:
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+
+class MissingSecretError(RuntimeError):
+    pass

@@ -1,0 +1,175 @@
+"""The operators' HTTP API on ingest: full syncs and per-source status.
+
+``POST /fullsync/{source}`` starts a full sync (202, or 409 when one runs),
+``GET /fullsync/{source}`` shows its progress, ``DELETE /fullsync/{source}`` cancels
+it, ``GET /status`` shows every source. All of it needs the admin bearer token
+(``services.ingest.admin_token``); without one configured the API answers 403.
+The ``crmsync`` CLI is a client of this API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from services.core.sources import PollSettings
+from services.ingest.auth import same
+from services.ingest.connectors.base import SourceConnectors
+from services.ingest.fullsync import AlreadyRunning, FullSyncs, NotRunning, Progress
+from services.ingest.publisher import BrokerUnavailable
+from services.ingest.state import FullSyncState, PollState, StateStore
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def fullsync_json(state: FullSyncState) -> dict[str, Any]:
+    progress = Progress.of(state)
+    return {
+        "sync_id": state.sync_id,
+        "status": state.status.value,
+        "origin": state.origin,
+        "owner": state.owner,
+        "records_done": state.records_done,
+        "records_rejected": state.records_rejected,
+        "records_total": state.records_total,
+        "rate_per_s": round(progress.rate_per_s, 1) if progress.rate_per_s else None,
+        "eta_seconds": round(progress.eta_seconds) if progress.eta_seconds is not None else None,
+        "started_at": iso(state.started_at),
+        "updated_at": iso(state.updated_at),
+        "finished_at": iso(state.finished_at),
+        "reason": state.reason,
+    }
+
+
+def poll_json(settings: PollSettings, state: PollState | None) -> dict[str, Any]:
+    state = state or PollState()
+    return {
+        "enabled": settings.enabled,
+        "schedule": settings.cron or f"every {settings.interval_seconds}s",
+        "watermark": iso(state.watermark),
+        "last_attempt_at": iso(state.last_attempt_at),
+        "last_success_at": iso(state.last_success_at),
+        "last_error": state.last_error,
+        "consecutive_failures": state.consecutive_failures,
+        "changes_delivered": state.changes_delivered,
+    }
+
+
+class AdminApi:
+    def __init__(
+        self,
+        *,
+        sources: Mapping[str, SourceConnectors],
+        kinds: Mapping[str, str],
+        mapping_versions: Mapping[str, int],
+        fullsyncs: FullSyncs,
+        store: StateStore,
+        token: str | None,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._sources = sources
+        self._kinds = kinds
+        self._mapping_versions = mapping_versions
+        self._fullsyncs = fullsyncs
+        self._store = store
+        self._token = token
+        self._accepting = accepting
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_post("/fullsync/{source}", answering_refusals(self.start_fullsync))
+        app.router.add_get("/fullsync/{source}", answering_refusals(self.fullsync_status))
+        app.router.add_delete("/fullsync/{source}", answering_refusals(self.cancel_fullsync))
+        app.router.add_get("/status", answering_refusals(self.status))
+
+    def _authorize(self, request: web.Request) -> None:
+        if not self._accepting():
+            raise _error(503, "starting up")
+        if self._token is None:
+            raise _error(403, "admin API disabled: set services.ingest.admin_token")
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not same(credential.strip(), self._token):
+            raise _error(401, "invalid or missing admin bearer token")
+
+    def _source(self, request: web.Request) -> str:
+        source = request.match_info["source"]
+        if source not in self._sources:
+            raise _error(404, f"unknown source {source!r}")
+        return source
+
+    async def start_fullsync(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source(request)
+        if not self._fullsyncs.can_sync(source):
+            raise _error(
+                422, f"source {source!r} has no API to pull from; use 'crmsync import csv'"
+            )
+        try:
+            state = await self._fullsyncs.start(source)
+        except AlreadyRunning as exc:
+            raise _error(409, str(exc)) from None
+        except BrokerUnavailable:
+            raise _error(503, "Kafka unavailable; try again") from None
+        return web.json_response(fullsync_json(state), status=202)
+
+    async def fullsync_status(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source(request)
+        state = self._fullsyncs.status(source)
+        if state is None:
+            raise _error(404, f"no full sync has run for {source!r}")
+        return web.json_response(fullsync_json(state))
+
+    async def cancel_fullsync(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source(request)
+        try:
+            state = await self._fullsyncs.cancel(source)
+        except NotRunning as exc:
+            raise _error(404, str(exc)) from None
+        except BrokerUnavailable:
+            raise _error(503, "Kafka unavailable; try again") from None
+        return web.json_response(fullsync_json(state), status=202)
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body: dict[str, Any] = {}
+        for source, connectors in sorted(self._sources.items()):
+            sync = self._fullsyncs.status(source)
+            body[source] = {
+                "kind": self._kinds[source],
+                "mapping_version": self._mapping_versions[source],
+                "webhook": connectors.webhook is not None,
+                "poll": poll_json(connectors.poll, self._store.poll(source))
+                if connectors.poll is not None
+                else None,
+                "fullsync": fullsync_json(sync) if sync is not None else None,
+            }
+        return web.json_response({"sources": body})
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> Refusal:
+    return Refusal(status, message)
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def answering_refusals(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except Refusal as refusal:
+            return web.json_response({"error": str(refusal)}, status=refusal.status)
+
+    return wrapped
