@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from services.cli.admin_client import admin_call
 from services.core.config import ConfigError, Settings, config_path, load_settings
 from services.core.contracts import Identity
 from services.mapper.rules.identity import normalise_email
@@ -46,6 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     create = topic_commands.add_parser("create", help="create missing topics from the config")
     create.set_defaults(handler=_create_topics)
 
+    fullsync = commands.add_parser("fullsync", help="full syncs (run by ingest)")
+    fullsync_commands = fullsync.add_subparsers(dest="fullsync_command", required=True)
+    for name, handler, text in (
+        ("start", _fullsync_start, "start a full sync of a source"),
+        ("status", _fullsync_status, "show a source's full sync and its progress"),
+        ("cancel", _fullsync_cancel, "cancel a source's running full sync"),
+    ):
+        command = fullsync_commands.add_parser(name, help=text)
+        command.add_argument("source")
+        if name == "start":
+            command.add_argument(
+                "--wait", action="store_true", help="follow the progress until it ends"
+            )
+        command.set_defaults(handler=handler)
+
+    status = commands.add_parser("status", help="every source: polls, full syncs")
+    status.set_defaults(handler=_status)
+
     profile = commands.add_parser("profile", help="look up profiles in the store")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)
     get = profile_commands.add_parser("get", help="show one profile with provenance")
@@ -68,6 +88,78 @@ def _create_topics(settings: Settings, _args: argparse.Namespace) -> int:
     created = ensure_topics(settings.kafka, client_id="crmsync-cli")
     print("created: " + (", ".join(created) if created else "nothing, all topics exist"))
     return 0
+
+
+def _fullsync_start(settings: Settings, args: argparse.Namespace) -> int:
+    code, body = admin_call(settings, "POST", f"/fullsync/{args.source}")
+    if code != 202:
+        return _refused(code, body)
+    print(f"started {body['sync_id']}")
+    if not args.wait:
+        return 0
+    return _follow(settings, args.source)
+
+
+def _follow(settings: Settings, source: str) -> int:
+    while True:
+        time.sleep(1)
+        code, body = admin_call(settings, "GET", f"/fullsync/{source}")
+        if code != 200:
+            return _refused(code, body)
+        print(_progress_line(body), flush=True)
+        if body["status"] != "RUNNING":
+            return 0 if body["status"] == "COMPLETED" else 1
+
+
+def _fullsync_status(settings: Settings, args: argparse.Namespace) -> int:
+    code, body = admin_call(settings, "GET", f"/fullsync/{args.source}")
+    if code != 200:
+        return _refused(code, body)
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def _fullsync_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    code, body = admin_call(settings, "DELETE", f"/fullsync/{args.source}")
+    if code != 202:
+        return _refused(code, body)
+    print(f"{body['sync_id']}: {body['status']}")
+    return 0
+
+
+def _status(settings: Settings, _args: argparse.Namespace) -> int:
+    code, body = admin_call(settings, "GET", "/status")
+    if code != 200:
+        return _refused(code, body)
+    for source, info in body["sources"].items():
+        print(f"{source} ({info['kind']}, mapping v{info['mapping_version']})")
+        if info["webhook"]:
+            print("  webhook: receiving")
+        poll = info["poll"]
+        if poll is not None:
+            state = "failing" if poll["consecutive_failures"] else "ok"
+            print(
+                f"  poll: {poll['schedule']}, {state}, last success {poll['last_success_at']}, "
+                f"watermark {poll['watermark']}"
+            )
+            if poll["last_error"]:
+                print(f"    last error: {poll['last_error']}")
+        if info["fullsync"] is not None:
+            print(f"  full sync: {_progress_line(info['fullsync'])}")
+    return 0
+
+
+def _progress_line(sync: dict[str, Any]) -> str:
+    total = f"/{sync['records_total']}" if sync["records_total"] is not None else ""
+    rate = f", {sync['rate_per_s']}/s" if sync["rate_per_s"] else ""
+    eta = f", ETA {sync['eta_seconds']}s" if sync["eta_seconds"] is not None else ""
+    reason = f" ({sync['reason']})" if sync["reason"] else ""
+    return f"{sync['sync_id']} {sync['status']} {sync['records_done']}{total}{rate}{eta}{reason}"
+
+
+def _refused(code: int, body: dict[str, Any]) -> int:
+    sys.stderr.write(f"ingest answered {code}: {body.get('error', body)}\n")
+    return 1
 
 
 def _profile_get(settings: Settings, args: argparse.Namespace) -> int:

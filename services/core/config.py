@@ -20,7 +20,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from services.core.settings_base import SecretRef, Strict
-from services.core.sources import AUTH_KINDS, SOURCE_KINDS, SourceKinds
+from services.core.sources import SourceKinds
 
 CONFIG_ENV: Final = "CRMSYNC_CONFIG"
 DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
@@ -28,9 +28,6 @@ DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
 SOURCE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Client properties whose values are credentials: they must come through `secrets`.
 SECRET_PROPERTY_PATTERN: Final = re.compile(r"(password|secret|token|sasl\.jaas\.config)", re.I)
-# pydantic names the chosen member of a tagged union in error locations; these are
-# the tags, which the YAML itself never contains.
-UNION_TAGS: Final = frozenset({"sqlite", *SOURCE_KINDS, *AUTH_KINDS})
 
 
 class TopicSettings(Strict):
@@ -213,14 +210,10 @@ def parse_settings(text: str, *, file: str) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            ConfigProblem(
-                location=_dotted(error["loc"]),
-                line=_line_of(root, error["loc"]),
-                message=_message(error),
-            )
-            for error in exc.errors()
-        ]
+        problems = []
+        for error in exc.errors():
+            located = _locate(root, error["loc"])
+            problems.append(ConfigProblem(located.path, located.line, _message(error)))
         raise ConfigError(file, problems) from exc
 
 
@@ -231,46 +224,53 @@ def _message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _dotted(loc: Sequence[int | str]) -> str:
+@dataclass(frozen=True)
+class _Located:
+    path: str
+    line: int | None
+
+
+def _locate(root: yaml.Node | None, loc: Sequence[int | str]) -> _Located:
+    """The dotted path and YAML line of a pydantic error location.
+
+    pydantic's location also names the chosen member of a tagged union (the
+    ``kind``) and marks bad mapping keys with ``[key]``; neither is in the YAML, so
+    such items are left out: an item that is not in the YAML and not the last one
+    (a missing setting is the last) is one of them.
+    """
     parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item == "[key]" or _is_union_tag(item):
-            # pydantic names the chosen union member in the location; the YAML has no
-            # such key, so it would only confuse the reader.
-            continue
-        else:
-            parts.append(("." if parts else "") + item)
-    return "".join(parts)
-
-
-def _is_union_tag(item: str) -> bool:
-    return item in UNION_TAGS
-
-
-def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """The YAML line of the deepest node that exists along ``loc``."""
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
+    node = root
+    line = root.start_mark.line + 1 if root is not None else None
     key_line = line
-    for item in loc:
+    for position, item in enumerate(loc):
         if item == "[key]":
-            # pydantic reports a bad mapping key below the key's own location.
-            return key_line
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if getattr(key, "value", None) == item:
-                    child, key_line = value, key.start_mark.line + 1
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(item, int):
-            child = node.value[item] if item < len(node.value) else None
-        if child is None:
-            if isinstance(item, str) and _is_union_tag(item):
-                continue
-            break
-        node = child
-        line = node.start_mark.line + 1
-    return line
+            # A bad mapping key: point at the key itself.
+            return _Located(_join(parts), key_line)
+        child, child_key_line = _child(node, item)
+        last = position == len(loc) - 1
+        if child is None and not last:
+            continue
+        parts.append(f"[{item}]" if isinstance(item, int) else item)
+        if child is not None:
+            node, key_line = child, child_key_line or key_line
+            line = child.start_mark.line + 1
+        else:
+            node = None
+    return _Located(_join(parts), line)
+
+
+def _child(node: yaml.Node | None, item: int | str) -> tuple[yaml.Node | None, int | None]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if getattr(key, "value", None) == item:
+                return value, key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode) and isinstance(item, int) and item < len(node.value):
+        return node.value[item], None
+    return None, None
+
+
+def _join(parts: list[str]) -> str:
+    text = ""
+    for part in parts:
+        text += part if part.startswith("[") or not text else f".{part}"
+    return text

@@ -8,12 +8,13 @@ field, never a silent loss.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from services.core.contracts import FieldValue
+from services.core.contracts import FieldValue, RejectedEvent
 from services.ingest.connectors.base import PayloadError
 
 INT64_MIN: Final = -(1 << 63)
@@ -110,3 +111,34 @@ def record_identifier(value: Any, *, where: str) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise PayloadError(where, "must be a non-empty string or an integer")
+
+
+def dotted(document: Any, path: str) -> Any:
+    """The value at a dotted path (``data.items``) of parsed JSON, or None."""
+    value = document
+    for part in path.split(".") if path else ():
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def version_event_id(source: str, record_id: str, modified_at: datetime) -> str:
+    """The event id of one version of a pulled record: the same version read by a poll,
+    a full sync or a retried page gets the same id."""
+    micros = int(modified_at.timestamp() * 1_000_000)
+    return hashlib.sha256(f"{source}\x00{record_id}\x00{micros}".encode()).hexdigest()[:32]
+
+
+def pulled_record_rejection(source: str, record: Any, *, reason: str) -> RejectedEvent:
+    """A record read from a CRM's API that cannot become a change, kept raw."""
+    raw = json.dumps(record, default=str, separators=(",", ":")).encode()
+    return RejectedEvent(
+        stage="ingest",
+        reason=reason,
+        rejected_at=datetime.now(UTC),
+        source=source,
+        key=source.encode(),
+        value=raw,
+        attributes={"path": "pull"},
+    )

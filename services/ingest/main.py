@@ -125,7 +125,9 @@ class Ingest:
                         publisher=publisher,
                         store=store,
                         changes=contracts.contact_change,
+                        rejected=contracts.rejected_event,
                         changes_topic=topics.changes,
+                        rejected_topic=topics.rejected,
                     )
                 )
         fullsyncs = FullSyncs(

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 from services.core import metrics
-from services.core.contracts import Codec, ContactChange, Origin
+from services.core.contracts import Codec, ContactChange, Origin, RejectedEvent
 from services.core.sources import PollSettings
 from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import Checkpoint, PullConnector, Stamp
@@ -63,7 +63,9 @@ class Poller:
         publisher: KafkaPublisher,
         store: StateStore,
         changes: Codec[ContactChange],
+        rejected: Codec[RejectedEvent],
         changes_topic: str,
+        rejected_topic: str,
         clock: Clock = utc_now,
     ) -> None:
         self.source = source
@@ -73,7 +75,9 @@ class Poller:
         self._publisher = publisher
         self._store = store
         self._changes = changes
+        self._rejected = rejected
         self._topic = changes_topic
+        self._rejected_topic = rejected_topic
         self._clock = clock
         self._overlap = timedelta(seconds=settings.overlap_seconds)
 
@@ -138,6 +142,10 @@ class Poller:
             fresh = [c for c in page.changes if version_tag(c) not in boundary]
             await self._publisher.publish(
                 [OutgoingMessage(self._topic, c.key, self._changes.encode(c)) for c in fresh]
+                + [
+                    OutgoingMessage(self._rejected_topic, r.key or b"", self._rejected.encode(r))
+                    for r in page.rejected
+                ]
             )
             metrics.EVENTS_RECEIVED.labels(self.source, "POLL").inc(len(fresh))
             watermark = _latest(state.watermark, page.checkpoint.watermark)

@@ -8,6 +8,7 @@ production does: as separate processes talking only through the real broker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,13 @@ SERVICES: Final = ("ingest", "mapper", "writer")
 # test left behind.
 STARTED: Final[list[subprocess.Popen[bytes]]] = []
 DEMO_TOKEN: Final = "test-token-5f2c"
+ADMIN_TOKEN: Final = "admin-token-9d1e"
+# Secrets the test stacks' configs name; the values travel as environment variables.
+SECRETS_ENV: Final = {
+    "CRMSYNC_DEMO_TOKEN": DEMO_TOKEN,
+    "CRMSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+    "CRMSYNC_REST_TOKEN": "rest-token-1",
+}
 
 
 def free_port() -> int:
@@ -60,7 +68,11 @@ def stack_config(
         },
         "store": {"kind": "sqlite", "path": str(workdir / "profiles.db")},
         "services": {
-            "ingest": {"http": {"port": ports["ingest"]}, "delivery_timeout_ms": 5000},
+            "ingest": {
+                "http": {"port": ports["ingest"]},
+                "delivery_timeout_ms": 5000,
+                "admin_token": {"env": "CRMSYNC_ADMIN_TOKEN"},
+            },
             "mapper": {"http": {"port": ports["mapper"]}, "data_dir": str(workdir / "mapper")},
             "writer": {"http": {"port": ports["writer"]}, "batch_max_wait_ms": 50},
         },
@@ -85,8 +97,8 @@ class ServiceProcess:
     def start(self) -> None:
         env = {
             **os.environ,
+            **SECRETS_ENV,
             "CRMSYNC_CONFIG": str(self.config_path),
-            "CRMSYNC_DEMO_TOKEN": DEMO_TOKEN,
             "CRMSYNC_LOG_FORMAT": "text",
         }
         log = self.log_path.open("ab")
@@ -120,6 +132,16 @@ class ServiceProcess:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def admin(self, method: str, path: str) -> tuple[int, Any]:
+        """A call to ingest's admin API with the admin token."""
+        request = urllib.request.Request(f"{self.url}{path}", method=method)
+        request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -156,6 +178,8 @@ class Stack:
     bootstrap: str
     workdir: Path
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
+    sources: dict[str, Any] = field(default_factory=dict)
+    """More sources besides the demo webhook, as config dicts."""
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,6 +188,7 @@ class Stack:
         self.config = stack_config(
             bootstrap=self.bootstrap, prefix=self.prefix, workdir=self.workdir, ports=ports
         )
+        self.config["sources"].update(self.sources)
         self.config_path = self.workdir / "crmsync.yaml"
         self.write_config()
         for name in SERVICES:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 from services.core.sources.common import (
-    AUTH_KINDS,
     ApiSettings,
     BearerAuth,
     HmacSha256Auth,
@@ -16,16 +13,14 @@ from services.core.sources.common import (
     WebhookAuth,
 )
 from services.core.sources.generic import GenericWebhookSource
+from services.core.sources.generic_rest import GenericRestSource
 
-SourceKinds = GenericWebhookSource
-
-SOURCE_KINDS: Final = frozenset({"generic_webhook"})
+SourceKinds = GenericWebhookSource | GenericRestSource
 
 __all__ = [
-    "AUTH_KINDS",
-    "SOURCE_KINDS",
     "ApiSettings",
     "BearerAuth",
+    "GenericRestSource",
     "GenericWebhookSource",
     "HmacSha256Auth",
     "NoAuth",

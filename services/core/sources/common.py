@@ -87,8 +87,6 @@ class StandardWebhooksAuth(Strict):
     tolerance_seconds: int = Field(default=300, ge=1)
 
 
-AUTH_KINDS: frozenset[str] = frozenset({"none", "bearer", "hmac_sha256", "standard_webhooks"})
-
 WebhookAuth = Annotated[
     NoAuth | BearerAuth | HmacSha256Auth | StandardWebhooksAuth, Field(discriminator="kind")
 ]
