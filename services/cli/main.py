@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from services.cli.admin_client import admin_call
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                 "--wait", action="store_true", help="follow the progress until it ends"
             )
         command.set_defaults(handler=handler)
+
+    importing = commands.add_parser("import", help="import an export file as a full sync")
+    import_kinds = importing.add_subparsers(dest="import_kind", required=True)
+    csv_import = import_kinds.add_parser("csv", help="a CSV export of the source's records")
+    csv_import.add_argument("source")
+    csv_import.add_argument("file", type=Path)
+    csv_import.add_argument("--page-size", type=int, default=1000)
+    csv_import.set_defaults(handler=_import_csv)
 
     status = commands.add_parser("status", help="every source: polls, full syncs")
     status.set_defaults(handler=_status)
@@ -125,6 +134,12 @@ def _fullsync_cancel(settings: Settings, args: argparse.Namespace) -> int:
         return _refused(code, body)
     print(f"{body['sync_id']}: {body['status']}")
     return 0
+
+
+def _import_csv(settings: Settings, args: argparse.Namespace) -> int:
+    from services.cli.csv_command import import_csv
+
+    return import_csv(settings, source=args.source, path=args.file, page_size=args.page_size)
 
 
 def _status(settings: Settings, _args: argparse.Namespace) -> int:

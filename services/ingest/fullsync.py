@@ -59,11 +59,15 @@ END_CONTROLS: Final = {
 }
 
 
+class SourceFailure(Exception):
+    """The pages could not be read for a reason that is not the CRM's or Kafka's."""
+
+
 @dataclass(frozen=True)
 class _Failed:
     """A fetch failure, handed to the writer so it surfaces in the run."""
 
-    error: ApiError | BrokerUnavailable
+    error: ApiError | BrokerUnavailable | SourceFailure
 
 
 Clock = Callable[[], datetime]
@@ -153,7 +157,7 @@ class FullSyncRun:
             if await self._copy_pages():
                 return await self.end(SyncStatus.COMPLETED)
             return await self.end(SyncStatus.CANCELLED, reason="cancelled by request")
-        except (ApiError, BrokerUnavailable) as exc:
+        except (ApiError, BrokerUnavailable, SourceFailure) as exc:
             # Step 5
             log.warning("full sync failed source=%s reason=%s", self.source, exc)
             with contextlib.suppress(BrokerUnavailable):
@@ -185,6 +189,12 @@ class FullSyncRun:
                 await queue.put(page)
         except (ApiError, BrokerUnavailable) as exc:
             await queue.put(_Failed(exc))
+            return
+        except Exception as exc:
+            # A bug in a page source: loud in the log, and the sync FAILED with the
+            # reason, rather than a RUNNING sync that never ends.
+            log.exception("full sync page source failed source=%s", self.source)
+            await queue.put(_Failed(SourceFailure(f"{type(exc).__name__}: {exc}")))
             return
         await queue.put(None)
 

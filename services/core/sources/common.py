@@ -92,6 +92,22 @@ WebhookAuth = Annotated[
 ]
 
 
+class CsvSettings(Strict):
+    """How a CRM's export file reads, for ``crmsync import csv`` (a full sync from a file)."""
+
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = Field(default="utf-8-sig", description="utf-8-sig also accepts a BOM")
+    record_id_column: str = "id"
+    modified_at_column: str | None = Field(
+        default=None, description="without it, every row counts as modified at import time"
+    )
+    deleted_column: str | None = None
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="header -> field name; headers not listed keep their own name",
+    )
+
+
 class SourceBase(Strict):
     """What every source has, whatever its CRM: how its records map to profiles."""
 
@@ -103,4 +119,7 @@ class SourceBase(Strict):
     mapping_version: int = Field(default=1, ge=1)
     max_body_bytes: int | None = Field(
         default=None, ge=1024, description="webhook body cap; default: services.ingest"
+    )
+    csv: CsvSettings = Field(
+        default_factory=CsvSettings, description="how this source's export files read"
     )
