@@ -67,6 +67,27 @@ class ConsentStatus(StrEnum):
     OPT_OUT = "OPT_OUT"
 
 
+# The union branch of each FieldValue type, for fastavro's tuple notation: naming the
+# branch spares fastavro trying each branch of the union per value (a third of the
+# encoding time of a typical contact).
+_BRANCHES: Final[dict[type, str]] = {
+    str: "string",
+    int: "long",
+    bool: "boolean",
+    float: "double",
+    list: "array",
+}
+
+
+def tagged(values: Mapping[str, FieldValue]) -> dict[str, Any]:
+    """Field values with their Avro union branch named (see ``_BRANCHES``)."""
+    result: dict[str, Any] = {}
+    for name, value in values.items():
+        branch = _BRANCHES.get(type(value))
+        result[name] = (branch, value) if branch is not None else value
+    return result
+
+
 def record_key(source: str, record_id: str) -> bytes:
     """Key of a source record's messages; source names cannot contain ':'."""
     return f"{source}:{record_id}".encode()
@@ -100,7 +121,7 @@ class ContactChange:
             "received_at": self.received_at,
             "origin": self.origin.value,
             "sync_id": self.sync_id,
-            "fields": dict(self.fields),
+            "fields": tagged(self.fields),
         }
 
     @classmethod
@@ -165,7 +186,7 @@ class ProfileUpdate:
             "received_at": self.received_at,
             "mapping_version": self.mapping_version,
             "identities": [{"kind": i.kind, "value": i.value} for i in self.identities],
-            "attributes": dict(self.attributes),
+            "attributes": tagged(self.attributes),
             "cleared": list(self.cleared),
             "consents": [
                 {

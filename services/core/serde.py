@@ -50,10 +50,10 @@ class RegisteredSchema:
 
 def schema_from_json(schema_json: str | Mapping[str, Any]) -> RegisteredSchema:
     raw = json.loads(schema_json) if isinstance(schema_json, str) else dict(schema_json)
-    # _write_hint=False keeps fastavro's private hint out of the schema, so a
-    # writer schema and the same schema used as reader schema are identical.
-    parsed = fastavro.parse_schema(raw, _write_hint=False)
-    canonical = to_parsing_canonical_form(parsed)
+    # Parsed with fastavro's hint, which marks the schema as parsed: without it
+    # fastavro parses the schema again on every record it reads or writes.
+    parsed = fastavro.parse_schema(raw)
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(raw, _write_hint=False))
     # fastavro renders the 64-bit Rabin fingerprint little-endian, which is the byte
     # order single-object encoding puts on the wire.
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))

@@ -52,8 +52,14 @@ def _flatten_into(
     fields: dict[str, FieldValue], value: Mapping[str, Any], *, prefix: str, where: str
 ) -> None:
     for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, Mapping):
+        name = f"{prefix}{key}" if prefix else key
+        kind = type(item)
+        # Exact type checks first: JSON gives exactly these types, and this runs for
+        # every field of every record (isinstance against an ABC is several times
+        # slower).
+        if kind is str or kind is bool or item is None or kind is float:
+            fields[name] = item
+        elif kind is dict or isinstance(item, Mapping):
             _flatten_into(fields, item, prefix=f"{name}.", where=where)
         else:
             fields[name] = scalar_or_list(item, where=f"{where}.{name}")
@@ -69,16 +75,22 @@ def scalar_or_list(value: Any, *, where: str) -> FieldValue:
     if isinstance(value, float):
         return value
     if isinstance(value, list):
-        if any(isinstance(item, Mapping | list) for item in value):
-            raise PayloadError(where, "lists of objects or lists are not supported")
-        return ["" if item is None else _text(item) for item in value]
+        return [_text(item, where=where) for item in value]
     raise PayloadError(where, f"unsupported value of type {type(value).__name__}")
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
+def _text(value: Any, *, where: str) -> str:
+    """One multi-select item as text."""
+    kind = type(value)
+    if kind is str:
+        return str(value)
+    if value is None:
+        return ""
+    if kind is bool:
         return "true" if value else "false"
-    return str(value)
+    if kind is int or kind is float:
+        return str(value)
+    raise PayloadError(where, "lists of objects or lists are not supported")
 
 
 def parse_timestamp(value: Any, *, where: str) -> datetime:

@@ -3,15 +3,14 @@
 The body is one object or a list of objects. Field names for the record id, the
 modification time, an event id and a deletion flag come from the source's config.
 Event ids, so that a sender's retry of the same body is recognised downstream: the
-configured event-id field; else the Standard Webhooks ``webhook-id`` with the
-record's position; else a hash of the record's content.
+configured event-id field; else the Standard Webhooks ``webhook-id``, or the body's
+SHA-256, with the record's position in the body.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -44,7 +43,11 @@ class GenericWebhookConnector:
 
     def parse(self, request: InboundRequest, *, received_at: datetime) -> Sequence[ContactChange]:
         document = load_json(request.body)
-        delivery = request.headers.get("webhook-id")
+        # A delivery id names this request: the sender's (Standard Webhooks) or the
+        # body's digest, so a sender retrying the same body gets the same event ids.
+        delivery = request.headers.get("webhook-id") or (
+            "sha256:" + hashlib.sha256(request.body).hexdigest()[:32]
+        )
         if isinstance(document, dict):
             return [self._change(document, where="body", at=received_at, delivery=delivery)]
         if not isinstance(document, list) or not document:
@@ -56,14 +59,12 @@ class GenericWebhookConnector:
                 record,
                 where=f"body[{index}]",
                 at=received_at,
-                delivery=f"{delivery}:{index}" if delivery else None,
+                delivery=f"{delivery}:{index}",
             )
             for index, record in enumerate(document)
         ]
 
-    def _change(
-        self, record: Any, *, where: str, at: datetime, delivery: str | None
-    ) -> ContactChange:
+    def _change(self, record: Any, *, where: str, at: datetime, delivery: str) -> ContactChange:
         if not isinstance(record, dict):
             raise PayloadError(where, "must be a JSON object")
         settings = self._settings
@@ -82,10 +83,8 @@ class GenericWebhookConnector:
             event_id = record_identifier(
                 record.get(settings.event_id_field), where=f"{where}.{settings.event_id_field}"
             )
-        elif delivery is not None:
-            event_id = delivery
         else:
-            event_id = self._content_event_id(record_id, record)
+            event_id = delivery
         return ContactChange(
             source=self.source,
             record_id=record_id,
@@ -96,11 +95,6 @@ class GenericWebhookConnector:
             fields=fields,
             origin=Origin.WEBHOOK,
         )
-
-    def _content_event_id(self, record_id: str, record: Mapping[str, Any]) -> str:
-        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-        digest = hashlib.sha256(f"{self.source}\x00{record_id}\x00{canonical}".encode())
-        return digest.hexdigest()[:32]
 
 
 def connectors(source: str, settings: GenericWebhookSource) -> SourceConnectors:
