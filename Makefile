@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 KAFKA := $(PYTHON) deploy/kafka/local_kafka.py
-# The demo source's bearer token; any value works locally.
+# The demo source's bearer token and the admin API's; any values work locally.
 export CRMSYNC_DEMO_TOKEN ?= demo-token
+export CRMSYNC_ADMIN_TOKEN ?= admin-token
 
 .PHONY: help
 help: ## List the targets

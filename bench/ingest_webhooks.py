@@ -8,7 +8,7 @@ process over loopback with keep-alive connections. Two phases:
 2. latency: a steady R events/s in batches of B; p50/p99/max request latency.
 
 Usage: python bench/ingest_webhooks.py [--events N] [--batch B] [--concurrency C]
-       [--rate R] [--seconds S]
+       [--rate R] [--seconds S] [--workers W]
 """
 
 from __future__ import annotations
@@ -112,16 +112,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2, help="ingest worker processes")
     args = parser.parse_args()
     with bench_broker() as bootstrap, tempfile.TemporaryDirectory() as workdir:
         stack = Stack(bootstrap=bootstrap, workdir=Path(workdir))
         stack.config["services"]["ingest"]["delivery_timeout_ms"] = 30_000
+        stack.config["services"]["ingest"]["workers"] = args.workers
         stack.write_config()
         try:
             stack.start("ingest")
             url = f"{stack['ingest'].url}/webhooks/demo"
             figures = {
-                "throughput": asyncio.run(
+                "ingest_workers": args.workers,
+            "throughput": asyncio.run(
                     throughput(
                         url, events=args.events, batch=args.batch, concurrency=args.concurrency
                     )

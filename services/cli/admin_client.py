@@ -14,11 +14,11 @@ INGEST_URL_ENV: Final = "CRMSYNC_INGEST_URL"
 
 
 def ingest_url(settings: Settings) -> str:
-    """``CRMSYNC_INGEST_URL``, else the configured listen address (0.0.0.0 -> loopback)."""
+    """``CRMSYNC_INGEST_URL``, else ingest's admin listener (0.0.0.0 -> loopback)."""
     configured = os.environ.get(INGEST_URL_ENV)
     if configured:
         return configured.rstrip("/")
-    http = settings.services.ingest.http
+    http = settings.services.ingest.admin
     host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host  # noqa: S104
     return f"http://{host}:{http.port}"
 

@@ -104,6 +104,18 @@ class HttpListen(Strict):
 
 class IngestSettings(Strict):
     http: HttpListen = HttpListen(port=8080)
+    admin: HttpListen = Field(
+        default=HttpListen(port=8079),
+        description="the operators' API (full syncs, status): keep it off the public "
+        "network that CRMs reach the webhooks through",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="webhook-serving processes sharing the port (SO_REUSEPORT); one "
+        "Python process uses one core, so set this to the cores ingest may use",
+    )
     public_base_url: str | None = Field(
         default=None,
         pattern=r"^https?://",

@@ -3,14 +3,21 @@
 One catalogue, so that dashboards and alert rules (deploy/) can rely on the names.
 Label values are bounded: sources come from the config and reasons are short codes,
 never free text or record data.
+
+When several processes serve one service (ingest ``workers``), the launcher sets
+``PROMETHEUS_MULTIPROC_DIR``: every process writes its samples there and any of them
+serves the combined figures; each gauge says how its per-process values combine.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.registry import REGISTRY
 
+MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 EVENTS_RECEIVED: Final = Counter(
@@ -49,11 +56,13 @@ LAST_SUCCESSFUL_SYNC: Final = Gauge(
     "crmsync_last_successful_sync_timestamp_seconds",
     "When a change from the source last reached the store",
     ["source"],
+    multiprocess_mode="max",
 )
 CONSUMER_LAG: Final = Gauge(
     "crmsync_consumer_lag_messages",
     "Messages not yet consumed, per partition",
     ["group", "topic", "partition"],
+    multiprocess_mode="livesum",
 )
 API_REQUESTS: Final = Counter(
     "crmsync_api_requests_total", "Requests to CRM APIs by HTTP status", ["source", "status"]
@@ -65,17 +74,38 @@ POLLS: Final = Counter(
     "crmsync_polls_total", "Poll runs by outcome (ok, failed)", ["source", "outcome"]
 )
 POLL_FAILURES_IN_A_ROW: Final = Gauge(
-    "crmsync_poll_consecutive_failures", "Poll runs failed since the last success", ["source"]
+    "crmsync_poll_consecutive_failures",
+    "Poll runs failed since the last success",
+    ["source"],
+    multiprocess_mode="max",
 )
 LAST_SUCCESSFUL_POLL: Final = Gauge(
-    "crmsync_last_successful_poll_timestamp_seconds", "When a poll last completed", ["source"]
+    "crmsync_last_successful_poll_timestamp_seconds",
+    "When a poll last completed",
+    ["source"],
+    multiprocess_mode="max",
 )
 FULLSYNC_RECORDS: Final = Gauge(
-    "crmsync_fullsync_records_done", "Records written by the running full sync", ["source"]
+    "crmsync_fullsync_records_done",
+    "Records written by the running full sync",
+    ["source"],
+    multiprocess_mode="max",
 )
 FULLSYNC_RECORDS_TOTAL: Final = Gauge(
-    "crmsync_fullsync_records_total", "Records the running full sync expects", ["source"]
+    "crmsync_fullsync_records_total",
+    "Records the running full sync expects",
+    ["source"],
+    multiprocess_mode="max",
 )
 FULLSYNC_RUNS: Final = Counter(
     "crmsync_fullsync_runs_total", "Full syncs ended, by outcome", ["source", "outcome"]
 )
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry /metrics serves: this process's, or the sum over all processes."""
+    if not os.environ.get(MULTIPROCESS_DIR_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

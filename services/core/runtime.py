@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.logs import configure_logging
+from services.core.metrics import scrape_registry
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,18 @@ class HealthEndpoints:
 
 
 async def metrics(_request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
+    response = web.Response(body=generate_latest(scrape_registry()))
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response
 
 
-async def start_http(app: web.Application, *, host: str, port: int) -> web.AppRunner:
+async def start_http(
+    app: web.Application, *, host: str, port: int, reuse_port: bool = False
+) -> web.AppRunner:
     # shutdown_timeout bounds how long in-flight requests may finish on stop.
     runner = web.AppRunner(app, shutdown_timeout=30, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     log.info("listening host=%s port=%s", host, port)
     return runner
 

@@ -1,5 +1,5 @@
 """python -m services.ingest"""
 
-from services.ingest.main import main
+from services.ingest.launcher import main
 
 main()

@@ -1,11 +1,17 @@
 """The ingest service: one module that wires connectors, Kafka, state, polls and HTTP.
 
 Start:
-1. listen for HTTP, so /healthz answers at once;
+1. listen for HTTP (webhooks on the public port, the admin API on its own), so
+   /healthz answers at once;
 2. prepare Kafka (topics, schemas) with retries;
 3. load the saved connector state (poll watermarks, full syncs);
 4. resume or fail full syncs a previous process left running, start the pollers;
 5. report ready: webhooks and the admin API are served from here on.
+
+With ``workers`` > 1 this process (worker 0) also starts and supervises the other
+workers, which share the public port (SO_REUSEPORT) and only take webhooks: polls,
+full syncs and the admin API stay in worker 0, so one process owns each source's
+pulls.
 
 Stop (SIGTERM): stop the pollers and full syncs between pages (their state is saved
 after every page, so a restart resumes them), stop accepting requests and let
@@ -28,12 +34,7 @@ from services.core.bootstrap import prepare_kafka_with_retry
 from services.core.config import Settings
 from services.core.contracts import Origin, WireContracts, load_contracts
 from services.core.kafka import TopicNames, client_config, producer_config
-from services.core.runtime import (
-    HealthEndpoints,
-    run_until_signalled,
-    service_settings,
-    start_http,
-)
+from services.core.runtime import HealthEndpoints, start_http
 from services.ingest.admin import AdminApi
 from services.ingest.api_client import ApiClient, StaticBearer
 from services.ingest.connectors.base import (
@@ -49,6 +50,7 @@ from services.ingest.publisher import KafkaPublisher
 from services.ingest.registry import build_connectors
 from services.ingest.state import FullSyncState, StateStore, state_codec
 from services.ingest.webhooks import WebhookHandler
+from services.ingest.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +158,12 @@ class Ingest:
             session=session,
         )
 
-    def http_app(self) -> web.Application:
+    def public_app(self) -> web.Application:
+        """Webhooks, health and metrics: what CRMs and the platform reach."""
         ingest = self.settings.services.ingest
         caps = [s.max_body_bytes or 0 for s in self.settings.sources.values()]
         app = web.Application(client_max_size=max([ingest.max_body_bytes, *caps]) + 1)
-        health = HealthEndpoints(service="ingest")
-        health.add_check("kafka", self._kafka_ready)
-        health.install(app)
+        self._health().install(app)
         WebhookHandler(
             connectors={n: c.webhook for n, c in self.sources.items() if c.webhook is not None},
             body_caps={
@@ -178,6 +179,13 @@ class Ingest:
             accepting=self.ready.is_set,
             public_base_url=ingest.public_base_url,
         ).install(app)
+        return app
+
+    def admin_app(self) -> web.Application:
+        """The operators' API (full syncs, status), with health and metrics."""
+        ingest = self.settings.services.ingest
+        app = web.Application()
+        self._health().install(app)
         AdminApi(
             sources=self.sources,
             kinds={n: s.kind for n, s in self.settings.sources.items()},
@@ -189,6 +197,11 @@ class Ingest:
         ).install(app)
         return app
 
+    def _health(self) -> HealthEndpoints:
+        health = HealthEndpoints(service="ingest")
+        health.add_check("kafka", self._kafka_ready)
+        return health
+
     async def _kafka_ready(self) -> None:
         if not self.ready.is_set():
             raise NotReady("topics, schemas and connector state not loaded yet")
@@ -197,31 +210,56 @@ class Ingest:
             raise NotReady(reason)
 
 
-async def run(settings: Settings, *, stop: asyncio.Event) -> None:
+async def run(settings: Settings, *, stop: asyncio.Event, worker: int = 0) -> None:
+    """Worker 0 does everything; workers 1.. (``workers`` > 1) only serve webhooks."""
     ingest = Ingest.build(settings)
-    http = settings.services.ingest.http
-    # Step 1
-    runner = await start_http(ingest.http_app(), host=http.host, port=http.port)
+    config = settings.services.ingest
+    leader = worker == 0
+
+    async def serve_public() -> web.AppRunner:
+        return await start_http(
+            ingest.public_app(),
+            host=config.http.host,
+            port=config.http.port,
+            reuse_port=config.workers > 1,
+        )
+
+    runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
+    pool = WorkerPool(count=config.workers - 1) if leader else None
     try:
+        # Step 1 (worker 0; the others join the port only once ready, so no request
+        # reaches a worker that would have to answer "starting up")
+        if leader:
+            runners.append(await serve_public())
+            runners.append(
+                await start_http(ingest.admin_app(), host=config.admin.host, port=config.admin.port)
+            )
         # Step 2
         if not await prepare_kafka_with_retry(
             settings.kafka, catalog=ingest.contracts.catalog, client_id="crmsync-ingest", stop=stop
         ):
             return
-        # Step 3
-        await asyncio.to_thread(
-            ingest.store.load, client_config(settings.kafka, client_id="crmsync-ingest-state")
-        )
-        # Step 4
-        if settings.services.ingest.run_pulls:
-            await ingest.fullsyncs.recover()
-            tasks = [asyncio.create_task(p.run_forever(stop)) for p in ingest.pollers]
+        if leader:
+            # Step 3
+            await asyncio.to_thread(
+                ingest.store.load, client_config(settings.kafka, client_id="crmsync-ingest-state")
+            )
+            # Step 4
+            if config.run_pulls:
+                await ingest.fullsyncs.recover()
+                tasks = [asyncio.create_task(p.run_forever(stop)) for p in ingest.pollers]
+        if pool is not None:
+            tasks.append(asyncio.create_task(pool.supervise(stop)))
         # Step 5
         ingest.ready.set()
-        log.info("ingest ready sources=%s", ",".join(sorted(ingest.sources)))
+        if not leader:
+            runners.append(await serve_public())
+        log.info("ingest ready worker=%s sources=%s", worker, ",".join(sorted(ingest.sources)))
         await stop.wait()
     finally:
+        if pool is not None:
+            pool.terminate()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -229,13 +267,11 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
                 await task
         await ingest.fullsyncs.close()
         # Stop accepting, let in-flight requests finish (they await their acks) ...
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await ingest.session.close()
         # ... then make sure nothing acknowledged or queued is left behind.
         await asyncio.to_thread(ingest.publisher.close)
-        log.info("ingest stopped")
-
-
-def main() -> None:
-    settings = service_settings("ingest")
-    run_until_signalled(lambda stop: run(settings, stop=stop))
+        if pool is not None:
+            await asyncio.to_thread(pool.wait)
+        log.info("ingest stopped worker=%s", worker)

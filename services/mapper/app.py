@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.core.config import Settings
 from services.core.contracts import WireContracts
 from services.core.kafka import TopicNames, faust_broker_settings
+from services.core.metrics import scrape_registry
 from services.mapper.processor import ChangeProcessor, Position
 
 # Taking events in small batches amortises faust's per-event overhead.
@@ -88,6 +89,6 @@ def create_app(settings: Settings, *, contracts: WireContracts) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, _request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+        return web.bytes(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app

@@ -70,6 +70,7 @@ def stack_config(
         "services": {
             "ingest": {
                 "http": {"port": ports["ingest"]},
+                "admin": {"port": ports["admin"]},
                 "delivery_timeout_ms": 5000,
                 "admin_token": {"env": "CRMSYNC_ADMIN_TOKEN"},
             },
@@ -92,6 +93,7 @@ class ServiceProcess:
     config_path: Path
     log_path: Path
     port: int
+    admin_port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -135,7 +137,8 @@ class ServiceProcess:
 
     def admin(self, method: str, path: str) -> tuple[int, Any]:
         """A call to ingest's admin API with the admin token."""
-        request = urllib.request.Request(f"{self.url}{path}", method=method)
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
+        request = urllib.request.Request(url, method=method)
         request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -184,7 +187,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in SERVICES}
+        ports = {name: free_port() for name in (*SERVICES, "admin")}
         self.config = stack_config(
             bootstrap=self.bootstrap, prefix=self.prefix, workdir=self.workdir, ports=ports
         )
@@ -197,6 +200,7 @@ class Stack:
                 config_path=self.config_path,
                 log_path=self.workdir / f"{name}.log",
                 port=ports[name],
+                admin_port=ports["admin"],
             )
 
     def write_config(self) -> None:
