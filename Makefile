@@ -86,7 +86,8 @@ schemas-check: install ## Fail when a schema change would break readers of an ea
 
 .PHONY: bench
 bench: install kafka-jars ## Run the benchmarks; figures go to bench/results/
-	@$(BIN)/python bench/e2e_webhook_to_store.py
+	@for b in ingest_webhooks csv_import e2e_webhook_to_store; do \
+		echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
 
 .PHONY: clean
 clean: stop ## Stop everything and delete local data (var/)

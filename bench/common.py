@@ -40,7 +40,7 @@ def bench_broker() -> Iterator[str]:
 def percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, int(round(fraction * len(sorted_values))) - 1))
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
     return sorted_values[index]
 
 

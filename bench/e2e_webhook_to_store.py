@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sqlite3
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -32,13 +28,8 @@ from typing import Any
 
 import aiohttp
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.support.kafka import LocalKafka  # noqa: E402
-from tests.support.services import DEMO_TOKEN, Stack  # noqa: E402
-
-RESULTS = REPO_ROOT / "bench" / "results" / "e2e_webhook_to_store.json"
+from bench.common import bench_broker, percentile, write_results
+from tests.support.services import DEMO_TOKEN, Stack
 
 
 def contact(index: int, *, run: str) -> dict[str, Any]:
@@ -139,8 +130,8 @@ async def latency(stack: Stack, *, events: int, rate: float) -> dict[str, Any]:
     return {
         "events": events,
         "rate_per_s": rate,
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1),
     }
 
@@ -154,12 +145,7 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=2_000)
     args = parser.parse_args()
 
-    bootstrap = os.environ.get("CRMSYNC_BENCH_BOOTSTRAP")
-    kafka = None if bootstrap else LocalKafka(name="bench", port=39600)
-    if kafka is not None:
-        bootstrap = kafka.start()
-    assert bootstrap is not None
-    with tempfile.TemporaryDirectory(prefix="crmsync-bench-") as workdir:
+    with bench_broker() as bootstrap, tempfile.TemporaryDirectory() as workdir:
         stack = Stack(bootstrap=bootstrap, workdir=Path(workdir))
         try:
             stack.start()
@@ -171,20 +157,7 @@ def main() -> None:
             lat = asyncio.run(latency(stack, events=args.latency_events, rate=args.rate))
         finally:
             stack.stop()
-            if kafka is not None:
-                kafka.stop(purge=True)
-    result = {
-        "benchmark": "e2e_webhook_to_store",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores {platform.machine()}, "
-        f"Python {platform.python_version()}",
-        "command": " ".join(["python bench/e2e_webhook_to_store.py", *sys.argv[1:]]),
-        "throughput": tp,
-        "latency": lat,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("e2e_webhook_to_store", {"throughput": tp, "latency": lat})
 
 
 if __name__ == "__main__":
