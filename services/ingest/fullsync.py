@@ -24,6 +24,7 @@ A run that stops without reaching 3-5 (the process ended) stays RUNNING in the s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 INGEST_OWNER: Final = "ingest"
 PREFETCH_PAGES: Final = 2
+PUBLISH_WINDOW: Final = 4
+SAVE_INTERVAL_S: Final = 1.0
 END_CONTROLS: Final = {
     SyncStatus.COMPLETED: ControlKind.COMPLETED,
     SyncStatus.CANCELLED: ControlKind.CANCELLED,
@@ -141,6 +144,7 @@ class FullSyncRun:
         self._mapping_version = mapping_version
         self._clock = clock
         self._cancel_requested = asyncio.Event()
+        self._saved_at = clock()
 
     def cancel(self) -> None:
         self._cancel_requested.set()
@@ -166,20 +170,36 @@ class FullSyncRun:
             return self.state
 
     async def _copy_pages(self) -> bool:
-        """Step 2; False when cancelled (step 3)."""
+        """Step 2; False when cancelled (step 3).
+
+        Up to ``PUBLISH_WINDOW`` pages are in flight to Kafka at once (their sends
+        are queued in page order, so per-partition order holds); a page counts as
+        done only once it and every page before it are acknowledged.
+        """
         queue: asyncio.Queue[PullPage | _Failed | None] = asyncio.Queue(maxsize=PREFETCH_PAGES)
         fetcher = asyncio.create_task(self._fetch(queue))
+        in_flight: collections.deque[tuple[PullPage, asyncio.Task[dict[int, int]]]] = (
+            collections.deque()
+        )
         try:
             while not self._cancel_requested.is_set():
                 item = await queue.get()
                 if item is None:
+                    while in_flight:
+                        await self._complete(*in_flight.popleft())
                     return True
                 if isinstance(item, _Failed):
                     raise item.error
-                await self._write(item)
+                in_flight.append((item, asyncio.create_task(self._publish(item))))
+                while len(in_flight) > PUBLISH_WINDOW or (in_flight and in_flight[0][1].done()):
+                    await self._complete(*in_flight.popleft())
+            while in_flight:
+                await self._complete(*in_flight.popleft())
             return False
         finally:
             fetcher.cancel()
+            for _page, task in in_flight:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fetcher
 
@@ -198,12 +218,14 @@ class FullSyncRun:
             return
         await queue.put(None)
 
-    async def _write(self, page: PullPage) -> None:
-        messages = [
-            OutgoingMessage(self._topics.fullsync, c.key, self._codecs.changes.encode(c))
-            for c in page.changes
-        ]
-        ends = await self._publisher.publish(messages)
+    async def _publish(self, page: PullPage) -> dict[int, int]:
+        """The page's records to the fullsync topic, its rejected rows to rejected."""
+        ends = await self._publisher.publish(
+            [
+                OutgoingMessage(self._topics.fullsync, c.key, self._codecs.changes.encode(c))
+                for c in page.changes
+            ]
+        )
         if page.rejected:
             await self._publisher.publish(
                 [
@@ -213,22 +235,30 @@ class FullSyncRun:
                     for r in page.rejected
                 ]
             )
+        return ends
+
+    async def _complete(self, page: PullPage, publishing: asyncio.Task[dict[int, int]]) -> None:
+        """A page acknowledged: count it, and save progress at most once per interval
+        (resuming from a slightly older cursor only re-sends a few pages)."""
+        ends = await publishing
         offsets = dict(self.state.end_offsets)
         for partition, end in ends.items():
             offsets[partition] = max(end, offsets.get(partition, 0))
-        state = replace(
+        now = self._clock()
+        self.state = replace(
             self.state,
-            updated_at=self._clock(),
+            updated_at=now,
             records_done=self.state.records_done + len(page.changes),
             records_rejected=self.state.records_rejected + len(page.rejected),
             records_total=page.total if page.total is not None else self.state.records_total,
             cursor=page.checkpoint.cursor,
             end_offsets=offsets,
         )
-        await self._save(state)
-        metrics.FULLSYNC_RECORDS.labels(self.source).set(state.records_done)
-        if state.records_total is not None:
-            metrics.FULLSYNC_RECORDS_TOTAL.labels(self.source).set(state.records_total)
+        if (now - self._saved_at).total_seconds() >= SAVE_INTERVAL_S:
+            await self._save(self.state)
+        metrics.FULLSYNC_RECORDS.labels(self.source).set(self.state.records_done)
+        if self.state.records_total is not None:
+            metrics.FULLSYNC_RECORDS_TOTAL.labels(self.source).set(self.state.records_total)
 
     async def end(self, status: SyncStatus, *, reason: str | None = None) -> FullSyncState:
         """Steps 3-5: the barrier message first, so the state never claims an end the
@@ -274,6 +304,7 @@ class FullSyncRun:
     async def _save(self, state: FullSyncState) -> None:
         await self._store.save_fullsync(self.source, state)
         self.state = state
+        self._saved_at = self._clock()
 
 
 class AlreadyRunning(Exception):

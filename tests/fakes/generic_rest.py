@@ -10,6 +10,7 @@ config describes. Bearer token required. Records are changed by the test through
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,8 @@ TOKEN = "rest-token-1"
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """Always with microseconds, so that the strings sort like the times they name."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class FakeRestCrm:
@@ -31,6 +33,7 @@ class FakeRestCrm:
         self.records: dict[str, dict[str, Any]] = {}
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tick = 0
+        self._ordered: list[tuple[str, str]] | None = None  # (updated_at, id), sorted
 
     def upsert(self, record_id: str, **fields: Any) -> dict[str, Any]:
         # Distinct, increasing times even within one clock tick.
@@ -39,7 +42,13 @@ class FakeRestCrm:
         record = {**self.records.get(record_id, {}), **fields, "id": record_id}
         record["updated_at"] = iso(stamp)
         self.records[record_id] = record
+        self._ordered = None
         return record
+
+    def _order(self) -> list[tuple[str, str]]:
+        if self._ordered is None:
+            self._ordered = sorted((r["updated_at"], r["id"]) for r in self.records.values())
+        return self._ordered
 
     def seed(self, count: int, *, prefix: str = "c") -> None:
         for index in range(count):
@@ -64,29 +73,20 @@ class FakeRestCrm:
             limit = int(request.query.get("limit", "100"))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        ordered = sorted(self.records.values(), key=lambda r: (r["updated_at"], r["id"]))
-        matching = [
-            r
-            for r in ordered
-            if since_at is None
-            or datetime.fromisoformat(r["updated_at"].replace("Z", "+00:00")) >= since_at
-        ]
-        start = 0
+        order = self._order()
+        # ISO 8601 UTC strings of one format sort like the times they name.
+        start = bisect.bisect_left(order, (iso(since_at), "")) if since_at else 0
         cursor = request.query.get("cursor")
         if cursor:
-            after = json.loads(base64.urlsafe_b64decode(cursor))
-            start = next(
-                (i for i, r in enumerate(matching) if (r["updated_at"], r["id"]) > tuple(after)),
-                len(matching),
-            )
-        page = matching[start : start + limit]
+            after = tuple(json.loads(base64.urlsafe_b64decode(cursor)))
+            start = max(start, bisect.bisect_right(order, after))
+        keys = order[start : start + limit]
+        page = [self.records[record_id] for _updated, record_id in keys]
         next_cursor = None
-        if start + limit < len(matching) and page:
-            last = page[-1]
-            next_cursor = base64.urlsafe_b64encode(
-                json.dumps([last["updated_at"], last["id"]]).encode()
-            ).decode()
-        return web.json_response({"data": page, "next_cursor": next_cursor, "total": len(matching)})
+        if start + limit < len(order) and keys:
+            next_cursor = base64.urlsafe_b64encode(json.dumps(list(keys[-1])).encode()).decode()
+        total = len(order) - (bisect.bisect_left(order, (iso(since_at), "")) if since_at else 0)
+        return web.json_response({"data": page, "next_cursor": next_cursor, "total": total})
 
 
 def main() -> None:
