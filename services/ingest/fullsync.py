@@ -385,9 +385,17 @@ class FullSyncs:
         for source, state in self._store.fullsyncs().items():
             if not state.running or state.owner != INGEST_OWNER:
                 continue
-            if source in self._page_sources and state.cursor is not None:
-                log.info("resuming full sync source=%s sync=%s", source, state.sync_id)
-                pages = self._page_sources[source](state, True)
+            if source in self._page_sources:
+                # From the saved cursor, or from the start when none was saved yet:
+                # records sent twice are harmless downstream, records skipped are not.
+                resume = state.cursor is not None
+                log.info(
+                    "resuming full sync source=%s sync=%s from=%s",
+                    source,
+                    state.sync_id,
+                    "cursor" if resume else "start",
+                )
+                pages = self._page_sources[source](state, resume)
                 self._launch(source, self._run(source, state, pages))
             else:
                 await self._orphan(
