@@ -260,7 +260,7 @@ def _locate(root: yaml.Node | None, loc: Sequence[int | str]) -> _Located:
             return _Located(_join(parts), key_line)
         child, child_key_line = _child(node, item)
         last = position == len(loc) - 1
-        if child is None and not last:
+        if child is None and (not last or _is_kind_of(node, item)):
             continue
         parts.append(f"[{item}]" if isinstance(item, int) else item)
         if child is not None:
@@ -269,6 +269,12 @@ def _locate(root: yaml.Node | None, loc: Sequence[int | str]) -> _Located:
         else:
             node = None
     return _Located(_join(parts), line)
+
+
+def _is_kind_of(node: yaml.Node | None, item: int | str) -> bool:
+    """Whether ``item`` is the ``kind`` of this mapping: a union tag, not a setting."""
+    kind, _ = _child(node, "kind")
+    return isinstance(kind, yaml.ScalarNode) and kind.value == item
 
 
 def _child(node: yaml.Node | None, item: int | str) -> tuple[yaml.Node | None, int | None]:

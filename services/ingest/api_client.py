@@ -6,7 +6,8 @@ Every pull (poll or full sync) goes through one ``ApiClient`` per source. A requ
    so crmsync stays under the CRM's published limits instead of hitting them;
 2. is sent with the source's credentials and a timeout;
 3. on 429 (or the CRM's own throttling signal) waits for ``Retry-After`` when the
-   CRM gives one, else backs off exponentially with full jitter, and retries;
+   CRM gives one (or its own wait header, read by the connector's ``wait_hint``),
+   else backs off exponentially with full jitter, and retries;
 4. on 5xx, a timeout or a dropped connection backs off the same way and retries;
 5. on 401 asks the credentials to refresh once (expired OAuth tokens), then retries;
 6. on any other 4xx raises ``ApiError``: retrying would not change the answer.
@@ -41,6 +42,8 @@ RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
 
 Sleep = Callable[[float], Awaitable[None]]
 ThrottleCheck = Callable[[int, bytes], bool]
+WaitHint = Callable[[Mapping[str, str]], float | None]
+"""A vendor's own "retry in N seconds" header, read when ``Retry-After`` is absent."""
 
 
 class ApiError(Exception):
@@ -139,6 +142,7 @@ class ApiClient:
         session: aiohttp.ClientSession,
         credentials: Credentials,
         is_throttled: ThrottleCheck | None = None,
+        wait_hint: WaitHint | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -148,6 +152,7 @@ class ApiClient:
         self._session = session
         self._credentials = credentials
         self._is_throttled = is_throttled or (lambda _status, _body: False)
+        self._wait_hint = wait_hint or (lambda _headers: None)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._bucket = TokenBucket(rate=settings.max_requests_per_second, sleep=sleep)
@@ -209,6 +214,9 @@ class ApiClient:
                 wait = retry_after_seconds(
                     response.headers.get("Retry-After"), now=datetime.now(UTC)
                 )
+                if wait is None and throttled:
+                    hint = self._wait_hint(response.headers)
+                    wait = min(max(0.0, hint), RETRY_AFTER_CAP_S) if hint is not None else None
             if attempt >= self._settings.max_attempts:
                 raise ApiUnavailable(
                     status=503, path=shown, detail=f"{reason} after {attempt} attempts"

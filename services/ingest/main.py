@@ -115,6 +115,7 @@ class Ingest:
                 credentials=connectors.credentials
                 or StaticBearer(connectors.api.token.resolve() if connectors.api.token else None),
                 is_throttled=connectors.is_throttled,
+                wait_hint=connectors.wait_hint,
             )
             page_sources[name] = full_sync_pages(connectors.pull, api)
             if connectors.poll is not None and connectors.poll.enabled:

@@ -9,12 +9,21 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from services.core.config import SourceSettings
-from services.ingest.connectors import generic, generic_rest
+from services.ingest.connectors import (
+    generic,
+    generic_rest,
+    hubspot,
+    pipedrive,
+    webcrm,
+)
 from services.ingest.connectors.base import SourceConnectors
 
 BUILDERS: Final[dict[str, Callable[[str, Any], SourceConnectors]]] = {
     "generic_webhook": generic.connectors,
     "generic_rest": generic_rest.connectors,
+    "hubspot": hubspot.connectors,
+    "pipedrive": pipedrive.connectors,
+    "webcrm": webcrm.connectors,
 }
 
 

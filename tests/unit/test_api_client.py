@@ -164,3 +164,16 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds("99999", now=now) == 600.0
     assert retry_after_seconds("soon", now=now) is None
     assert retry_after_seconds(None, now=now) is None
+
+
+@pytest.mark.asyncio
+async def test_a_vendor_wait_header_is_honoured_without_retry_after(
+    server: tuple[TestServer, Script, Recorder],
+) -> None:
+    test_server, script, recorder = server
+    script += [status(429, **{"x-ratelimit-reset": "2"}), ok]
+    async with aiohttp.ClientSession() as session:
+        api = client(test_server, session, recorder)
+        api._wait_hint = lambda headers: float(headers["x-ratelimit-reset"])
+        assert await api.get_json("/x") == {"ok": True}
+    assert recorder.sleeps == [2.0]

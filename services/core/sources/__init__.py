@@ -14,8 +14,13 @@ from services.core.sources.common import (
 )
 from services.core.sources.generic import GenericWebhookSource
 from services.core.sources.generic_rest import GenericRestSource
+from services.core.sources.hubspot import HubSpotSource
+from services.core.sources.pipedrive import PipedriveSource
+from services.core.sources.webcrm import WebCrmSource
 
-SourceKinds = GenericWebhookSource | GenericRestSource
+SourceKinds = (
+    GenericWebhookSource | GenericRestSource | HubSpotSource | PipedriveSource | WebCrmSource
+)
 
 __all__ = [
     "ApiSettings",
@@ -23,10 +28,13 @@ __all__ = [
     "GenericRestSource",
     "GenericWebhookSource",
     "HmacSha256Auth",
+    "HubSpotSource",
     "NoAuth",
+    "PipedriveSource",
     "PollSettings",
     "SourceBase",
     "SourceKinds",
     "StandardWebhooksAuth",
+    "WebCrmSource",
     "WebhookAuth",
 ]

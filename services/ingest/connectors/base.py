@@ -21,7 +21,7 @@ from services.core.contracts import ContactChange, Origin, RejectedEvent
 
 if TYPE_CHECKING:
     from services.core.sources import ApiSettings, PollSettings
-    from services.ingest.api_client import ApiClient, Credentials, ThrottleCheck
+    from services.ingest.api_client import ApiClient, Credentials, ThrottleCheck, WaitHint
 
 
 class AuthError(Exception):
@@ -130,3 +130,5 @@ class SourceConnectors:
     """How API requests authenticate; by default a bearer token from ``api.token``."""
     is_throttled: ThrottleCheck | None = None
     """The CRM's own throttling signal besides 429 (e.g. Salesforce REQUEST_LIMIT_EXCEEDED)."""
+    wait_hint: WaitHint | None = None
+    """The CRM's own "retry in N seconds" header when it sends no Retry-After."""

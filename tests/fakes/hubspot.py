@@ -1,0 +1,593 @@
+"""A fake HubSpot: the CRM v3 contacts search and list endpoints, and signed webhooks.
+
+Follows HubSpot's public documentation (developers.hubspot.com):
+
+- ``POST /crm/v3/objects/contacts/search`` ("Search the CRM"): ``filterGroups`` (OR of
+  ANDed ``filters``; at most 5 groups, 6 filters each, 18 in all), one sort at most,
+  ``properties``, ``limit`` (default 10, at most 200), ``after`` (an offset, as an
+  integer string); answers ``{"total", "results", "paging": {"next": {"after"}}}``.
+  A query's results end at 10,000: a request with ``after`` at or past it is a 400,
+  as is a body over 3,000 characters. Archived contacts are never found. The search
+  endpoints take 5 requests per second per account; more get HubSpot's 429 body.
+- ``GET /crm/v3/objects/contacts`` (list): ``limit`` (at most 100), ``after`` (an
+  opaque cursor from ``paging.next.after``), ``properties`` (comma separated),
+  ``archived``; records in id order, no result window, no ``total``.
+- Records look like the API's: ``id``, ``properties`` (every value a string, as
+  HubSpot returns them, ``hs_object_id``, ``createdate`` and ``lastmodifieddate``
+  always included), ``createdAt``, ``updatedAt``, ``archived``.
+- Webhooks ("Webhooks API", "Validating requests"): every change made through
+  ``upsert``/``delete``/``merge`` queues the events HubSpot would send;
+  ``webhook_request`` builds the body and headers of one delivery, signed v3 (with the
+  v1 headers HubSpot also sends to webhook endpoints) or v2. The signatures are
+  computed here from the documentation, independently of the connector.
+
+A bad token gets HubSpot's 401. ``Faults`` (tests/fakes/server.py) adds the general
+rate limit (HubSpot's TEN_SECONDLY_ROLLING 429), random 5xx and slow answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import functools
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from aiohttp import web
+
+from tests.fakes.server import FakeServer, Faults, run_standalone, standalone_arguments
+
+TOKEN: Final = "pat-na1-11111111-2222-3333-4444-555555555555"
+CLIENT_SECRET: Final = "8f4e2a17-5b6c-4d3e-9a1b-0c2d3e4f5a6b"
+PORTAL_ID: Final = 62515
+APP_ID: Final = 54321
+SEARCH_WINDOW: Final = 10_000
+SEARCH_MAX_LIMIT: Final = 200
+SEARCH_DEFAULT_LIMIT: Final = 10
+SEARCH_MAX_BODY_CHARS: Final = 3000
+LIST_MAX_LIMIT: Final = 100
+MAX_EVENTS_PER_REQUEST: Final = 100
+DATETIME_PROPERTIES: Final = frozenset({"createdate", "lastmodifieddate"})
+NUMBER_PROPERTIES: Final = frozenset({"hs_object_id"})
+ALWAYS_RETURNED: Final = ("createdate", "hs_object_id", "lastmodifieddate")
+DEFAULT_PROPERTIES: Final = ("createdate", "email", "firstname", "hs_object_id", "lastname")
+# The escapes HubSpot decodes in the URI before signing v3 (documented table).
+V3_DECODED: Final = {
+    "%3A": ":",
+    "%2F": "/",
+    "%3F": "?",
+    "%40": "@",
+    "%21": "!",
+    "%24": "$",
+    "%27": "'",
+    "%28": "(",
+    "%29": ")",
+    "%2A": "*",
+    "%2C": ",",
+    "%3B": ";",
+}
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    """HubSpot's timestamps: ISO 8601 in UTC with milliseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def millis(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_millis(value: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=value)
+
+
+def property_text(value: Any) -> str | None:
+    """A value as HubSpot stores and returns it: always a string."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ";".join(str(item) for item in value)  # multiple checkboxes
+    return str(value)
+
+
+def error_body(message: str, category: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "message": message,
+        "correlationId": str(uuid.uuid4()),
+        "category": category,
+        **extra,
+    }
+
+
+def rate_limit_response(policy: str, message: str) -> web.Response:
+    """HubSpot's documented 429 body (API usage guidelines, "Error responses")."""
+    body = {
+        "status": "error",
+        "message": message,
+        "errorType": "RATE_LIMIT",
+        "correlationId": str(uuid.uuid4()),
+        "policyName": policy,
+        "requestId": str(uuid.uuid4()),
+    }
+    return web.json_response(body, status=429)
+
+
+def ten_secondly_throttle(_status: int) -> web.Response:
+    """The general rate limit's answer, for ``Faults.throttle_response``."""
+    response = rate_limit_response("TEN_SECONDLY_ROLLING", "You have reached your secondly limit.")
+    response.headers.update(
+        {
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+            "X-HubSpot-RateLimit-Max": "190",
+            "X-HubSpot-RateLimit-Remaining": "0",
+        }
+    )
+    return response
+
+
+# --- webhook signing (HubSpot's side) --------------------------------------------------
+
+
+def v3_source_uri(url: str) -> str:
+    for encoded, decoded in V3_DECODED.items():
+        url = url.replace(encoded, decoded)
+    return url
+
+
+def sign_v3(secret: str, *, method: str, url: str, body: bytes, timestamp: str) -> str:
+    source = f"{method}{v3_source_uri(url)}{body.decode('utf-8')}{timestamp}".encode()
+    digest = hmac.new(secret.encode("utf-8"), source, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def sign_v2(secret: str, *, method: str, url: str, body: bytes) -> str:
+    source = f"{secret}{method}{url}{body.decode('utf-8')}"
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def sign_v1(secret: str, *, body: bytes) -> str:
+    return hashlib.sha256(f"{secret}{body.decode('utf-8')}".encode()).hexdigest()
+
+
+def webhook_request(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    url: str,
+    secret: str = CLIENT_SECRET,
+    version: str = "v3",
+    timestamp_ms: int | None = None,
+    method: str = "POST",
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one delivery of ``events`` to ``url``, as HubSpot sends."""
+    if not events or len(events) > MAX_EVENTS_PER_REQUEST:
+        raise ValueError("HubSpot sends 1 to 100 events per request")
+    body = json.dumps(list(events), separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json"}
+    if version == "v3":
+        stamp = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
+        headers["X-HubSpot-Request-Timestamp"] = stamp
+        headers["X-HubSpot-Signature-v3"] = sign_v3(
+            secret, method=method, url=url, body=body, timestamp=stamp
+        )
+        # Webhook deliveries also carry the older v1 signature.
+        headers["X-HubSpot-Signature-Version"] = "v1"
+        headers["X-HubSpot-Signature"] = sign_v1(secret, body=body)
+    elif version == "v2":
+        headers["X-HubSpot-Signature-Version"] = "v2"
+        headers["X-HubSpot-Signature"] = sign_v2(secret, method=method, url=url, body=body)
+    else:
+        raise ValueError(f"unknown signature version {version!r}")
+    return body, headers
+
+
+def batches(events: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Events split into deliveries of at most 100, as HubSpot batches them."""
+    size = MAX_EVENTS_PER_REQUEST
+    return [list(events[i : i + size]) for i in range(0, len(events), size)]
+
+
+# --- search filters ----------------------------------------------------------------------
+
+
+class SearchError(Exception):
+    """A search request HubSpot would refuse with 400 VALIDATION_ERROR."""
+
+
+def comparable(name: str, value: Any) -> Any:
+    """A property or filter value as HubSpot compares it."""
+    if value is None:
+        return None
+    text = str(value)
+    if name in DATETIME_PROPERTIES:
+        return datetime_millis(text)
+    if name in NUMBER_PROPERTIES:
+        return int(text)
+    return text.lower()
+
+
+@functools.lru_cache(maxsize=65_536)
+def datetime_millis(text: str) -> int:
+    """A datetime filter or property value (Unix ms or ISO 8601) as Unix ms."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return millis(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def filter_matches(record: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    name = spec.get("propertyName")
+    operator = spec.get("operator")
+    if not isinstance(name, str) or not isinstance(operator, str):
+        raise SearchError("a filter needs propertyName and operator")
+    actual = comparable(name, record["properties"].get(name))
+    if operator == "HAS_PROPERTY":
+        return actual not in (None, "")
+    if operator == "NOT_HAS_PROPERTY":
+        return actual in (None, "")
+    if operator in ("IN", "NOT_IN"):
+        values = [comparable(name, v) for v in spec.get("values", [])]
+        return (actual in values) == (operator == "IN")
+    try:
+        value = comparable(name, spec.get("value"))
+    except ValueError as exc:
+        raise SearchError(f"invalid value for {name}: {exc}") from None
+    if operator == "BETWEEN":
+        high = comparable(name, spec.get("highValue"))
+        return actual is not None and value <= actual <= high
+    return compare(operator, actual, value)
+
+
+def compare(operator: str, actual: Any, value: Any) -> bool:
+    if operator == "EQ":
+        return bool(actual == value)
+    if operator == "NEQ":
+        return bool(actual != value)
+    if actual is None or value is None:
+        return False
+    checks: dict[str, Callable[[Any, Any], bool]] = {
+        "LT": lambda a, b: a < b,
+        "LTE": lambda a, b: a <= b,
+        "GT": lambda a, b: a > b,
+        "GTE": lambda a, b: a >= b,
+    }
+    if operator not in checks:
+        raise SearchError(f"unsupported operator {operator!r}")
+    return checks[operator](actual, value)
+
+
+def check_filter_groups(groups: Any) -> list[Any]:
+    if groups is None:
+        return []
+    if not isinstance(groups, list) or len(groups) > 5:
+        raise SearchError("filterGroups: at most 5 groups")
+    total = 0
+    for group in groups:
+        filters = group.get("filters") if isinstance(group, dict) else None
+        if not isinstance(filters, list) or len(filters) > 6:
+            raise SearchError("a filter group has 1 to 6 filters")
+        total += len(filters)
+    if total > 18:
+        raise SearchError("at most 18 filters in all")
+    return groups
+
+
+# --- the fake CRM ------------------------------------------------------------------------
+
+
+@dataclass
+class SearchLimiter:
+    """The search endpoints' own limit: requests per second per account."""
+
+    per_second: float | None
+    recent: deque[float]
+
+    def allow(self) -> bool:
+        if self.per_second is None:
+            return True
+        now = time.monotonic()
+        while self.recent and now - self.recent[0] > 1.0:
+            self.recent.popleft()
+        if len(self.recent) >= self.per_second:
+            return False
+        self.recent.append(now)
+        return True
+
+
+class FakeHubSpot:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        portal_id: int = PORTAL_ID,
+        search_requests_per_second: float | None = 5.0,
+    ) -> None:
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.portal_id = portal_id
+        self.events: list[dict[str, Any]] = []
+        self.search_bodies: list[dict[str, Any]] = []
+        self.list_requests = 0
+        self.search_limiter = SearchLimiter(search_requests_per_second, deque())
+        self.on_search: Callable[[int], None] | None = None
+        """Called with the request number before answering a search (tests change data)."""
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._next_id = 101
+        self._next_event = 3_816_279_000
+        self._last_ms = 0
+
+        # Changes, stamped the way HubSpot stamps them -----------------------------------
+        self._by_id: list[int] | None = None
+
+    def _stamp(self, modified_at: datetime | None) -> datetime:
+        """The modification time: given, or the clock, never the same ms twice."""
+        if modified_at is not None:
+            return from_millis(millis(modified_at))
+        self._last_ms = max(self._last_ms + 1, millis(self._clock()))
+        return from_millis(self._last_ms)
+
+    def upsert(
+        self, record_id: str | None = None, *, modified_at: datetime | None = None, **values: Any
+    ) -> dict[str, Any]:
+        stamp = self._stamp(modified_at)
+        record = self.contacts.get(record_id) if record_id is not None else None
+        changed = {name: property_text(value) for name, value in values.items()}
+        if record is None:
+            if record_id is None:
+                record_id = str(self._next_id)
+            elif not record_id.isdigit():
+                raise ValueError("HubSpot record ids are numbers")
+            self._next_id = max(self._next_id, int(record_id) + 1)
+            record = {
+                "id": record_id,
+                "properties": {"hs_object_id": record_id, "createdate": iso(stamp)},
+                "createdAt": iso(stamp),
+                "archived": False,
+            }
+            self.contacts[record_id] = record
+            self._by_id = None
+            self._event("contact.creation", record_id, stamp)
+        else:
+            changed = {k: v for k, v in changed.items() if record["properties"].get(k) != v}
+        record["properties"].update(changed)
+        record["properties"]["lastmodifieddate"] = iso(stamp)
+        record["updatedAt"] = iso(stamp)
+        for name, value in changed.items():
+            self._event(
+                "contact.propertyChange",
+                record["id"],
+                stamp,
+                propertyName=name,
+                propertyValue=value if value is not None else "",
+            )
+        return record
+
+    def _ids_in_order(self) -> list[int]:
+        """Every contact id, ascending (cached: a full sync lists 100,000s of pages)."""
+        if self._by_id is None:
+            self._by_id = sorted(int(record_id) for record_id in self.contacts)
+        return self._by_id
+
+    def seed(self, count: int, *, modified_at: datetime | None = None) -> list[str]:
+        ids = []
+        for index in range(count):
+            record = self.upsert(
+                modified_at=modified_at,
+                email=f"contact{self._next_id}@example.com",
+                firstname=f"First{index}",
+                lastname="Seeded",
+            )
+            ids.append(record["id"])
+        return ids
+
+    def delete(self, record_id: str, *, privacy: bool = False) -> None:
+        stamp = self._stamp(None)
+        record = self.contacts[record_id]
+        record["archived"] = True
+        record["archivedAt"] = iso(stamp)
+        self._event("contact.deletion", record_id, stamp)
+        if privacy:
+            self._event("contact.privacyDeletion", record_id, stamp)
+
+    def merge(self, primary: str, merged: str) -> None:
+        """``merged`` merged into ``primary`` (the record on the right in HubSpot's UI)."""
+        stamp = self._stamp(None)
+        self.contacts[merged]["archived"] = True
+        target = self.contacts[primary]
+        target["properties"]["lastmodifieddate"] = iso(stamp)
+        target["updatedAt"] = iso(stamp)
+        self._event(
+            "contact.merge",
+            primary,
+            stamp,
+            primaryObjectId=int(primary),
+            mergedObjectIds=[int(merged)],
+            newObjectId=int(primary),
+            numberOfPropertiesMoved=2,
+        )
+
+    def _event(self, kind: str, record_id: str, at: datetime, **extra: Any) -> None:
+        self._next_event += 1
+        self.events.append(
+            {
+                "eventId": self._next_event,
+                "subscriptionId": 1000 + len(kind),
+                "portalId": self.portal_id,
+                "appId": APP_ID,
+                "occurredAt": millis(at),
+                "subscriptionType": kind,
+                "attemptNumber": 0,
+                "objectId": int(record_id),
+                "changeSource": "CRM_UI",
+                "sourceId": "userId:4242",
+                **extra,
+            }
+        )
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events HubSpot would send for the changes so far (and forget them)."""
+        events, self.events = self.events, []
+        return events
+
+    # The API ------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/crm/v3/objects/contacts/search", self.search)
+        app.router.add_get("/crm/v3/objects/contacts", self.list_contacts)
+        return app
+
+    @staticmethod
+    def _unauthorized(request: web.Request) -> web.Response | None:
+        if request.headers.get("Authorization") == f"Bearer {TOKEN}":
+            return None
+        body = error_body(
+            "Authentication credentials not found. This API supports OAuth 2.0 "
+            "authentication and you can find more details at "
+            "https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+            "INVALID_AUTHENTICATION",
+        )
+        return web.json_response(body, status=401)
+
+    def _shape(self, record: Mapping[str, Any], wanted: Iterable[str]) -> dict[str, Any]:
+        names = dict.fromkeys([*wanted, *ALWAYS_RETURNED])
+        return {
+            "id": record["id"],
+            "properties": {name: record["properties"].get(name) for name in names},
+            "createdAt": record["createdAt"],
+            "updatedAt": record["updatedAt"],
+            "archived": record["archived"],
+        }
+
+    async def search(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        if not self.search_limiter.allow():
+            return rate_limit_response("SECONDLY", "You have reached your secondly limit.")
+        raw = await request.text()
+        try:
+            answer = self._search(raw)
+        except SearchError as exc:
+            return web.json_response(error_body(str(exc), "VALIDATION_ERROR"), status=400)
+        return web.json_response(answer)
+
+    def _search(self, raw: str) -> dict[str, Any]:
+        if len(raw) > SEARCH_MAX_BODY_CHARS:
+            raise SearchError(f"request body longer than {SEARCH_MAX_BODY_CHARS} characters")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise SearchError("body is not JSON") from None
+        if not isinstance(body, dict):
+            raise SearchError("body must be a JSON object")
+        self.search_bodies.append(body)
+        if self.on_search is not None:
+            self.on_search(len(self.search_bodies))
+        limit = body.get("limit", SEARCH_DEFAULT_LIMIT)
+        if not isinstance(limit, int) or not 1 <= limit <= SEARCH_MAX_LIMIT:
+            raise SearchError(f"limit must be between 1 and {SEARCH_MAX_LIMIT}")
+        try:
+            after = int(body.get("after") or 0)
+        except (TypeError, ValueError):
+            raise SearchError("after must be an integer") from None
+        if after >= SEARCH_WINDOW:
+            # "Attempting to page beyond 10,000 will result in a 400 error."
+            raise SearchError(
+                f"There was a problem with the request. The search endpoints are limited "
+                f"to {SEARCH_WINDOW} total results for any given query."
+            )
+        matching = self._matching(body)
+        end = min(after + limit, len(matching), SEARCH_WINDOW)
+        wanted = body.get("properties") or DEFAULT_PROPERTIES
+        answer: dict[str, Any] = {
+            "total": len(matching),
+            "results": [self._shape(r, wanted) for r in matching[after:end]],
+        }
+        if end < len(matching):
+            answer["paging"] = {"next": {"after": str(end)}}
+        return answer
+
+    def _matching(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        groups = check_filter_groups(body.get("filterGroups"))
+        live = [r for r in self.contacts.values() if not r["archived"]]
+        if groups:
+            live = [
+                r
+                for r in live
+                if any(all(filter_matches(r, f) for f in g["filters"]) for g in groups)
+            ]
+        sorts = body.get("sorts") or [{"propertyName": "createdate", "direction": "ASCENDING"}]
+        if not isinstance(sorts, list) or len(sorts) > 1:
+            raise SearchError("only one sort can be applied")
+        name = sorts[0].get("propertyName")
+        descending = sorts[0].get("direction") == "DESCENDING"
+        # Ties keep id order; records without the property sort last.
+        by_id = sorted(live, key=lambda r: int(r["id"]))
+        present = [r for r in by_id if r["properties"].get(name) not in (None, "")]
+        absent = [r for r in by_id if r["properties"].get(name) in (None, "")]
+        present.sort(key=lambda r: comparable(name, r["properties"][name]), reverse=descending)
+        return present + absent
+
+    async def list_contacts(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        self.list_requests += 1
+        query = request.query
+        try:
+            limit = int(query.get("limit", "10"))
+            start = (
+                int(base64.urlsafe_b64decode(query["after"]).decode()) if "after" in query else 0
+            )
+        except (ValueError, UnicodeDecodeError):
+            body = error_body("Unable to parse limit or after", "VALIDATION_ERROR")
+            return web.json_response(body, status=400)
+        if not 1 <= limit <= LIST_MAX_LIMIT:
+            body = error_body(f"limit must be between 1 and {LIST_MAX_LIMIT}", "VALIDATION_ERROR")
+            return web.json_response(body, status=400)
+        archived = query.get("archived", "false") == "true"
+        wanted = [p for p in query.get("properties", "").split(",") if p] or DEFAULT_PROPERTIES
+        ids = self._ids_in_order()
+        page: list[dict[str, Any]] = []
+        following: str | None = None
+        for number in ids[bisect.bisect_left(ids, start) :]:
+            record = self.contacts[str(number)]
+            if record["archived"] != archived:
+                continue
+            if len(page) == limit:
+                following = record["id"]
+                break
+            page.append(record)
+        answer: dict[str, Any] = {"results": [self._shape(r, wanted) for r in page]}
+        if following is not None:
+            token = base64.urlsafe_b64encode(following.encode()).decode()
+            link = f"{request.url.origin()}/crm/v3/objects/contacts?after={token}"
+            answer["paging"] = {"next": {"after": token, "link": link}}
+        return web.json_response(answer)
+
+
+def main() -> None:
+    args = standalone_arguments("fake HubSpot (CRM v3 contacts search and list)").parse_args()
+    crm = FakeHubSpot()
+    crm.seed(args.records)
+    faults = Faults(
+        max_requests_per_second=args.rate_limit,
+        error_rate=args.error_rate,
+        seed=args.seed,
+        throttle_response=ten_secondly_throttle,
+    )
+    run_standalone(FakeServer(crm.app(), faults), args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""A fake Pipedrive: the persons API v2 and Webhooks v2, shaped as Pipedrive documents them.
+
+- ``GET /api/v2/persons`` with ``updated_since`` / ``updated_until`` (RFC 3339),
+  ``sort_by`` (id, update_time, add_time), ``sort_direction`` (asc, desc), ``limit``
+  (default 100, at most 500) and an opaque ``cursor`` marking the first person of the
+  next page; answers ``{"success": true, "data": [...], "additional_data":
+  {"next_cursor": ... | null}}``. Deleted persons are not listed. The API token must be
+  in the ``x-api-token`` header (or the older ``api_token`` query parameter), else 401
+  with Pipedrive's error body. Every answer carries the ``x-ratelimit-*`` headers;
+  ``throttle_response`` is Pipedrive's 429 for ``Faults``.
+- Persons live in memory; ``upsert`` / ``delete`` stamp ``update_time`` in whole
+  seconds as Pipedrive does (a person changed twice within a second gets the next
+  second, so each version stays distinct) and record the Webhooks v2 event Pipedrive
+  would send. ``webhook(event)`` builds that request: the JSON body (``meta``, ``data``,
+  ``previous``; custom fields tagged with their type) and the HTTP Basic header of the
+  webhook's ``http_auth_user`` / ``http_auth_password``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from aiohttp import web
+
+from tests.fakes.server import FakeServer, Faults, run_standalone, standalone_arguments
+
+API_TOKEN: Final = "pipedrive-token-1"
+WEBHOOK_USER: Final = "crmsync"
+WEBHOOK_PASSWORD: Final = "pipedrive-hook-secret-1"
+COMPANY_ID: Final = "9876543"
+MAX_LIMIT: Final = 500
+SORT_FIELDS: Final = ("id", "update_time", "add_time")
+ERROR_INFO: Final = (
+    "Please check developers.pipedrive.com for more information about Pipedrive API."
+)
+
+
+def field_key(name: str) -> str:
+    """Custom fields are keyed by 40-character hashes."""
+    return hashlib.sha1(name.encode()).hexdigest()  # noqa: S324 - a key, not security
+
+
+# The fake account's person custom fields and their types.
+CUSTOM_FIELDS: Final = {
+    field_key("newsletter"): "varchar",
+    field_key("segment"): "enum",
+    field_key("interests"): "set",
+    field_key("lifetime_value"): "monetary",
+}
+NEWSLETTER, SEGMENT, INTERESTS, LIFETIME_VALUE = CUSTOM_FIELDS
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_millis(moment: datetime) -> str:
+    """``meta.timestamp`` as the guide's example has it: ``2023-01-01T00:00:00.000Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
+
+
+def tagged(kind: str, value: Any) -> Any:
+    """A custom field value as Webhooks v2 sends it."""
+    if value is None:
+        return None
+    if kind == "enum":
+        return {"type": kind, "id": value}
+    if kind == "set":
+        return {"type": kind, "values": [{"id": option} for option in value]}
+    if kind == "monetary":
+        return {"type": kind, **value}
+    return {"type": kind, "value": value}
+
+
+class FakePipedrive:
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.persons: dict[int, dict[str, Any]] = {}
+        self.deleted: dict[int, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.reset_seconds = 1
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._next_id = 1
+
+    # --- data ------------------------------------------------------------------------
+
+    def upsert(self, person_id: int | None = None, **changes: Any) -> dict[str, Any]:
+        """Create or change a person. ``email`` / ``phone`` set the primary one;
+        ``custom`` maps custom field keys to values; other keys are person fields."""
+        if person_id is None:
+            person_id = self._next_id
+        self._next_id = max(self._next_id, person_id + 1)
+        old = self.persons.get(person_id)
+        person = dict(old) if old is not None else self._new(person_id)
+        self._apply(person, changes)
+        person["update_time"] = iso(self._stamp(old))
+        self.persons[person_id] = person
+        self._record(
+            "change" if old is not None else "create",
+            person_id,
+            data=self.webhook_data(person),
+            previous=self._changed(old, person) if old is not None else None,
+        )
+        return person
+
+    def delete(self, person_id: int) -> None:
+        person = self.persons.pop(person_id)
+        self.deleted[person_id] = person
+        self._record("delete", person_id, data=None, previous=self.webhook_data(person))
+
+    def seed(self, count: int) -> None:
+        for index in range(count):
+            self.upsert(
+                first_name=f"First{index}",
+                last_name=f"Last{index}",
+                email=f"person{index}@example.com",
+                custom={NEWSLETTER: "yes", SEGMENT: 1 + index % 3, INTERESTS: [1, 2]},
+            )
+
+    def _new(self, person_id: int) -> dict[str, Any]:
+        now = iso(self._clock())
+        return {
+            "id": person_id,
+            "name": "",
+            "first_name": "",
+            "last_name": "",
+            "owner_id": 1,
+            "org_id": None,
+            "add_time": now,
+            "update_time": now,
+            "emails": [],
+            "phones": [],
+            "is_deleted": False,
+            "visible_to": 3,
+            "label_ids": [],
+            "picture_id": None,
+            "custom_fields": dict.fromkeys(CUSTOM_FIELDS),
+        }
+
+    @staticmethod
+    def _apply(person: dict[str, Any], changes: dict[str, Any]) -> None:
+        email = changes.pop("email", None)
+        if email is not None:
+            person["emails"] = [{"value": email, "primary": True, "label": "work"}]
+        phone = changes.pop("phone", None)
+        if phone is not None:
+            person["phones"] = [{"value": phone, "primary": True, "label": "mobile"}]
+        person["custom_fields"] = {**person["custom_fields"], **changes.pop("custom", {})}
+        person.update(changes)
+        person["name"] = f"{person['first_name']} {person['last_name']}".strip()
+
+    def _stamp(self, old: dict[str, Any] | None) -> datetime:
+        now = self._clock().replace(microsecond=0)
+        if old is not None:
+            previous = parse_rfc3339(old["update_time"])
+            now = max(now, previous + timedelta(seconds=1))
+        return now
+
+    # --- webhooks --------------------------------------------------------------------
+
+    @staticmethod
+    def webhook_data(person: dict[str, Any]) -> dict[str, Any]:
+        """The person as a Webhooks v2 ``data`` block."""
+        return {
+            "id": person["id"],
+            "name": person["name"],
+            "first_name": person["first_name"],
+            "last_name": person["last_name"],
+            "owner_id": person["owner_id"],
+            "org_id": person["org_id"],
+            "add_time": person["add_time"],
+            "update_time": person["update_time"],
+            "emails": person["emails"],
+            "phones": person["phones"],
+            "label": None,
+            "label_ids": person["label_ids"],
+            "visible_to": str(person["visible_to"]),
+            "custom_fields": {
+                key: tagged(CUSTOM_FIELDS[key], value)
+                for key, value in person["custom_fields"].items()
+            },
+        }
+
+    @staticmethod
+    def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        before, after = FakePipedrive.webhook_data(old), FakePipedrive.webhook_data(new)
+        return {key: value for key, value in before.items() if after.get(key) != value}
+
+    def _record(
+        self,
+        action: str,
+        person_id: int,
+        *,
+        data: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        self.events.append(
+            {
+                "meta": {
+                    "action": action,
+                    "entity": "person",
+                    "company_id": COMPANY_ID,
+                    "correlation_id": str(uuid.uuid4()),
+                    "entity_id": str(person_id),
+                    "id": str(uuid.uuid4()),
+                    "is_bulk_edit": False,
+                    "timestamp": iso_millis(self._clock()),
+                    "type": "general",
+                    "user_id": "123",
+                    "version": "2.0",
+                    "webhook_id": "77",
+                    "webhook_owner_id": "123",
+                    "change_source": "app",
+                    "attempt": 1,
+                    "host": "company.pipedrive.com",
+                    "permitted_user_ids": ["123"],
+                },
+                "data": data,
+                "previous": previous,
+            }
+        )
+
+    @staticmethod
+    def webhook(
+        event: dict[str, Any],
+        *,
+        user: str = WEBHOOK_USER,
+        password: str = WEBHOOK_PASSWORD,
+        attempt: int = 1,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The request Pipedrive sends for ``event``: body and headers."""
+        body = {**event, "meta": {**event["meta"], "attempt": attempt}}
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Pipedrive-Webhook",
+            "Authorization": f"Basic {credentials}",
+        }
+        return json.dumps(body).encode(), headers
+
+    # --- the API ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v2/persons", self.list_persons)
+        return app
+
+    def throttle_response(self, status: int) -> web.Response:
+        """Pipedrive's answer over the burst limit or the daily token budget."""
+        return web.json_response(
+            self._error("Rate limit has been exceeded"),
+            status=status,
+            headers={
+                "x-ratelimit-limit": "20",
+                "x-ratelimit-remaining": "0",
+                "x-ratelimit-reset": str(self.reset_seconds),
+            },
+        )
+
+    @staticmethod
+    def _error(message: str) -> dict[str, Any]:
+        return {
+            "success": False,
+            "error": message,
+            "error_info": ERROR_INFO,
+            "data": None,
+            "additional_data": None,
+        }
+
+    def _answer(self, body: dict[str, Any], status: int = 200) -> web.Response:
+        return web.json_response(
+            body,
+            status=status,
+            headers={"x-ratelimit-limit": "20", "x-ratelimit-remaining": "19"},
+        )
+
+    async def list_persons(self, request: web.Request) -> web.Response:
+        token = request.headers.get("x-api-token") or request.query.get("api_token")
+        if token != API_TOKEN:
+            return self._answer(self._error("unauthorized access"), status=401)
+        try:
+            query = PersonsQuery.from_request(request)
+        except ValueError as exc:
+            return self._answer(self._error(str(exc)), status=400)
+        ordered = sorted(
+            (p for p in self.persons.values() if query.matches(p)),
+            key=query.sort_key,
+            reverse=query.descending,
+        )
+        start = query.start(ordered)
+        page = ordered[start : start + query.limit]
+        rest = ordered[start + query.limit :]
+        next_cursor = query.cursor_for(rest[0]) if rest else None
+        return self._answer(
+            {"success": True, "data": page, "additional_data": {"next_cursor": next_cursor}}
+        )
+
+
+class PersonsQuery:
+    """The documented parameters of GET /api/v2/persons, checked as Pipedrive does."""
+
+    def __init__(self, params: dict[str, str]) -> None:
+        self.sort_by = params.get("sort_by", "id")
+        if self.sort_by not in SORT_FIELDS:
+            raise ValueError(f"sort_by must be one of {', '.join(SORT_FIELDS)}")
+        direction = params.get("sort_direction", "asc")
+        if direction not in ("asc", "desc"):
+            raise ValueError("sort_direction must be asc or desc")
+        self.descending = direction == "desc"
+        self.limit = int(params.get("limit", "100"))
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+        since, until = params.get("updated_since"), params.get("updated_until")
+        self.since = parse_rfc3339(since) if since else None
+        self.until = parse_rfc3339(until) if until else None
+        self.cursor = self._decode(params["cursor"]) if params.get("cursor") else None
+
+    @classmethod
+    def from_request(cls, request: web.Request) -> PersonsQuery:
+        return cls(dict(request.query))
+
+    def matches(self, person: dict[str, Any]) -> bool:
+        updated = parse_rfc3339(person["update_time"])
+        return (self.since is None or updated >= self.since) and (
+            self.until is None or updated < self.until
+        )
+
+    def sort_key(self, person: dict[str, Any]) -> tuple[Any, int]:
+        value = person[self.sort_by]
+        return (parse_rfc3339(value) if self.sort_by != "id" else value, person["id"])
+
+    def start(self, ordered: list[dict[str, Any]]) -> int:
+        """The index of the cursor's person (or of the next one, if it moved)."""
+        if self.cursor is None:
+            return 0
+        marker = self.cursor
+        for index, person in enumerate(ordered):
+            key = self.sort_key(person)
+            if (key <= marker) if self.descending else (key >= marker):
+                return index
+        return len(ordered)
+
+    def cursor_for(self, person: dict[str, Any]) -> str:
+        raw = json.dumps(
+            {
+                "field": self.sort_by,
+                "fieldValue": person[self.sort_by],
+                "sortDirection": "desc" if self.descending else "asc",
+                "id": person["id"],
+            }
+        )
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def _decode(self, cursor: str) -> tuple[Any, int]:
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            if raw["field"] != self.sort_by:
+                raise ValueError("cursor belongs to another sort order")
+            value = raw["fieldValue"]
+            return (parse_rfc3339(value) if self.sort_by != "id" else value, int(raw["id"]))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError("invalid cursor") from None
+
+
+def main() -> None:
+    args = standalone_arguments("fake Pipedrive (persons API v2)").parse_args()
+    crm = FakePipedrive()
+    crm.seed(args.records)
+    faults = Faults(
+        max_requests_per_second=args.rate_limit,
+        error_rate=args.error_rate,
+        seed=args.seed,
+        throttle_response=crm.throttle_response,
+    )
+    run_standalone(FakeServer(crm.app(), faults), args.port)
+
+
+if __name__ == "__main__":
+    main()
