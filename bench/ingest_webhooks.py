@@ -124,7 +124,7 @@ def main() -> None:
             url = f"{stack['ingest'].url}/webhooks/demo"
             figures = {
                 "ingest_workers": args.workers,
-            "throughput": asyncio.run(
+                "throughput": asyncio.run(
                     throughput(
                         url, events=args.events, batch=args.batch, concurrency=args.concurrency
                     )
