@@ -13,6 +13,8 @@ KAFKA := $(PYTHON) deploy/kafka/local_kafka.py
 # The demo source's bearer token and the admin API's; any values work locally.
 export CRMSYNC_DEMO_TOKEN ?= demo-token
 export CRMSYNC_ADMIN_TOKEN ?= admin-token
+# The token the demo's fake HubSpot expects (it is a fake: nothing real is behind it).
+export CRMSYNC_DEMO_HUBSPOT_TOKEN ?= pat-na1-11111111-2222-3333-4444-555555555555
 
 .PHONY: help
 help: ## List the targets
@@ -42,7 +44,7 @@ kafka-down: ## Stop the local Kafka cluster
 
 .PHONY: run
 run: install kafka-up ## Start Kafka and the three services on the example config, with the demo source
-	@$(BIN)/python -m services.devstack up --config $(CONFIG)
+	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090
 	@echo
 	@echo "crmsync is running (logs in var/log/). Send a contact to the demo source:"
 	@echo
@@ -53,6 +55,13 @@ run: install kafka-up ## Start Kafka and the three services on the example confi
 	@echo "then look it up:"
 	@echo
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --email ada@example.com"
+	@echo
+	@echo "Backfill the demo HubSpot (a fake with 1,000 contacts) and watch its progress:"
+	@echo
+	@echo "  export CRMSYNC_ADMIN_TOKEN=$(CRMSYNC_ADMIN_TOKEN)"
+	@echo "  $(BIN)/crmsync --config $(CONFIG) fullsync start hubspot-demo --wait"
+	@echo "  $(BIN)/crmsync --config $(CONFIG) status"
+	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --id hubspot-demo:1000"
 	@echo
 	@echo "Health and metrics: http://127.0.0.1:808{0,1,2}/readyz and /metrics. Stop with: make stop"
 

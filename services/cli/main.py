@@ -18,6 +18,7 @@ from typing import Any
 from services.cli.admin_client import admin_call
 from services.core.config import ConfigError, Settings, config_path, load_settings
 from services.core.contracts import Identity
+from services.core.settings_base import MissingSecretError
 from services.mapper.rules.identity import normalise_email
 from services.writer.stores import open_store
 from services.writer.stores.base import StoredProfile
@@ -31,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None
-    raise SystemExit(args.handler(settings, args))
+    try:
+        raise SystemExit(args.handler(settings, args))
+    except MissingSecretError as exc:
+        sys.stderr.write(f"a secret the config names is missing: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def _parser() -> argparse.ArgumentParser:
