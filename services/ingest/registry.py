@@ -14,6 +14,7 @@ from services.ingest.connectors import (
     generic_rest,
     hubspot,
     pipedrive,
+    s360,
     webcrm,
 )
 from services.ingest.connectors.base import SourceConnectors
@@ -24,6 +25,7 @@ BUILDERS: Final[dict[str, Callable[[str, Any], SourceConnectors]]] = {
     "hubspot": hubspot.connectors,
     "pipedrive": pipedrive.connectors,
     "webcrm": webcrm.connectors,
+    "s360": s360.connectors,
 }
 
 

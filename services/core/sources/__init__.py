@@ -16,10 +16,16 @@ from services.core.sources.generic import GenericWebhookSource
 from services.core.sources.generic_rest import GenericRestSource
 from services.core.sources.hubspot import HubSpotSource
 from services.core.sources.pipedrive import PipedriveSource
+from services.core.sources.s360 import S360Source
 from services.core.sources.webcrm import WebCrmSource
 
 SourceKinds = (
-    GenericWebhookSource | GenericRestSource | HubSpotSource | PipedriveSource | WebCrmSource
+    GenericWebhookSource
+    | GenericRestSource
+    | HubSpotSource
+    | PipedriveSource
+    | WebCrmSource
+    | S360Source
 )
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "NoAuth",
     "PipedriveSource",
     "PollSettings",
+    "S360Source",
     "SourceBase",
     "SourceKinds",
     "StandardWebhooksAuth",
