@@ -58,6 +58,7 @@ def source_config(crm: str, url: str, page_size: int) -> dict[str, Any]:
         "mapping": {"email": "email", "firstname": "first_name"},
     }
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crm", default="hubspot", choices=["hubspot", "generic_rest"])
