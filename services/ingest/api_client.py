@@ -199,7 +199,14 @@ class ApiClient:
                 # Step 5
                 if response.status == 401 and not refreshed:
                     refreshed = True
-                    if await self._credentials.refresh():
+                    try:
+                        renewed = await self._credentials.refresh()
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        # The token endpoint is down: a transient failure like any other.
+                        raise ApiUnavailable(
+                            status=503, path=shown, detail=f"credentials refresh failed: {exc}"
+                        ) from exc
+                    if renewed:
                         continue
                 # Steps 3 and 4
                 throttled = response.status == 429 or self._is_throttled(

@@ -123,6 +123,12 @@ class Poller:
         except (ApiError, BrokerUnavailable) as exc:
             await self._record_failure(state, exc)
             return False
+        except Exception as exc:
+            # A bug (in a connector, say): loud in the log and in the status, but the
+            # poller keeps its schedule instead of dying silently in the background.
+            log.exception("poll crashed source=%s", self.source)
+            await self._record_failure(state, exc)
+            return False
         metrics.POLLS.labels(self.source, "ok").inc()
         metrics.POLL_FAILURES_IN_A_ROW.labels(self.source).set(0)
         metrics.LAST_SUCCESSFUL_POLL.labels(self.source).set(self._clock().timestamp())

@@ -15,6 +15,7 @@ from services.ingest.connectors import (
     hubspot,
     pipedrive,
     s360,
+    salesforce,
     webcrm,
 )
 from services.ingest.connectors.base import SourceConnectors
@@ -23,6 +24,7 @@ BUILDERS: Final[dict[str, Callable[[str, Any], SourceConnectors]]] = {
     "generic_webhook": generic.connectors,
     "generic_rest": generic_rest.connectors,
     "hubspot": hubspot.connectors,
+    "salesforce": salesforce.connectors,
     "pipedrive": pipedrive.connectors,
     "webcrm": webcrm.connectors,
     "s360": s360.connectors,

@@ -132,7 +132,7 @@ class WebhookHandler:
             )
         # Step 6
         metrics.EVENTS_RECEIVED.labels(source, "WEBHOOK").inc(len(changes))
-        answer = connector.answer(len(changes))
+        answer = connector.answer(inbound, len(changes))
         return web.Response(
             body=answer.body, status=answer.status, content_type=answer.content_type
         )

@@ -39,7 +39,7 @@ from services.ingest.connectors.base import (
     Stamp,
 )
 from services.ingest.connectors.hubspot import connectors
-from services.ingest.connectors.hubspot_pull import (
+from services.ingest.connectors.hubspot.pull import (
     HubSpotPullConnector,
     ListPosition,
     SearchPosition,
@@ -49,7 +49,7 @@ from services.ingest.connectors.hubspot_pull import (
     next_search_position,
     search_body,
 )
-from services.ingest.connectors.hubspot_push import HubSpotWebhookConnector, v3_uri
+from services.ingest.connectors.hubspot.push import HubSpotWebhookConnector, v3_uri
 from tests.fakes.hubspot import (
     CLIENT_SECRET,
     PORTAL_ID,
@@ -503,7 +503,7 @@ def test_malformed_batches_name_the_field(body: Any, where: str, problem: str) -
 
 
 def test_answer_is_200_json() -> None:
-    answer = webhook().answer(3)
+    answer = webhook().answer(inbound(b"[]", {}), 3)
     assert (answer.status, json.loads(answer.body)) == (200, {"accepted": 3})
 
 

@@ -366,7 +366,7 @@ def test_more_contacts_than_the_cap_are_refused() -> None:
 
 
 def test_answer_is_200() -> None:
-    answer = connector().answer(3)
+    answer = connector().answer(request([]), 3)
     assert (answer.status, json.loads(answer.body)) == (200, {"accepted": 3})
 
 

@@ -17,12 +17,14 @@ from services.core.sources.generic_rest import GenericRestSource
 from services.core.sources.hubspot import HubSpotSource
 from services.core.sources.pipedrive import PipedriveSource
 from services.core.sources.s360 import S360Source
+from services.core.sources.salesforce import SalesforceSource
 from services.core.sources.webcrm import WebCrmSource
 
 SourceKinds = (
     GenericWebhookSource
     | GenericRestSource
     | HubSpotSource
+    | SalesforceSource
     | PipedriveSource
     | WebCrmSource
     | S360Source
@@ -39,6 +41,7 @@ __all__ = [
     "PipedriveSource",
     "PollSettings",
     "S360Source",
+    "SalesforceSource",
     "SourceBase",
     "SourceKinds",
     "StandardWebhooksAuth",

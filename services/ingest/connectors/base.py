@@ -71,8 +71,8 @@ class WebhookConnector(Protocol):
     def parse(self, request: InboundRequest, *, received_at: datetime) -> Sequence[ContactChange]:
         """The changes in the request, in the order the source sent them."""
 
-    def answer(self, accepted: int) -> WebhookAnswer:
-        """The success response the CRM expects (most: 200 with any body)."""
+    def answer(self, request: InboundRequest, accepted: int) -> WebhookAnswer:
+        """The success response the CRM expects for this request (most: 200, any body)."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class GenericWebhookConnector:
     def authenticate(self, request: InboundRequest, *, now: datetime) -> None:
         self._auth.verify(request, now=now)
 
-    def answer(self, accepted: int) -> WebhookAnswer:
+    def answer(self, request: InboundRequest, accepted: int) -> WebhookAnswer:
         return json_answer(accepted)
 
     def parse(self, request: InboundRequest, *, received_at: datetime) -> Sequence[ContactChange]:

@@ -202,7 +202,7 @@ class PipedriveWebhookConnector:
         # Pipedrive sends no timestamp or signature to check against ``now``.
         verify_basic(request.headers, expected=self._expected)
 
-    def answer(self, accepted: int) -> WebhookAnswer:
+    def answer(self, request: InboundRequest, accepted: int) -> WebhookAnswer:
         # Any 2XX counts as delivered.
         return json_answer(accepted)
 

@@ -222,7 +222,7 @@ class S360WebhookConnector:
         if not (login_ok and password_ok):
             raise AuthError("invalid login or password")
 
-    def answer(self, accepted: int) -> WebhookAnswer:
+    def answer(self, request: InboundRequest, accepted: int) -> WebhookAnswer:
         # S-360 wants 200 and ignores the body.
         return json_answer(accepted)
 

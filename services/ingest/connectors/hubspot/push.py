@@ -178,7 +178,7 @@ class HubSpotWebhookConnector:
         if not same(header(request.headers, SIGNATURE).strip().lower(), expected):
             raise AuthError(f"invalid signature in {SIGNATURE}")
 
-    def answer(self, accepted: int) -> WebhookAnswer:
+    def answer(self, request: InboundRequest, accepted: int) -> WebhookAnswer:
         return json_answer(accepted)
 
     def parse(self, request: InboundRequest, *, received_at: datetime) -> Sequence[ContactChange]:

@@ -1,12 +1,12 @@
 """The HubSpot connector: webhook event batches (push), CRM API polls and full syncs
-(pull); see ``hubspot_push`` and ``hubspot_pull``."""
+(pull); see ``push`` and ``pull``."""
 
 from __future__ import annotations
 
 from services.core.sources import HubSpotSource
 from services.ingest.connectors.base import SourceConnectors
-from services.ingest.connectors.hubspot_pull import HubSpotPullConnector, is_throttled
-from services.ingest.connectors.hubspot_push import HubSpotWebhookConnector
+from services.ingest.connectors.hubspot.pull import HubSpotPullConnector, is_throttled
+from services.ingest.connectors.hubspot.push import HubSpotWebhookConnector
 
 
 def connectors(source: str, settings: HubSpotSource) -> SourceConnectors:
