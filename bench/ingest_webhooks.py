@@ -122,6 +122,9 @@ def main() -> None:
         try:
             stack.start("ingest")
             url = f"{stack['ingest'].url}/webhooks/demo"
+            # Warm up the broker's JIT and the connections first: the figures are for
+            # a running system, not the first seconds of a new JVM.
+            asyncio.run(throughput(url, events=args.events // 3, batch=args.batch, concurrency=4))
             figures = {
                 "ingest_workers": args.workers,
                 "throughput": asyncio.run(
