@@ -43,7 +43,7 @@ kafka-down: ## Stop the local Kafka cluster
 	@$(KAFKA) stop --name local
 
 .PHONY: run
-run: install kafka-up ## Start Kafka and the three services on the example config, with the demo source
+run: install kafka-up ## Start Kafka, a fake HubSpot and the three services on the example config
 	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090
 	@echo
 	@echo "crmsync is running (logs in var/log/). Send a contact to the demo source:"
