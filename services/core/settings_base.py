@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from services.core.logs import remember_secret
+
+REFERENCE_HINT: Final = (
+    "must name where the secret is kept, as {env: VARIABLE} or {file: PATH}; "
+    "the secret itself never goes in the config"
+)
 
 
 class Strict(BaseModel):
@@ -21,6 +27,14 @@ class SecretRef(Strict):
 
     env: str | None = None
     file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_value(cls, data: Any) -> Any:
+        # Every secret setting of every source gets this one rule and its hint.
+        if isinstance(data, str | int | float):
+            raise ValueError(REFERENCE_HINT)
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:

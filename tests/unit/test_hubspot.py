@@ -573,7 +573,7 @@ def test_a_complete_source_with_defaults() -> None:
             "sources.hubspot.poll (line 7): a poll reads HubSpot's CRM API: add 'api'",
         ),
         ("    api: {}\n", "sources.hubspot.api (line 6): token: HubSpot's CRM API needs"),
-        ("    api: {token: pat-na1-123}\n", "api.token must name where the secret is kept"),
+        ("    api: {token: pat-na1-123}\n", "api.token (line 6): must name where the secret is"),
         (
             "    api: {token: {env: T}, base_url: 'https://api.hubapi.com/crm/v3'}\n",
             "sources.hubspot.api (line 6): base_url is the API host only",

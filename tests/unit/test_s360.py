@@ -94,7 +94,7 @@ def test_settings_defaults_and_secret_reference() -> None:
 @pytest.mark.parametrize(
     ("auth", "problem"),
     [
-        ({"login": LOGIN, "password": "plain"}, "password must name where the password is kept"),
+        ({"login": LOGIN, "password": "plain"}, "must name where the secret is kept"),
         ({"login": "a:b", "password": {"env": PASSWORD_ENV}}, "String should match pattern"),
         ({"login": "", "password": {"env": PASSWORD_ENV}}, "at least 1 character"),
         ({"login": LOGIN}, "Field required"),

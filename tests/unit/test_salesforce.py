@@ -760,7 +760,7 @@ def test_an_unauthenticated_relay_cannot_be_configured() -> None:
                     "token": {"env": SESSION_ENV},
                 }
             },
-            "My Domain URL only",
+            "the org.s My Domain URL, https://acme.my.salesforce.com",
         ),
         ({"oauth": {"client_id": CLIENT_ID, "client_secret": {"env": SECRET_ENV}}}, "add 'api'"),
         (

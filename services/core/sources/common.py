@@ -7,7 +7,8 @@ Each CRM's own settings model (one module per CRM in this package) builds on
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import Field, field_validator, model_validator
@@ -123,3 +124,24 @@ class SourceBase(Strict):
     csv: CsvSettings = Field(
         default_factory=CsvSettings, description="how this source's export files read"
     )
+
+
+def default_api_settings(data: Any, **defaults: Any) -> Any:
+    """For a source's before-validator: fill ``api`` settings a CRM's own API makes
+    obvious (its one host, its documented request rate) when the config leaves them out."""
+    if not isinstance(data, dict) or not isinstance(data.get("api"), dict):
+        return data
+    return {**data, "api": {**defaults, **data["api"]}}
+
+
+def checked_api(api: ApiSettings, *, needs: str | None, example: str, adds: str) -> ApiSettings:
+    """A CRM API's settings: a token when ``needs`` says which one, and a
+    ``base_url`` that is only the host (the connector adds the paths itself)."""
+    if needs is not None and api.token is None:
+        raise ValueError(f"token: {needs} as {{env: VARIABLE}} or {{file: PATH}}")
+    parts = urlsplit(api.base_url)
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(
+            f"base_url is the API host only (e.g. {example}); the connector adds {adds} itself"
+        )
+    return api

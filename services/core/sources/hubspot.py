@@ -20,12 +20,17 @@ import json
 import re
 from collections.abc import Iterable
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.core.settings_base import SecretRef, Strict
-from services.core.sources.common import ApiSettings, PollSettings, SourceBase
+from services.core.sources.common import (
+    ApiSettings,
+    PollSettings,
+    SourceBase,
+    checked_api,
+    default_api_settings,
+)
 
 HUBSPOT_API_BASE_URL: Final = "https://api.hubapi.com"
 # Documented limits of the CRM search endpoints ("Search the CRM", Limits).
@@ -42,10 +47,6 @@ DEFAULT_PROPERTIES: Final = ("email", "firstname", "lastname", "phone", "company
 # The search body the connector sends at its largest (see connectors/hubspot.py
 # ``search_body``), without the property names; a unit test keeps the two in step.
 SEARCH_BODY_OVERHEAD: Final = 420
-REFERENCE_HINT: Final = (
-    "must name where the secret is kept, as {env: VARIABLE} or {file: PATH}; "
-    "the secret itself never goes in the config"
-)
 
 SignatureVersion = Literal["v3", "v2"]
 
@@ -78,8 +79,6 @@ class HubSpotWebhooks(Strict):
                 "HubSpot signs every webhook with the app's client secret; set "
                 "client_secret to {env: VARIABLE} or {file: PATH}"
             )
-        if isinstance(value, str):
-            raise ValueError(REFERENCE_HINT)
         return value
 
     @field_validator("signature_versions")
@@ -126,31 +125,20 @@ class HubSpotSource(SourceBase):
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
         """HubSpot has one API host, so ``base_url`` may be left out."""
-        if not isinstance(data, dict) or not isinstance(data.get("api"), dict):
-            return data
-        api = dict(data["api"])
-        if isinstance(api.get("token"), str):
-            raise ValueError(f"api.token {REFERENCE_HINT}")
-        api.setdefault("base_url", HUBSPOT_API_BASE_URL)
-        return {**data, "api": api}
+        return default_api_settings(data, base_url=HUBSPOT_API_BASE_URL)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings | None) -> ApiSettings | None:
         if api is None:
             return None
-        if api.token is None:
-            raise ValueError(
-                "token: HubSpot's CRM API needs a private app access token "
-                "(scope crm.objects.contacts.read) as {env: VARIABLE} or {file: PATH}"
-            )
-        parts = urlsplit(api.base_url)
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(
-                f"base_url is the API host only (e.g. {HUBSPOT_API_BASE_URL}); the "
-                "connector adds /crm/v3/objects/contacts itself"
-            )
-        return api
+        return checked_api(
+            api,
+            needs="HubSpot's CRM API needs a private app access token "
+            "(scope crm.objects.contacts.read)",
+            example=HUBSPOT_API_BASE_URL,
+            adds="/crm/v3/objects/contacts",
+        )
 
     @field_validator("poll")
     @classmethod

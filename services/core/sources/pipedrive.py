@@ -10,22 +10,23 @@ operator most often gets wrong, each with a message that says what Pipedrive nee
 from __future__ import annotations
 
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.core.settings_base import SecretRef, Strict
-from services.core.sources.common import ApiSettings, PollSettings, SourceBase
+from services.core.sources.common import (
+    ApiSettings,
+    PollSettings,
+    SourceBase,
+    checked_api,
+    default_api_settings,
+)
 
 PIPEDRIVE_API_BASE_URL: Final = "https://api.pipedrive.com"
 # "Please note that a maximum value of 500 is allowed" (GET /api/v2/persons, limit).
 PERSONS_MAX_LIMIT: Final = 500
 # The connector's name for the person's primary email (see connectors/pipedrive.py).
 PRIMARY_EMAIL_FIELD: Final = "primary_email"
-REFERENCE_HINT: Final = (
-    "must name where the secret is kept, as {env: VARIABLE} or {file: PATH}; "
-    "the secret itself never goes in the config"
-)
 
 
 class PipedriveWebhooks(Strict):
@@ -40,13 +41,6 @@ class PipedriveWebhooks(Strict):
         "'*.*' webhook: answer 200 and drop them, or refuse them with 400 (Pipedrive "
         "then retries and eventually bans the webhook)",
     )
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_is_a_reference(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(REFERENCE_HINT)
-        return value
 
     @field_validator("username")
     @classmethod
@@ -75,31 +69,20 @@ class PipedriveSource(SourceBase):
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
         """Pipedrive answers on api.pipedrive.com, so ``base_url`` may be left out."""
-        if not isinstance(data, dict) or not isinstance(data.get("api"), dict):
-            return data
-        api = dict(data["api"])
-        if isinstance(api.get("token"), str):
-            raise ValueError(f"api.token {REFERENCE_HINT}")
-        api.setdefault("base_url", PIPEDRIVE_API_BASE_URL)
-        return {**data, "api": api}
+        return default_api_settings(data, base_url=PIPEDRIVE_API_BASE_URL)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings | None) -> ApiSettings | None:
         if api is None:
             return None
-        if api.token is None:
-            raise ValueError(
-                "token: Pipedrive's API needs the personal API token (Settings > "
-                "Personal preferences > API) as {env: VARIABLE} or {file: PATH}"
-            )
-        parts = urlsplit(api.base_url)
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(
-                f"base_url is the API host only (e.g. {PIPEDRIVE_API_BASE_URL}); the "
-                "connector adds /api/v2/persons itself"
-            )
-        return api
+        return checked_api(
+            api,
+            needs="Pipedrive's API needs the personal API token (Settings > "
+            "Personal preferences > API)",
+            example=PIPEDRIVE_API_BASE_URL,
+            adds="/api/v2/persons",
+        )
 
     @field_validator("poll")
     @classmethod

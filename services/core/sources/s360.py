@@ -10,9 +10,9 @@ points, so that an institution's payload can be read without changing code.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from services.core.settings_base import SecretRef, Strict
 from services.core.sources.common import SourceBase
@@ -29,10 +29,6 @@ DEFAULT_EMAIL_PATHS: Final = (
 # The payload is at most one run of the queue: S contacts (S = 100 by default), sent in
 # buckets of bs. S-360 documents no upper bound for either; this one only guards memory.
 DEFAULT_MAX_CONTACTS: Final = 1000
-REFERENCE_HINT: Final = (
-    "must name where the password is kept, as {env: VARIABLE} or {file: PATH}; "
-    "the password itself never goes in the config"
-)
 
 
 class S360BasicAuth(Strict):
@@ -41,13 +37,6 @@ class S360BasicAuth(Strict):
     kind: Literal["basic"] = "basic"
     login: str = Field(min_length=1, pattern=r"^[^:]+$", description="no ':' (RFC 7617)")
     password: SecretRef
-
-    @model_validator(mode="before")
-    @classmethod
-    def _password_is_a_reference(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("password"), str):
-            raise ValueError(f"password {REFERENCE_HINT}")
-        return data
 
 
 class S360Deletion(Strict):

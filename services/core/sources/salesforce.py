@@ -20,8 +20,7 @@ says what Salesforce needs.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,6 +32,7 @@ from services.core.sources.common import (
     PollSettings,
     SourceBase,
     StandardWebhooksAuth,
+    checked_api,
 )
 
 DEFAULT_API_VERSION: Final = "62.0"
@@ -56,10 +56,6 @@ OBJECT_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 FIELD_PATH: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$")
 # An organization id: 15 characters (case-sensitive) or 18 (with the checksum suffix).
 ORGANIZATION_ID: Final = re.compile(r"^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
-REFERENCE_HINT: Final = (
-    "must name where the secret is kept, as {env: VARIABLE} or {file: PATH}; "
-    "the secret itself never goes in the config"
-)
 
 FieldType = Literal["boolean", "int", "double", "string"]
 # Outbound messages carry every value as XML text; these standard Contact and Lead
@@ -73,12 +69,6 @@ DEFAULT_FIELD_TYPES: Final[dict[str, FieldType]] = {
     "IsConverted": "boolean",
     "IsUnreadByOwner": "boolean",
 }
-
-
-def _secret_reference(value: Any) -> Any:
-    if isinstance(value, str):
-        raise ValueError(REFERENCE_HINT)
-    return value
 
 
 class SalesforceOutboundMessages(Strict):
@@ -120,11 +110,6 @@ class SalesforceOutboundMessages(Strict):
             )
         return value
 
-    @field_validator("token", mode="before")
-    @classmethod
-    def _token_is_a_reference(cls, value: Any) -> Any:
-        return _secret_reference(value)
-
     @model_validator(mode="after")
     def _certificate_pair(self) -> SalesforceOutboundMessages:
         if (self.client_cert_header is None) != (self.client_cert_value is None):
@@ -165,11 +150,6 @@ class SalesforceOAuth(Strict):
     refresh_token: SecretRef | None = Field(
         default=None, description="needed by the refresh_token grant"
     )
-
-    @field_validator("client_secret", "refresh_token", mode="before")
-    @classmethod
-    def _secrets_are_references(cls, value: Any) -> Any:
-        return _secret_reference(value)
 
     @model_validator(mode="after")
     def _refresh_token(self) -> SalesforceOAuth:
@@ -242,14 +222,15 @@ class SalesforceSource(SourceBase):
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings | None) -> ApiSettings | None:
-        if api is not None:
-            parts = urlsplit(api.base_url)
-            if parts.path not in ("", "/") or parts.query:
-                raise ValueError(
-                    "base_url is the org's My Domain URL only (e.g. "
-                    "https://acme.my.salesforce.com); the connector adds /services/data/..."
-                )
-        return api
+        if api is None:
+            return None
+        # No token hint: the token usually comes from the OAuth flow, not the config.
+        return checked_api(
+            api,
+            needs=None,
+            example="the org's My Domain URL, https://acme.my.salesforce.com",
+            adds="/services/data/...",
+        )
 
     @model_validator(mode="after")
     def _complete(self) -> SalesforceSource:

@@ -14,12 +14,17 @@ says what webCRM needs.
 from __future__ import annotations
 
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.sources.common import ApiSettings, PollSettings, SourceBase
+from services.core.sources.common import (
+    ApiSettings,
+    PollSettings,
+    SourceBase,
+    checked_api,
+    default_api_settings,
+)
 
 WEBCRM_API_BASE_URL: Final = "https://api.webcrm.com"
 # "The default limit is 250 requests per minute ... with a sliding window" (api.webcrm.com).
@@ -30,10 +35,6 @@ DEFAULT_REQUESTS_PER_SECOND: Final = 4.0
 MAX_PAGE_SIZE: Final = 1000
 # Person fields that hold credentials of the person's portal logins: never forwarded.
 PASSWORD_FIELDS: Final = ("PersonPassword", "PersonMemberPassword", "PersonCampaignPassword")
-REFERENCE_HINT: Final = (
-    "must name where the secret is kept, as {env: VARIABLE} or {file: PATH}; "
-    "the secret itself never goes in the config"
-)
 
 
 class WebCrmSource(SourceBase):
@@ -59,29 +60,22 @@ class WebCrmSource(SourceBase):
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
         """webCRM has one API host and a known request limit, so both may be left out."""
-        if not isinstance(data, dict) or not isinstance(data.get("api"), dict):
-            return data
-        api = dict(data["api"])
-        if isinstance(api.get("token"), str):
-            raise ValueError(f"api.token {REFERENCE_HINT}")
-        api.setdefault("base_url", WEBCRM_API_BASE_URL)
-        api.setdefault("max_requests_per_second", DEFAULT_REQUESTS_PER_SECOND)
-        return {**data, "api": api}
+        return default_api_settings(
+            data,
+            base_url=WEBCRM_API_BASE_URL,
+            max_requests_per_second=DEFAULT_REQUESTS_PER_SECOND,
+        )
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings) -> ApiSettings:
-        if api.token is None:
-            raise ValueError(
-                "token: webCRM's REST API needs an application token (Configuration > "
-                "Integration > API > REST) as {env: VARIABLE} or {file: PATH}"
-            )
-        parts = urlsplit(api.base_url)
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(
-                f"base_url is the API host only (e.g. {WEBCRM_API_BASE_URL}); the "
-                "connector adds /Auth/ApiLogin and /Queries itself"
-            )
+        checked_api(
+            api,
+            needs="webCRM's REST API needs an application token (Configuration > "
+            "Integration > API > REST)",
+            example=WEBCRM_API_BASE_URL,
+            adds="/Auth/ApiLogin and /Queries",
+        )
         if api.max_requests_per_second * 60 > REQUESTS_PER_MINUTE:
             raise ValueError(
                 f"max_requests_per_second: webCRM takes at most {REQUESTS_PER_MINUTE} "
