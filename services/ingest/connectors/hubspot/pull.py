@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -56,32 +55,6 @@ from services.ingest.fields import (
 
 log = logging.getLogger(__name__)
 
-V3_SIGNATURE: Final = "X-HubSpot-Signature-v3"
-V3_TIMESTAMP: Final = "X-HubSpot-Request-Timestamp"
-SIGNATURE: Final = "X-HubSpot-Signature"
-SIGNATURE_VERSION: Final = "X-HubSpot-Signature-Version"
-TIMESTAMP_TOLERANCE_S: Final = 300
-# The URI characters HubSpot decodes before signing v3 (the docs' table).
-V3_DECODED: Final = {
-    "%3A": ":",
-    "%2F": "/",
-    "%3F": "?",
-    "%40": "@",
-    "%21": "!",
-    "%24": "$",
-    "%27": "'",
-    "%28": "(",
-    "%29": ")",
-    "%2A": "*",
-    "%2C": ",",
-    "%3B": ";",
-}
-PERCENT_ESCAPE: Final = re.compile(r"%[0-9A-Fa-f]{2}")
-MAX_EVENTS_PER_REQUEST: Final = 100
-CONTACT_TYPE_ID: Final = "0-1"
-FIELD_ACTIONS: Final = frozenset({"creation", "propertyChange", "restore", "merge"})
-DELETE_ACTIONS: Final = frozenset({"deletion", "privacyDeletion"})
-SKIPPED_ACTIONS: Final = frozenset({"associationChange"})
 
 SEARCH_PATH: Final = "/crm/v3/objects/contacts/search"
 LIST_PATH: Final = "/crm/v3/objects/contacts"

@@ -83,13 +83,7 @@ FIELD_ACTIONS: Final = frozenset({"creation", "propertyChange", "restore", "merg
 DELETE_ACTIONS: Final = frozenset({"deletion", "privacyDeletion"})
 SKIPPED_ACTIONS: Final = frozenset({"associationChange"})
 
-SEARCH_PATH: Final = "/crm/v3/objects/contacts/search"
-LIST_PATH: Final = "/crm/v3/objects/contacts"
-LIST_MAX_LIMIT: Final = 100
-MODIFIED: Final = "lastmodifieddate"
 OBJECT_ID: Final = "hs_object_id"
-# Answers HubSpot documents as "pause, then retry" besides 429 and 502-504.
-RETRY_LATER_STATUS: Final = frozenset({477, 521, 523, 524})
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS: Final = timedelta(milliseconds=1)
 
