@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from services.core.contracts import FieldValue, RejectedEvent
+from services.core.contracts import ContactChange, FieldValue, RejectedEvent
 from services.ingest.connectors.base import PayloadError
 
 INT64_MIN: Final = -(1 << 63)
@@ -154,3 +154,22 @@ def pulled_record_rejection(source: str, record: Any, *, reason: str) -> Rejecte
         value=raw,
         attributes={"path": "pull"},
     )
+
+
+def pulled_changes(
+    source: str,
+    records: Iterable[tuple[str, Any]],
+    *,
+    convert: Callable[[Any, str], ContactChange],
+) -> tuple[list[ContactChange], list[RejectedEvent]]:
+    """A pulled page's records, each with where it sits, as changes. A record that is
+    not valid is rejected with the reason instead of failing the page: it would fail
+    every retry of the page too."""
+    changes: list[ContactChange] = []
+    rejected: list[RejectedEvent] = []
+    for where, record in records:
+        try:
+            changes.append(convert(record, where))
+        except PayloadError as exc:
+            rejected.append(pulled_record_rejection(source, record, reason=str(exc)))
+    return changes, rejected

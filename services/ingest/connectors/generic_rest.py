@@ -28,7 +28,7 @@ from services.ingest.fields import (
     dotted,
     flatten,
     parse_timestamp,
-    pulled_record_rejection,
+    pulled_changes,
     record_identifier,
     version_event_id,
 )
@@ -121,17 +121,12 @@ class GenericRestConnector:
     def _changes(
         self, records: list[Any], *, stamp: Stamp
     ) -> tuple[list[ContactChange], list[RejectedEvent]]:
-        """The page's records as changes; a record that is not valid is rejected with
-        the reason instead of failing the page (it would fail every retry too)."""
-        changes: list[ContactChange] = []
-        rejected: list[RejectedEvent] = []
-        for index, record in enumerate(records):
-            where = f"{self._settings.records_path}[{index}]"
-            try:
-                changes.append(self._change(record, where=where, stamp=stamp))
-            except PayloadError as exc:
-                rejected.append(pulled_record_rejection(self.source, record, reason=str(exc)))
-        return changes, rejected
+        path = self._settings.records_path
+        return pulled_changes(
+            self.source,
+            ((f"{path}[{i}]", record) for i, record in enumerate(records)),
+            convert=lambda record, where: self._change(record, where=where, stamp=stamp),
+        )
 
     def _change(self, record: Any, *, where: str, stamp: Stamp) -> ContactChange:
         settings = self._settings

@@ -90,7 +90,7 @@ from services.ingest.fields import (
     flatten,
     load_json,
     parse_timestamp,
-    pulled_record_rejection,
+    pulled_changes,
     record_identifier,
     version_event_id,
 )
@@ -414,16 +414,11 @@ class PipedrivePullConnector:
     def _changes(
         self, records: list[Any], *, stamp: Stamp
     ) -> tuple[list[ContactChange], list[RejectedEvent]]:
-        """A record that is not a valid person is rejected with the reason instead of
-        failing the page (it would fail every retry too)."""
-        changes: list[ContactChange] = []
-        rejected: list[RejectedEvent] = []
-        for index, record in enumerate(records):
-            try:
-                changes.append(self._change(record, where=f"data[{index}]", stamp=stamp))
-            except PayloadError as exc:
-                rejected.append(pulled_record_rejection(self.source, record, reason=str(exc)))
-        return changes, rejected
+        return pulled_changes(
+            self.source,
+            ((f"data[{i}]", record) for i, record in enumerate(records)),
+            convert=lambda record, where: self._change(record, where=where, stamp=stamp),
+        )
 
     def _change(self, record: Any, *, where: str, stamp: Stamp) -> ContactChange:
         if not isinstance(record, dict):

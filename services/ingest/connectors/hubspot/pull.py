@@ -48,7 +48,7 @@ from services.ingest.fields import (
     dotted,
     flatten,
     parse_timestamp,
-    pulled_record_rejection,
+    pulled_changes,
     record_identifier,
     version_event_id,
 )
@@ -342,17 +342,12 @@ class HubSpotPullConnector:
     def _changes(
         self, records: Sequence[tuple[int, Any]], *, stamp: Stamp
     ) -> tuple[list[ContactChange], list[RejectedEvent]]:
-        """The records (with their place in the page) as changes; an invalid record is
-        rejected with the reason instead of failing the page (it would fail every
-        retry too)."""
-        changes: list[ContactChange] = []
-        rejected: list[RejectedEvent] = []
-        for index, record in records:
-            try:
-                changes.append(self._change(record, where=f"results[{index}]", stamp=stamp))
-            except PayloadError as exc:
-                rejected.append(pulled_record_rejection(self.source, record, reason=str(exc)))
-        return changes, rejected
+        """The records, with their place in the page, as changes or rejections."""
+        return pulled_changes(
+            self.source,
+            ((f"results[{index}]", record) for index, record in records),
+            convert=lambda record, where: self._change(record, where=where, stamp=stamp),
+        )
 
     def _change(self, record: Any, *, where: str, stamp: Stamp) -> ContactChange:
         if not isinstance(record, dict):

@@ -25,7 +25,7 @@ from services.ingest.connectors.base import (
 from services.ingest.connectors.salesforce.times import salesforce_time, soql_datetime
 from services.ingest.fields import (
     flatten,
-    pulled_record_rejection,
+    pulled_changes,
     record_identifier,
     version_event_id,
 )
@@ -192,15 +192,12 @@ class SalesforcePullConnector:
     def _changes(
         self, records: list[Any], *, stamp: Stamp
     ) -> tuple[list[ContactChange], list[RejectedEvent], tuple[datetime, str] | None]:
-        """The batch as changes; a record that is not valid is rejected with the reason
-        instead of failing the batch (it would fail every retry too)."""
-        changes: list[ContactChange] = []
-        rejected: list[RejectedEvent] = []
-        for index, record in enumerate(records):
-            try:
-                changes.append(self._change(record, where=f"records[{index}]", stamp=stamp))
-            except PayloadError as exc:
-                rejected.append(pulled_record_rejection(self.source, record, reason=str(exc)))
+        """The batch as changes or rejections, and the last record delivered."""
+        changes, rejected = pulled_changes(
+            self.source,
+            ((f"records[{i}]", record) for i, record in enumerate(records)),
+            convert=lambda record, where: self._change(record, where=where, stamp=stamp),
+        )
         last = (changes[-1].source_modified_at, changes[-1].record_id) if changes else None
         return changes, rejected, last
 
