@@ -10,6 +10,7 @@ shows it too. Ctrl-C or SIGTERM cancels: CANCELLED releases the held changes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from services.core.bootstrap import prepare_kafka
 from services.core.config import Settings
 from services.core.contracts import Origin, load_contracts
-from services.core.kafka import TopicNames, client_config, producer_config
+from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.ingest.connectors.base import Stamp
 from services.ingest.csv_import import CsvFileError, check_header, csv_pages
 from services.ingest.fullsync import Codecs, FullSyncRun, Topics, cli_owner, new_sync_id
@@ -85,6 +86,9 @@ async def _import(settings: Settings, *, source: str, path: Path, page_size: int
         ),
         topics=Topics(fullsync=topics.fullsync, barrier=topics.barrier, rejected=topics.rejected),
         mapping_version=settings.sources[source].mapping_version,
+        changes_end=functools.partial(
+            asyncio.to_thread, end_offsets, settings.kafka, topics.changes
+        ),
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

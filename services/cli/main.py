@@ -19,7 +19,8 @@ from services.cli.admin_client import admin_call
 from services.core.config import ConfigError, Settings, config_path, load_settings
 from services.core.contracts import Identity
 from services.core.settings_base import MissingSecretError
-from services.mapper.rules.identity import normalise_email
+from services.mapper.rules.errors import RuleError
+from services.mapper.rules.normalise import normalise_email
 from services.writer.stores import open_store
 from services.writer.stores.base import StoredProfile
 
@@ -151,8 +152,19 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
     code, body = admin_call(settings, "GET", "/status")
     if code != 200:
         return _refused(code, body)
+    written = _profiles_by_mapping_version(settings)
     for source, info in body["sources"].items():
         print(f"{source} ({info['kind']}, mapping v{info['mapping_version']})")
+        older = sum(
+            count
+            for version, count in written.get(source, {}).items()
+            if version < info["mapping_version"]
+        )
+        if older:
+            print(
+                f"  profiles: {older} written under an older mapping than "
+                f"v{info['mapping_version']}; a full sync is due"
+            )
         if info["webhook"]:
             print("  webhook: receiving")
         poll = info["poll"]
@@ -167,6 +179,18 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
         if info["fullsync"] is not None:
             print(f"  full sync: {_progress_line(info['fullsync'])}")
     return 0
+
+
+def _profiles_by_mapping_version(settings: Settings) -> dict[str, dict[int, int]]:
+    try:
+        store = open_store(settings.store, read_only=True)
+    except Exception as exc:
+        sys.stderr.write(f"store not readable, mapping versions unknown: {exc}\n")
+        return {}
+    try:
+        return store.profiles_by_mapping_version()
+    finally:
+        store.close()
 
 
 def _progress_line(sync: dict[str, Any]) -> str:
@@ -184,9 +208,10 @@ def _refused(code: int, body: dict[str, Any]) -> int:
 
 def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
     if args.email is not None:
-        email = normalise_email(args.email)
-        if email is None:
-            sys.stderr.write(f"not an email address: {args.email}\n")
+        try:
+            email = normalise_email(args.email, where="--email")
+        except RuleError as exc:
+            sys.stderr.write(f"{exc}\n")
             return 2
         identity = Identity("email", email)
     else:

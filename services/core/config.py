@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from services.core.mapping import ProfileSettings, check_profile
 from services.core.settings_base import SecretRef, Strict
 from services.core.sources import SourceKinds
 
@@ -50,9 +51,36 @@ class TopicsSettings(Strict):
     audit: TopicSettings = TopicSettings(partitions=3)
     connector_state: TopicSettings = _compacted(1)
     schemas: TopicSettings = _compacted(1)
+    mapper_state: TopicSettings = Field(
+        default_factory=lambda: _compacted(6),
+        description="the mapper's state changelog: compacted, one partition per changes "
+        "partition (follows changes.partitions unless set)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapper_state_follows_changes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mapper_state" not in data:
+            changes = data.get("changes")
+            if isinstance(changes, dict):
+                try:
+                    changes = TopicSettings.model_validate(changes)
+                except ValidationError:
+                    return data  # reported where it is, by the field's own validation
+            if isinstance(changes, TopicSettings):
+                follows = _compacted(changes.partitions).model_copy(
+                    update={"replication_factor": changes.replication_factor}
+                )
+                return {**data, "mapper_state": follows}
+        return data
 
     @model_validator(mode="after")
     def _fullsync_matches_changes(self) -> TopicsSettings:
+        if self.mapper_state.partitions != self.changes.partitions:
+            raise ValueError(
+                f"mapper_state.partitions ({self.mapper_state.partitions}) must equal "
+                f"changes.partitions ({self.changes.partitions})"
+            )
         # The barrier compares positions per partition, so a record must land on the
         # same partition number in both topics.
         if self.fullsync.partitions != self.changes.partitions:
@@ -137,7 +165,19 @@ class IngestSettings(Strict):
 
 class MapperSettings(Strict):
     http: HttpListen = HttpListen(port=8081)
-    data_dir: Path = Path("var/mapper")
+    data_dir: Path = Field(
+        default=Path("var/mapper"),
+        description="the local copy of the mapper's state (one RocksDB per partition); "
+        "each instance needs its own",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="stable name of this instance, for its Kafka transactional id "
+        "(default: host name and data_dir); a restarted instance must keep it",
+    )
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
 
 
 class WriterSettings(Strict):
@@ -172,6 +212,7 @@ class Settings(Strict):
     store: StoreSettings
     services: ServicesSettings = ServicesSettings()
     sources: dict[SourceName, SourceSettings] = Field(default_factory=dict)
+    profile: ProfileSettings = ProfileSettings()
 
 
 @dataclass(frozen=True)
@@ -220,13 +261,30 @@ def parse_settings(text: str, *, file: str) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(file, [ConfigProblem("", None, "the top level must be a mapping")])
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             located = _locate(root, error["loc"])
             problems.append(ConfigProblem(located.path, located.line, _message(error)))
         raise ConfigError(file, problems) from exc
+    # Checks across sections: every source's mapping against the profile settings.
+    across = check_profile(settings.profile, dict(settings.sources))
+    if across:
+        raise ConfigError(
+            file,
+            [ConfigProblem(path, _locate(root, _loc(path)).line, text) for path, text in across],
+        )
+    return settings
+
+
+def _loc(path: str) -> list[int | str]:
+    """A dotted path with [index] parts as a pydantic-style location."""
+    return [
+        int(part[1:-1]) if part.startswith("[") else part
+        for part in path.replace("[", ".[").split(".")
+        if part
+    ]
 
 
 def _message(error: Any) -> str:

@@ -242,6 +242,7 @@ class SyncControl:
     records_total: int | None = None
     fullsync_end_offsets: tuple[PartitionOffset, ...] = ()
     reason: str | None = None
+    changes_start_offsets: tuple[PartitionOffset, ...] = ()
 
     @property
     def key(self) -> bytes:
@@ -259,6 +260,9 @@ class SyncControl:
                 {"partition": p.partition, "offset": p.offset} for p in self.fullsync_end_offsets
             ],
             "reason": self.reason,
+            "changes_start_offsets": [
+                {"partition": p.partition, "offset": p.offset} for p in self.changes_start_offsets
+            ],
         }
 
     @classmethod
@@ -274,6 +278,10 @@ class SyncControl:
                 PartitionOffset(p["partition"], p["offset"]) for p in record["fullsync_end_offsets"]
             ),
             reason=record["reason"],
+            changes_start_offsets=tuple(
+                PartitionOffset(p["partition"], p["offset"])
+                for p in record["changes_start_offsets"]
+            ),
         )
 
 
@@ -311,6 +319,77 @@ class RejectedEvent:
         return cls(**record)
 
 
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    field: str
+    old_value: FieldValue
+    new_value: FieldValue
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDrop:
+    field: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    match_key: str
+    source: str
+    record_id: str
+    event_id: str
+    decided_at: datetime
+    mapping_version: int = 0
+    changes: tuple[FieldChange, ...] = ()
+    dropped: tuple[FieldDrop, ...] = ()
+
+    @property
+    def key(self) -> bytes:
+        return self.match_key.encode()
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "match_key": self.match_key,
+            "source": self.source,
+            "record_id": self.record_id,
+            "event_id": self.event_id,
+            "decided_at": self.decided_at,
+            "mapping_version": self.mapping_version,
+            "changes": [
+                {
+                    "field": c.field,
+                    "old_value": _tagged_value(c.old_value),
+                    "new_value": _tagged_value(c.new_value),
+                    "rule": c.rule,
+                }
+                for c in self.changes
+            ],
+            "dropped": [
+                {"field": d.field, "code": d.code, "reason": d.reason} for d in self.dropped
+            ],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> AuditEvent:
+        return cls(
+            match_key=record["match_key"],
+            source=record["source"],
+            record_id=record["record_id"],
+            event_id=record["event_id"],
+            decided_at=record["decided_at"],
+            mapping_version=record["mapping_version"],
+            changes=tuple(FieldChange(**c) for c in record["changes"]),
+            dropped=tuple(FieldDrop(**d) for d in record["dropped"]),
+        )
+
+
+def _tagged_value(value: FieldValue) -> Any:
+    branch = _BRANCHES.get(type(value))
+    return (branch, value) if branch is not None else value
+
+
 T = TypeVar("T")
 
 
@@ -344,6 +423,7 @@ class WireContracts:
     profile_update: Codec[ProfileUpdate]
     sync_control: Codec[SyncControl]
     rejected_event: Codec[RejectedEvent]
+    audit_event: Codec[AuditEvent]
 
 
 SCHEMA_FILES: Final = {
@@ -351,6 +431,7 @@ SCHEMA_FILES: Final = {
     "profile_update": "profile_update.avsc",
     "sync_control": "sync_control.avsc",
     "rejected_event": "rejected_event.avsc",
+    "audit_event": "audit_event.avsc",
 }
 
 
@@ -384,5 +465,10 @@ def load_contracts(
             converter=converter("rejected_event"),
             to_record=RejectedEvent.to_record,
             from_record=RejectedEvent.from_record,
+        ),
+        audit_event=Codec(
+            converter=converter("audit_event"),
+            to_record=AuditEvent.to_record,
+            from_record=AuditEvent.from_record,
         ),
     )

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -35,6 +35,7 @@ class TopicNames:
     audit: str
     connector_state: str
     schemas: str
+    mapper_state: str
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings) -> TopicNames:
@@ -48,6 +49,7 @@ class TopicNames:
             audit=f"{prefix}audit",
             connector_state=f"{prefix}connector-state",
             schemas=f"{prefix}schemas",
+            mapper_state=f"{prefix}mapper-state",
         )
 
 
@@ -63,6 +65,7 @@ def topic_specs(settings: KafkaSettings) -> dict[str, TopicSettings]:
         names.audit: topics.audit,
         names.connector_state: topics.connector_state,
         names.schemas: topics.schemas,
+        names.mapper_state: topics.mapper_state,
     }
 
 
@@ -205,39 +208,51 @@ def _check_partitions(specs: dict[str, TopicSettings], counts: dict[str, int]) -
         raise TopicMismatchError("; ".join(mismatched))
 
 
-def faust_broker_settings(settings: KafkaSettings) -> dict[str, Any]:
-    """The same cluster and credentials expressed for faust (aiokafka)."""
-    servers = [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()]
-    result: dict[str, Any] = {"broker": ";".join(f"kafka://{s}" for s in servers)}
-    protocol = str(settings.client.get("security.protocol", "PLAINTEXT")).upper()
-    if protocol == "PLAINTEXT":
-        return result
-    import ssl
+RETRIABLE_OFFSET_ERRORS: Final = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+    }
+)
 
-    import faust
 
-    ssl_context: ssl.SSLContext | None = None
-    if protocol in {"SSL", "SASL_SSL"}:
-        ca = settings.client.get("ssl.ca.location")
-        ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)
-        cert = settings.client.get("ssl.certificate.location")
-        key = settings.client.get("ssl.key.location")
-        if cert and key:
-            ssl_context.load_cert_chain(str(cert), str(key))
-    if protocol == "SSL":
-        result["broker_credentials"] = faust.SSLCredentials(ssl_context)
-        return result
-    mechanism = str(settings.client.get("sasl.mechanism", "PLAIN")).upper()
-    username = str(settings.client.get("sasl.username", ""))
-    password_ref = settings.secrets.get("sasl.password")
-    password = password_ref.resolve() if password_ref is not None else ""
-    result["broker_credentials"] = faust.SASLCredentials(
-        username=username,
-        password=password,
-        ssl_context=ssl_context,
-        mechanism=mechanism,
+def watermarks(
+    consumer: Consumer, partition: TopicPartition, *, timeout_s: float = ADMIN_TIMEOUT_S
+) -> tuple[int, int]:
+    """(low, high) offsets of a partition, waiting out leadership moves.
+
+    Right after a topic is created, or while a leader moves, the broker answers "not
+    leader"; a service starting at that moment should wait, not crash.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in RETRIABLE_OFFSET_ERRORS or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def end_offsets(
+    settings: KafkaSettings, topic: str, *, timeout_s: float = ADMIN_TIMEOUT_S
+) -> dict[int, int]:
+    """The offset after the last message of each of the topic's partitions (blocking)."""
+    consumer = Consumer(
+        {**client_config(settings, client_id="crmsync-offsets"), "group.id": "crmsync-offsets"}
     )
-    return result
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        return {
+            p: watermarks(consumer, TopicPartition(topic, p), timeout_s=timeout_s)[1]
+            for p in partitions
+        }
+    finally:
+        consumer.close()
 
 
 def read_compacted(
@@ -254,9 +269,7 @@ def read_compacted(
         partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         ends: dict[int, int] = {}
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
+            low, high = watermarks(consumer, TopicPartition(topic, partition), timeout_s=timeout_s)
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])

@@ -40,6 +40,20 @@ WEBHOOK_SECONDS: Final = Histogram(
 PROFILE_UPDATES: Final = Counter(
     "crmsync_profile_updates_total", "ProfileUpdates emitted by the mapper", ["source"]
 )
+MAPPER_DROPS: Final = Counter(
+    "crmsync_mapper_drops_total",
+    "Attributes or records the rules left out (unmatched, ownership, blank, stale)",
+    ["source", "reason"],
+)
+MAPPER_HELD: Final = Gauge(
+    "crmsync_mapper_held_changes",
+    "Real-time changes held behind a running full sync, by this mapper instance",
+    ["source"],
+    multiprocess_mode="livesum",
+)
+MAPPER_BATCHES: Final = Histogram(
+    "crmsync_mapper_batch_seconds", "Time to map and commit one transaction of changes"
+)
 RECORDS_WRITTEN: Final = Counter(
     "crmsync_records_written_total", "Profile updates applied to the store", ["source"]
 )

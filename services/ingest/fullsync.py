@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
@@ -132,9 +132,13 @@ class FullSyncRun:
         codecs: Codecs,
         topics: Topics,
         mapping_version: int,
+        changes_end: Callable[[], Awaitable[Mapping[int, int]]] | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.source = source
+        # Where the changes topic ends as the sync starts: the mapper holds real-time
+        # changes from there on (None: it holds every one it has not mapped yet).
+        self._changes_end = changes_end
         self.state = state
         self._pages = pages
         self._publisher = publisher
@@ -152,7 +156,8 @@ class FullSyncRun:
     async def announce(self) -> None:
         """Step 1: the RUNNING state and STARTED on the barrier, both durable."""
         await self._save(self.state)
-        await self._control(ControlKind.STARTED)
+        start = await self._changes_end() if self._changes_end is not None else {}
+        await self._control(ControlKind.STARTED, changes_start=start)
 
     async def run(self) -> FullSyncState:
         """Steps 2-5, after ``announce`` (or for a resumed run, announced before)."""
@@ -278,7 +283,13 @@ class FullSyncRun:
         )
         return self.state
 
-    async def _control(self, kind: ControlKind, *, reason: str | None = None) -> None:
+    async def _control(
+        self,
+        kind: ControlKind,
+        *,
+        reason: str | None = None,
+        changes_start: Mapping[int, int] | None = None,
+    ) -> None:
         control = SyncControl(
             source=self.source,
             sync_id=self.state.sync_id,
@@ -292,6 +303,9 @@ class FullSyncRun:
             if kind is ControlKind.COMPLETED
             else (),
             reason=reason,
+            changes_start_offsets=tuple(
+                PartitionOffset(p, o) for p, o in sorted((changes_start or {}).items())
+            ),
         )
         await self._publisher.publish(
             [
@@ -331,9 +345,11 @@ class FullSyncs:
         store: StateStore,
         codecs: Codecs,
         topics: Topics,
+        changes_end: Callable[[], Awaitable[Mapping[int, int]]] | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._page_sources = page_sources
+        self._changes_end = changes_end
         self._mapping_versions = mapping_versions
         self._publisher = publisher
         self._store = store
@@ -422,6 +438,7 @@ class FullSyncs:
             codecs=self._codecs,
             topics=self._topics,
             mapping_version=self._mapping_versions.get(source, 0),
+            changes_end=self._changes_end,
             clock=self._clock,
         )
 

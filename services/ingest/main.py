@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from aiohttp import web
 from services.core.bootstrap import prepare_kafka_with_retry
 from services.core.config import Settings
 from services.core.contracts import Origin, WireContracts, load_contracts
-from services.core.kafka import TopicNames, client_config, producer_config
+from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.core.runtime import HealthEndpoints, start_http
 from services.ingest.admin import AdminApi
 from services.ingest.api_client import ApiClient, StaticBearer
@@ -145,6 +146,9 @@ class Ingest:
             ),
             topics=Topics(
                 fullsync=topics.fullsync, barrier=topics.barrier, rejected=topics.rejected
+            ),
+            changes_end=functools.partial(
+                asyncio.to_thread, end_offsets, settings.kafka, topics.changes
             ),
         )
         return cls(

@@ -1,39 +1,58 @@
-"""The mapper service: prepare Kafka, then run the faust worker until SIGTERM.
+"""The mapper service: the stream engine on its own thread, HTTP health on the event loop.
 
-faust's worker owns the event loop and the signals: on SIGTERM it stops the agent,
-flushes its producer and commits what was processed, then exits.
+Stop (SIGTERM): the engine finishes the transaction in hand (committed, or aborted
+and left to be consumed again), closes its consumer and exits.
 """
 
 from __future__ import annotations
 
-import logging
-import time
+import asyncio
+import threading
 
-import faust
-
-from services.core.bootstrap import prepare_kafka_blocking
+from services.core.config import Settings
 from services.core.contracts import load_contracts
-from services.core.runtime import service_settings
+from services.core.loop_service import LoopThread, serve_loop
+from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
-from services.mapper.app import create_app
-
-log = logging.getLogger(__name__)
+from services.mapper.engine import MapperEngine
 
 
-def main() -> None:
-    settings = service_settings("mapper")
+class NotReady(Exception):
+    pass
+
+
+async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     contracts = load_contracts()
     contracts.catalog.add_resolver(
         schema_resolver(settings.kafka, client_id="crmsync-mapper-schemas")
     )
-    started = time.monotonic()
-    if not prepare_kafka_blocking(
-        settings.kafka, catalog=contracts.catalog, client_id="crmsync-mapper"
-    ):
-        return
-    log.info("Kafka prepared in %.1fs", time.monotonic() - started)
-    app = create_app(settings, contracts=contracts)
-    worker = faust.Worker(
-        app, override_logging=False, redirect_stdouts=False, quiet=True, loglevel="info"
+    engines: list[MapperEngine] = []
+
+    def body(stop_engine: threading.Event) -> None:
+        engines.append(MapperEngine(settings, contracts=contracts, stop=stop_engine))
+        engines[0].run()
+
+    loop = LoopThread("mapper-engine", body)
+
+    async def engine_ready() -> None:
+        if loop.failure is not None:
+            raise NotReady(f"stream engine failed: {loop.failure}")
+        if not engines or not engines[0].assigned.is_set():
+            raise NotReady("no partitions assigned and restored yet")
+
+    health = HealthEndpoints(service="mapper")
+    health.add_check("kafka", engine_ready)
+    await serve_loop(
+        service="mapper",
+        kafka=settings.kafka,
+        catalog=contracts.catalog,
+        http=settings.services.mapper.http,
+        health=health,
+        loop=loop,
+        stop=stop,
     )
-    worker.execute_from_commandline()
+
+
+def main() -> None:
+    settings = service_settings("mapper")
+    run_until_signalled(lambda stop: run(settings, stop=stop))

@@ -28,14 +28,19 @@ def test_topics_are_created_with_partitions_and_cleanup_policy(kafka_bootstrap: 
     kafka = settings_for(kafka_bootstrap, prefix, 4)
     created = ensure_topics(kafka)
     names = TopicNames.from_settings(kafka)
-    assert len(created) == 8
+    assert len(created) == 9
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     metadata = wait_for(
         lambda: (m := admin.list_topics(timeout=10)).topics.get(names.fullsync) and m
     )
     assert len(metadata.topics[names.changes].partitions) == 4
     assert len(metadata.topics[names.fullsync].partitions) == 4
+    # The mapper's state changelog follows the changes topic, partition for partition.
+    assert len(metadata.topics[names.mapper_state].partitions) == 4
     resource = ConfigResource(ResourceType.TOPIC, names.schemas)
+    config = admin.describe_configs([resource])[resource].result()
+    assert config["cleanup.policy"].value == "compact"
+    resource = ConfigResource(ResourceType.TOPIC, names.mapper_state)
     config = admin.describe_configs([resource])[resource].result()
     assert config["cleanup.policy"].value == "compact"
 

@@ -10,11 +10,14 @@ import pytest
 
 from services.core.contracts import (
     SCHEMA_FILES,
+    AuditEvent,
     Channel,
     ConsentChange,
     ConsentStatus,
     ContactChange,
     ControlKind,
+    FieldChange,
+    FieldDrop,
     Identity,
     PartitionOffset,
     ProfileUpdate,
@@ -34,6 +37,7 @@ CLASSES = {
     "profile_update": ProfileUpdate,
     "sync_control": SyncControl,
     "rejected_event": RejectedEvent,
+    "audit_event": AuditEvent,
 }
 
 
@@ -63,6 +67,29 @@ def test_profile_update_round_trip() -> None:
         consents=(ConsentChange("news", Channel.EMAIL, ConsentStatus.OPT_IN, NOW),),
     )
     assert codec.decode(codec.encode(update)) == update
+
+
+def test_audit_event_round_trip() -> None:
+    codec = load_contracts().audit_event
+    event = AuditEvent(
+        match_key="email:ada@example.com",
+        source="demo",
+        record_id="1",
+        event_id="e1",
+        decided_at=NOW,
+        mapping_version=2,
+        changes=(
+            FieldChange("first_name", None, "Ada", "map firstname (string)"),
+            FieldChange("age", 35, 36, "map age (number)"),
+            FieldChange("vip", 1, True, "map vip (boolean)"),
+            FieldChange("tags", ["a"], ["a", "b"], "map tags (multi)"),
+        ),
+        dropped=(FieldDrop("salary", "ownership", "demo does not own it"),),
+    )
+    decoded = codec.decode(codec.encode(event))
+    assert decoded == event
+    assert decoded.changes[2].old_value == 1
+    assert type(decoded.changes[2].new_value) is bool
 
 
 def test_sync_control_round_trip() -> None:

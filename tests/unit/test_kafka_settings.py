@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faust
 import pytest
 
 from services.core.config import KafkaSettings, parse_settings
@@ -10,7 +9,6 @@ from services.core.kafka import (
     TopicNames,
     client_config,
     consumer_config,
-    faust_broker_settings,
     producer_config,
     topic_specs,
 )
@@ -58,16 +56,6 @@ def test_consumers_commit_only_by_hand(managed: KafkaSettings) -> None:
     assert config["isolation.level"] == "read_committed"
 
 
-def test_faust_gets_the_same_cluster_and_credentials(managed: KafkaSettings) -> None:
-    settings = faust_broker_settings(managed)
-    assert settings["broker"] == "kafka://b1.example.net:9093;kafka://b2.example.net:9093"
-    credentials = settings["broker_credentials"]
-    assert isinstance(credentials, faust.SASLCredentials)
-    assert credentials.username == "crmsync"
-    assert credentials.password == "pa55-w0rd"
-    assert credentials.mechanism.value == "SCRAM-SHA-512"
-
-
 def test_topic_names_follow_the_prefix(managed: KafkaSettings) -> None:
     names = TopicNames.from_settings(managed)
     assert names.changes == "prod.changes"
@@ -75,3 +63,6 @@ def test_topic_names_follow_the_prefix(managed: KafkaSettings) -> None:
     specs = topic_specs(managed)
     assert specs["prod.schemas"].config["cleanup.policy"] == "compact"
     assert specs["prod.changes"].partitions == specs["prod.fullsync"].partitions
+    # The mapper's state changelog: one partition per changes partition, compacted.
+    assert specs["prod.mapper-state"].partitions == specs["prod.changes"].partitions
+    assert specs["prod.mapper-state"].config["cleanup.policy"] == "compact"

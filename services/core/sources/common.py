@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from croniter import croniter
 from pydantic import Field, field_validator, model_validator
 
+from services.core.mapping import SourceMapping
 from services.core.settings_base import SecretRef, Strict
 
 
@@ -109,15 +110,12 @@ class CsvSettings(Strict):
     )
 
 
-class SourceBase(Strict):
-    """What every source has, whatever its CRM: how its records map to profiles."""
+class SourceBase(SourceMapping):
+    """What every source has, whatever its CRM: how its records map to profiles
+    (``SourceMapping``), how it is matched, and how its webhooks and files read."""
 
     email_field: str = "email"
     match_key: Literal["email", "crm_id"] = "email"
-    mapping: dict[str, str] = Field(
-        default_factory=dict, description="CRM field -> profile attribute"
-    )
-    mapping_version: int = Field(default=1, ge=1)
     max_body_bytes: int | None = Field(
         default=None, ge=1024, description="webhook body cap; default: services.ingest"
     )

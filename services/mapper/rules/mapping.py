@@ -1,58 +1,242 @@
-"""Field mapping: a source's CRM fields become profile attributes by its config.
+"""Field mapping: one ContactChange into the ProfileUpdate its source's rules make.
 
 ``map_change`` is a transformation in the Kafka Connect sense: it never mutates its
-input and returns a new ProfileUpdate. Unmapped fields are ignored. A blank value
-(missing, null or empty) is left out rather than sent as a clear, so a source never
-wipes data another system set (guarantee 6).
+input and returns a new value. For one change:
+
+1. A deletion detaches the record: a DELETE carrying its identities.
+2. ``sync_if``: a record that does not match is left alone (no update), or detached
+   when the source says ``when_unmatched: delete``.
+3. Each mapped CRM field present in the change is transformed by its rule; computed
+   attributes are built; defaults fill attributes still without a value. A value a
+   rule cannot accept rejects the whole change (``RuleError``), never a silent null.
+4. Blanks never clear: a blank value is left out, unless the source owns the
+   attribute and lists it in ``clears``; then it is an explicit clear.
+5. Ownership: attributes the source may not write are dropped (and reported).
+6. Consent: mapped checkboxes become subscription changes (only from the consent
+   source; an unclear value rejects the change).
+7. Identities: the CRM id always; the email (validated, lower-cased) when present,
+   also written to the ``email`` attribute unless the mapping maps it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from services.core.contracts import (
+    ConsentChange,
     ContactChange,
     FieldValue,
+    Identity,
     Operation,
     ProfileUpdate,
     UpdateOperation,
 )
+from services.core.expressions import (
+    Expression,
+    Template,
+    compile_expression,
+    compile_template,
+    is_blank,
+)
+from services.core.mapping import FieldRule, ProfileSettings, writable
 from services.core.sources import SourceBase
-from services.mapper.rules.identity import identities_of, match_key
+from services.mapper.rules.conditions import matches
+from services.mapper.rules.consent import consent_changes
+from services.mapper.rules.errors import RuleError
+from services.mapper.rules.identity import CRM, EMAIL, match_key
+from services.mapper.rules.normalise import normalise_email
+from services.mapper.rules.transforms import apply_rule
+
+EMAIL_ATTRIBUTE: Final = "email"
 
 
-def is_blank(value: FieldValue) -> bool:
-    return value is None or value in ("", [])
+DropCode = Literal["unmatched", "ownership", "blank", "stale"]
 
 
-def mapped_attributes(
-    fields: Mapping[str, FieldValue], mapping: Mapping[str, str]
-) -> dict[str, FieldValue]:
-    return {
-        attribute: fields[crm_field]
-        for crm_field, attribute in mapping.items()
-        if crm_field in fields and not is_blank(fields[crm_field])
-    }
+@dataclass(frozen=True)
+class Drop:
+    """An attribute the rules left out of the update, and why (for the audit)."""
+
+    attribute: str
+    code: DropCode
+    reason: str
 
 
-def map_change(change: ContactChange, source: SourceBase) -> ProfileUpdate:
-    identities = identities_of(
+@dataclass(frozen=True)
+class Mapped:
+    """What one change becomes: an update (None when there is nothing to apply), and
+    what the rules dropped on the way."""
+
+    update: ProfileUpdate | None
+    drops: tuple[Drop, ...] = ()
+    rules: Mapping[str, str] = field(default_factory=dict)
+    """Which rule decided each attribute of the update (for the audit)."""
+
+
+@dataclass(frozen=True)
+class CompiledSource:
+    """A source's rules with their expressions and templates compiled once."""
+
+    name: str
+    settings: SourceBase
+    rules: tuple[tuple[str, FieldRule], ...]
+    computed: Mapping[str, Expression | Template]
+    maps_email: bool = field(default=False)
+    inputs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """The CRM fields each attribute is made from."""
+
+    def attributes_from(self, fields: Iterable[str]) -> set[str]:
+        """The attributes a change of ``fields`` can affect."""
+        changed = set(fields)
+        touched = {attribute for attribute, made_of in self.inputs.items() if made_of & changed}
+        if self.settings.email_field in changed and not self.maps_email:
+            touched.add(EMAIL_ATTRIBUTE)
+        return touched
+
+    @classmethod
+    def of(cls, name: str, settings: SourceBase) -> CompiledSource:
+        rules = tuple(settings.field_rules())
+        computed: dict[str, Expression | Template] = {}
+        for attribute, spec in settings.computed.items():
+            if spec.template is not None:
+                computed[attribute] = compile_template(spec.template)
+            elif spec.expression is not None:
+                computed[attribute] = compile_expression(spec.expression)
+        maps_email = any(rule.attribute == EMAIL_ATTRIBUTE for _f, rule in rules)
+        inputs: dict[str, frozenset[str]] = {}
+        for crm_field, rule in rules:
+            inputs[rule.attribute] = inputs.get(rule.attribute, frozenset()) | {crm_field}
+        for attribute, compiled_rule in computed.items():
+            inputs[attribute] = inputs.get(attribute, frozenset()) | compiled_rule.fields
+        return cls(name, settings, rules, computed, maps_email, inputs)
+
+
+def map_change(
+    change: ContactChange,
+    *,
+    source: CompiledSource,
+    profile: ProfileSettings,
+    fields: Mapping[str, FieldValue] | None = None,
+) -> Mapped:
+    """Map ``change`` (with ``fields`` in place of its own, when given: the whole
+    record as the mapper's state knows it)."""
+    fields = change.fields if fields is None else fields
+    settings = source.settings
+    identities = _identities(change, fields, settings)
+    # Step 1
+    if change.operation is Operation.DELETE:
+        return Mapped(_update(change, source, identities, UpdateOperation.DELETE))
+    # Step 2
+    if settings.sync_if is not None and not matches(settings.sync_if, fields):
+        if settings.when_unmatched == "delete":
+            return Mapped(_update(change, source, identities, UpdateOperation.DELETE))
+        return Mapped(None, (Drop("*", "unmatched", "record does not match sync_if"),))
+    # Step 3
+    values, rules = _attribute_values(fields, source)
+    email = next((i.value for i in identities if i.kind == EMAIL), None)
+    if email is not None and not source.maps_email:
+        values[EMAIL_ATTRIBUTE] = email
+        rules[EMAIL_ATTRIBUTE] = f"identity {settings.email_field}"
+    for attribute, default in settings.defaults.items():
+        if is_blank(values.get(attribute)):
+            values[attribute] = default
+            rules[attribute] = "default"
+    # Steps 4 and 5
+    attributes: dict[str, FieldValue] = {}
+    cleared: list[str] = []
+    drops: list[Drop] = []
+    for attribute, value in values.items():
+        if not writable(profile, source=change.source, attribute=attribute):
+            drops.append(Drop(attribute, "ownership", f"{change.source} does not own it"))
+        elif not is_blank(value):
+            attributes[attribute] = value
+        elif attribute in settings.clears:
+            cleared.append(attribute)
+            rules[attribute] = f"clear ({rules[attribute]})"
+        else:
+            drops.append(Drop(attribute, "blank", "blank, and a blank never clears"))
+    # Step 6
+    consents = consent_changes(
+        fields,
+        settings.consent,
         source=change.source,
-        record_id=change.record_id,
-        fields=change.fields,
-        email_field=source.email_field,
+        profile=profile,
+        changed_at=change.source_modified_at,
     )
-    deleting = change.operation is Operation.DELETE
+    update = _update(
+        change,
+        source,
+        identities,
+        UpdateOperation.UPSERT,
+        attributes=attributes,
+        cleared=tuple(sorted(cleared)),
+        consents=consents,
+    )
+    return Mapped(update, tuple(drops), rules)
+
+
+def _attribute_values(
+    fields: Mapping[str, FieldValue], source: CompiledSource
+) -> tuple[dict[str, FieldValue], dict[str, str]]:
+    region = source.settings.default_region
+    values: dict[str, FieldValue] = {}
+    rules: dict[str, str] = {}
+    for crm_field, rule in source.rules:
+        if crm_field in fields:
+            values[rule.attribute] = apply_rule(
+                fields[crm_field], rule, where=crm_field, default_region=region
+            )
+            rules[rule.attribute] = f"map {crm_field} ({rule.type})"
+    for attribute, compiled in source.computed.items():
+        raw: FieldValue
+        if isinstance(compiled, Template):
+            raw = compiled.render(fields)
+        else:
+            raw = compiled.evaluate(fields)
+        rule = FieldRule(attribute=attribute, type=source.settings.computed[attribute].type)
+        values[attribute] = apply_rule(raw, rule, where=attribute, default_region=region)
+        rules[attribute] = f"computed {compiled.text!r}"
+    return values, rules
+
+
+def _identities(
+    change: ContactChange, fields: Mapping[str, FieldValue], settings: SourceBase
+) -> tuple[Identity, ...]:
+    crm = Identity(CRM, f"{change.source}:{change.record_id}")
+    raw = fields.get(settings.email_field)
+    if is_blank(raw):
+        return (crm,)
+    email = normalise_email(raw, where=settings.email_field)
+    return (Identity(EMAIL, email), crm)
+
+
+def _update(
+    change: ContactChange,
+    source: CompiledSource,
+    identities: tuple[Identity, ...],
+    operation: UpdateOperation,
+    *,
+    attributes: Mapping[str, FieldValue] | None = None,
+    cleared: tuple[str, ...] = (),
+    consents: tuple[ConsentChange, ...] = (),
+) -> ProfileUpdate:
     return ProfileUpdate(
-        match_key=match_key(identities, prefer=source.match_key),
+        match_key=match_key(identities, prefer=source.settings.match_key),
         source=change.source,
         record_id=change.record_id,
         event_id=change.event_id,
-        operation=UpdateOperation.DELETE if deleting else UpdateOperation.UPSERT,
+        operation=operation,
         source_modified_at=change.source_modified_at,
         sequence=change.sequence,
         received_at=change.received_at,
-        mapping_version=source.mapping_version,
+        mapping_version=source.settings.mapping_version,
         identities=identities,
-        attributes={} if deleting else mapped_attributes(change.fields, source.mapping),
+        attributes=attributes or {},
+        cleared=cleared,
+        consents=consents,
     )
+
+
+__all__ = ["CompiledSource", "Drop", "Mapped", "RuleError", "is_blank", "map_change"]

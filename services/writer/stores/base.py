@@ -77,4 +77,9 @@ class ProfileStore(Protocol):
 
     def find_profile(self, identity: Identity) -> StoredProfile | None: ...
 
+    def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
+        """Per source, how many profiles hold attributes it wrote under each mapping
+        version (profiles under an older version than the source's current one wait
+        for a full sync)."""
+
     def close(self) -> None: ...

@@ -265,6 +265,15 @@ class SqliteProfileStore:
             updated_at=from_micros(row[2]),
         )
 
+    def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
+        counts: dict[str, dict[int, int]] = {}
+        for source, version, profiles in self._db.execute(
+            "SELECT source, mapping_version, COUNT(DISTINCT profile_id) FROM attributes "
+            "GROUP BY source, mapping_version"
+        ):
+            counts.setdefault(source, {})[int(version)] = int(profiles)
+        return counts
+
     def close(self) -> None:
         self._db.close()
 

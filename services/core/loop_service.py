@@ -1,0 +1,91 @@
+"""A service whose work is one blocking Kafka loop: the loop on its own thread, HTTP
+health on the event loop.
+
+Start: listen for HTTP, prepare Kafka (topics, schemas) with retries, then start the
+loop thread. Stop (SIGTERM): the stop event is set; the loop finishes the unit of work
+in hand (a batch applied and committed, or not applied at all) and returns. A loop
+that fails ends the service with code 1, so that its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+
+from services.core.bootstrap import prepare_kafka_with_retry
+from services.core.config import HttpListen, KafkaSettings
+from services.core.runtime import HealthEndpoints, start_http
+from services.core.serde import SchemaCatalog
+
+log = logging.getLogger(__name__)
+
+
+class LoopThread:
+    """Runs ``body(stop)`` on its own thread; the event loop only watches it."""
+
+    def __init__(self, name: str, body: Callable[[threading.Event], None]) -> None:
+        self.name = name
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self._body = body
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._finished = asyncio.Event()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def finished(self) -> None:
+        await self._finished.wait()
+
+    async def join(self) -> None:
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            self._body(self.stop)
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("%s failed", self.name)
+        finally:
+            if self._event_loop is not None:
+                self._event_loop.call_soon_threadsafe(self._finished.set)
+
+
+async def serve_loop(
+    *,
+    service: str,
+    kafka: KafkaSettings,
+    catalog: SchemaCatalog,
+    http: HttpListen,
+    health: HealthEndpoints,
+    loop: LoopThread,
+    stop: asyncio.Event,
+) -> None:
+    app = web.Application()
+    health.install(app)
+    runner = await start_http(app, host=http.host, port=http.port)
+    try:
+        if await prepare_kafka_with_retry(
+            kafka, catalog=catalog, client_id=f"crmsync-{service}", stop=stop
+        ):
+            loop.start()
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                [stopping, asyncio.create_task(loop.finished())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stopping.cancel()
+    finally:
+        loop.stop.set()
+        await loop.join()
+        await runner.cleanup()
+        log.info("%s stopped", service)
+    if loop.failure is not None:
+        raise SystemExit(1)

@@ -1,0 +1,314 @@
+"""One source record's memory, and what a change to it becomes.
+
+The mapper keeps, per source record, the latest value and version of every CRM field
+it has applied, and the attributes, consents and identities it last emitted.
+``apply_change`` is the whole stateful decision for one change, as a pure function
+(old state and change in, new state and outputs out), so that the stream engine
+only stores and sends what it returns:
+
+1. **Stale versions.** A version is (source modification time, sequence). A field
+   whose version is not newer than the one applied is dropped: webhook, poll and
+   full sync can deliver a record in any order, and a replay of the same change is
+   not newer than itself, so applying a change twice equals applying it once. A
+   deletion is stale when anything newer was applied; fields older than a deletion
+   are stale too.
+2. **The whole record.** Fresh fields are merged into the fields already known and
+   the source's rules map the merged record. A partial change (a webhook naming
+   one property) is thereby judged by the record's other fields too: sync
+   conditions and computed attributes see the whole record.
+3. **Change detection.** Only attributes whose value differs from what this source
+   last emitted for the record, clears of attributes it had set, and consents that
+   differ travel on; when nothing differs there is no update at all.
+4. **Explanations.** Every emitted attribute and consent comes with the rule that
+   decided it and the value it replaces; every drop says why. Drops are reported
+   for the attributes this change's fresh fields feed, not for the rest of the
+   record, which an earlier change already accounted for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from services.core.contracts import (
+    ConsentChange,
+    ContactChange,
+    FieldValue,
+    Identity,
+    Operation,
+    ProfileUpdate,
+    UpdateOperation,
+)
+from services.core.expressions import is_blank
+from services.core.mapping import ProfileSettings
+from services.mapper.rules.mapping import CompiledSource, Drop, map_change
+
+Version = tuple[int, int]
+"""(source modification time in microseconds since the epoch, sequence)."""
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND: Final = timedelta(microseconds=1)
+OLDEST: Final[Version] = (-(2**63), -(2**63))
+STATE_FORMAT: Final = 1
+
+
+def version_of(change: ContactChange) -> Version:
+    return (change.source_modified_at - EPOCH) // ONE_MICROSECOND, change.sequence
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """What the mapper remembers of one source record (JSON-serialisable)."""
+
+    fields: Mapping[str, FieldValue] = field(default_factory=dict)
+    versions: Mapping[str, Version] = field(default_factory=dict)
+    """Per field, the newest version applied."""
+    valued: Mapping[str, Version] = field(default_factory=dict)
+    """Per field, the version of the newest non-blank value applied."""
+    deleted: Version | None = None
+    attributes: Mapping[str, FieldValue] = field(default_factory=dict)
+    consents: Mapping[str, str] = field(default_factory=dict)
+    identities: tuple[Identity, ...] = ()
+    mapping_version: int = 0
+
+    def but(self, **changes: Any) -> RecordState:
+        """A copy with ``changes`` (cheaper than dataclasses.replace on the hot path)."""
+        values: dict[str, Any] = {
+            "fields": self.fields,
+            "versions": self.versions,
+            "valued": self.valued,
+            "deleted": self.deleted,
+            "attributes": self.attributes,
+            "consents": self.consents,
+            "identities": self.identities,
+            "mapping_version": self.mapping_version,
+        }
+        values.update(changes)
+        return RecordState(**values)
+
+    def newest(self) -> Version:
+        candidates = [*self.versions.values(), self.deleted or OLDEST]
+        return max(candidates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_FORMAT,
+            "f": dict(self.fields),
+            "fv": {name: list(version) for name, version in self.versions.items()},
+            "vv": {name: list(version) for name, version in self.valued.items()},
+            "d": list(self.deleted) if self.deleted is not None else None,
+            "a": dict(self.attributes),
+            "c": dict(self.consents),
+            "i": [[identity.kind, identity.value] for identity in self.identities],
+            "m": self.mapping_version,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RecordState:
+        if data.get("v") != STATE_FORMAT:
+            raise ValueError(f"unknown record state format {data.get('v')!r}")
+        deleted = data["d"]
+        return cls(
+            fields=data["f"],
+            versions={name: (int(v[0]), int(v[1])) for name, v in data["fv"].items()},
+            valued={name: (int(v[0]), int(v[1])) for name, v in data["vv"].items()},
+            deleted=(int(deleted[0]), int(deleted[1])) if deleted is not None else None,
+            attributes=data["a"],
+            consents=data["c"],
+            identities=tuple(Identity(kind, value) for kind, value in data["i"]),
+            mapping_version=int(data["m"]),
+        )
+
+
+@dataclass(frozen=True)
+class AttributeChange:
+    """One attribute (or consent) the update changes, for the audit."""
+
+    attribute: str
+    old: FieldValue
+    new: FieldValue
+    rule: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """The outcome of one change: the record's new state (None: unchanged), the update
+    to emit (None: nothing to apply), what it changes, and what was dropped."""
+
+    state: RecordState | None
+    update: ProfileUpdate | None
+    changes: tuple[AttributeChange, ...] = ()
+    drops: tuple[Drop, ...] = ()
+
+
+def apply_change(
+    state: RecordState | None,
+    change: ContactChange,
+    *,
+    source: CompiledSource,
+    profile: ProfileSettings,
+) -> Step:
+    """Raises what the rules raise (RuleError, ExpressionError) for a change that cannot
+    be mapped; the state is then left as it was."""
+    known = state or RecordState()
+    version = version_of(change)
+    if change.operation is Operation.DELETE:
+        return _delete(known, change, version, source=source, profile=profile)
+    deleted = known.deleted or OLDEST
+    fresh: dict[str, FieldValue] = {}
+    versions = dict(known.versions)
+    valued = dict(known.valued)
+    stale: list[Drop] = []
+    for name, value in change.fields.items():
+        blank = is_blank(value)
+        if version <= deleted:
+            applies = False
+        elif version > versions.get(name, OLDEST):
+            applies = True
+        else:
+            # Older than the field's newest version, which was blank: in version order
+            # this value would have come first and the blank left it in place, so it
+            # applies if it is the newest value the field has had (and the source
+            # does not treat blanks as clears).
+            applies = (
+                not blank
+                and version > valued.get(name, OLDEST)
+                and not (source.attributes_from((name,)) & set(source.settings.clears))
+            )
+        if not applies:
+            stale.append(Drop(name, "stale", "a newer version of this field was already applied"))
+            continue
+        fresh[name] = value
+        versions[name] = max(version, versions.get(name, OLDEST))
+        if not blank:
+            valued[name] = version
+    if not fresh:
+        return Step(None, None, drops=tuple(stale))
+    merged = {**known.fields, **fresh}
+    mapped = map_change(change, source=source, profile=profile, fields=merged)
+    touched = source.attributes_from(fresh)
+    drops = [*stale, *(d for d in mapped.drops if d.attribute == "*" or d.attribute in touched)]
+    update = mapped.update
+    if update is None:
+        # Unmatched and left alone: the record's fields are still remembered, so a
+        # later partial change is judged by the whole record.
+        remembered = known.but(fields=merged, versions=versions, valued=valued)
+        return Step(remembered, None, drops=tuple(drops))
+    if update.operation is not UpdateOperation.UPSERT:
+        # Detached by sync_if: once, by every identity the record had.
+        detached = known.but(
+            fields=merged,
+            versions=versions,
+            valued=valued,
+            attributes={},
+            consents={},
+            identities=(),
+        )
+        if not known.attributes and not known.identities:
+            return Step(detached, None, drops=tuple(drops))
+        return Step(detached, _with_known_identities(update, known), drops=tuple(drops))
+    remembered = known.but(fields=merged, versions=versions, valued=valued)
+    return _changed(known, remembered, update, mapped.rules, drops, source=source)
+
+
+def _changed(
+    known: RecordState,
+    remembered: RecordState,
+    update: ProfileUpdate,
+    rules: Mapping[str, str],
+    drops: list[Drop],
+    *,
+    source: CompiledSource,
+) -> Step:
+    before = known.attributes
+    # Under a new mapping version every attribute travels once, so that the store
+    # holds each under the version that made it (and the status can tell when a full
+    # sync has brought every profile to the current mapping).
+    remapped = known.mapping_version != update.mapping_version
+    changes: list[AttributeChange] = []
+    attributes: dict[str, FieldValue] = {}
+    for attribute, value in update.attributes.items():
+        if not remapped and attribute in before and _same(before[attribute], value):
+            continue
+        attributes[attribute] = value
+        changes.append(AttributeChange(attribute, before.get(attribute), value, rules[attribute]))
+    cleared = tuple(attribute for attribute in update.cleared if attribute in before)
+    changes.extend(
+        AttributeChange(attribute, before[attribute], None, rules[attribute])
+        for attribute in cleared
+    )
+    consents = _changed_consents(known.consents, update.consents)
+    consent_rules = {rule.subscription: rule.field for rule in source.settings.consent}
+    changes.extend(
+        AttributeChange(
+            f"consent:{c.subscription}",
+            known.consents.get(c.subscription),
+            c.status.value,
+            f"consent {consent_rules.get(c.subscription, '?')} ({c.channel.value.lower()})",
+        )
+        for c in consents
+    )
+    identities_changed = tuple(update.identities) != known.identities
+    new_attributes = {
+        **{a: v for a, v in before.items() if a not in cleared},
+        **attributes,
+    }
+    new_consents = {**known.consents, **{c.subscription: c.status.value for c in consents}}
+    new_state = remembered.but(
+        attributes=new_attributes,
+        consents=new_consents,
+        identities=tuple(update.identities),
+        mapping_version=update.mapping_version,
+    )
+    if not changes and not identities_changed:
+        return Step(new_state, None, drops=tuple(drops))
+    emitted = replace(update, attributes=attributes, cleared=cleared, consents=consents)
+    return Step(new_state, emitted, tuple(changes), tuple(drops))
+
+
+def _delete(
+    known: RecordState,
+    change: ContactChange,
+    version: Version,
+    *,
+    source: CompiledSource,
+    profile: ProfileSettings,
+) -> Step:
+    if version <= known.newest():
+        # Still remembered: a field older than this deletion is stale whenever it
+        # comes, as it would be had the deletion come in version order.
+        deleted = max(version, known.deleted or OLDEST)
+        remembered = known.but(deleted=deleted) if deleted != known.deleted else None
+        return Step(remembered, None, drops=(Drop("*", "stale", "a newer version was applied"),))
+    mapped = map_change(change, source=source, profile=profile)
+    update = mapped.update
+    if update is not None:
+        update = _with_known_identities(update, known)
+    forgotten = RecordState(versions=known.versions, valued=known.valued, deleted=version)
+    changes = tuple(
+        AttributeChange(attribute, value, None, "delete")
+        for attribute, value in known.attributes.items()
+    )
+    return Step(forgotten, update, changes)
+
+
+def _with_known_identities(update: ProfileUpdate, known: RecordState) -> ProfileUpdate:
+    """A detaching update may carry no email; the writer finds the profile by every
+    identity the record had."""
+    if not known.identities:
+        return update
+    carried = tuple(dict.fromkeys((*known.identities, *update.identities)))
+    return replace(update, identities=carried)
+
+
+def _changed_consents(
+    before: Mapping[str, str], consents: tuple[ConsentChange, ...]
+) -> tuple[ConsentChange, ...]:
+    return tuple(c for c in consents if before.get(c.subscription) != c.status.value)
+
+
+def _same(old: FieldValue, new: FieldValue) -> bool:
+    # True == 1 in Python; a boolean attribute turning into a number is a change.
+    return type(old) is type(new) and old == new
