@@ -81,7 +81,10 @@ RECORD: Final = b"r"
 HELD: Final = b"h"
 RELEASED: Final = b"b"
 OFFSET_DIGITS: Final = 20
-RESTORE_BATCH: Final = 20_000
+RESTORE_BATCH: Final = 5_000
+# Prefetched bytes librdkafka may queue per partition (its default, 64 MB, times a
+# dozen partitions would dwarf the state's own memory).
+PREFETCH_KBYTES: Final = 8 * 1024
 TRANSACTION_TIMEOUT_MS: Final = 60_000
 # How long a vanished instance's partitions wait before others take them over.
 SESSION_TIMEOUT_MS: Final = 15_000
@@ -169,6 +172,7 @@ class MapperEngine:
                 # Static membership: a restarted instance takes its partitions back at
                 # once instead of waiting out its old session and a rebalance.
                 "group.instance.id": self._engine.instance_id,
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
             }
         )
@@ -181,7 +185,11 @@ class MapperEngine:
         )
         self._barrier_reader = Consumer(_reader_config(settings, "crmsync-mapper-barrier"))
         self._restorer = Consumer(
-            {**_reader_config(settings, "crmsync-mapper-restore"), "enable.partition.eof": True}
+            {
+                **_reader_config(settings, "crmsync-mapper-restore"),
+                "enable.partition.eof": True,
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            }
         )
 
     # --- the loop -------------------------------------------------------------------

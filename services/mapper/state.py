@@ -26,24 +26,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 # Local bookkeeping, never sent to the changelog.
 APPLIED_OFFSET_KEY: Final = b"\xffchangelog-offset"
-# Bytes of block cache per partition: recent records stay hot, the rest on disk.
-BLOCK_CACHE_BYTES: Final = 16 * 1024 * 1024
-WRITE_BUFFER_BYTES: Final = 16 * 1024 * 1024
+# Memory is bounded per process, not per partition: one block cache shared by every
+# partition (recent records stay hot, the rest on disk), and small write buffers.
+BLOCK_CACHE_BYTES: Final = 32 * 1024 * 1024
+WRITE_BUFFER_BYTES: Final = 8 * 1024 * 1024
+_SHARED_CACHE: Cache | None = None
 
 
 def _options() -> Options:
-    from rocksdict import BlockBasedOptions, Cache
-
+    global _SHARED_CACHE  # noqa: PLW0603 - one cache for the process, made on first use
+    if _SHARED_CACHE is None:
+        _SHARED_CACHE = Cache(BLOCK_CACHE_BYTES)
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(_SHARED_CACHE)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
     return options
