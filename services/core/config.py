@@ -177,7 +177,7 @@ class MapperSettings(Strict):
         "(default: host name and data_dir); a restarted instance must keep it",
     )
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
-    batch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
+    batch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
 
 
 class WriterSettings(Strict):
