@@ -19,7 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.support.kafka import LocalKafka  # noqa: E402
 
-BENCH_KAFKA_PORT = 39600
+BENCH_KAFKA_PORT = 19600  # below the ephemeral port range
 
 
 @contextmanager

@@ -693,7 +693,7 @@ def _layout_for_start(
 
     The heap may change at any start. The ports may change while no node runs: with a
     static quorum the voters' addresses come from the configuration, not from the data, so
-    the same cluster can come up elsewhere (say `make run` on 9092 after a run on 39092).
+    the same cluster can come up elsewhere (say `make run` on 9092 after a run on 19092).
     The node count may not: the data records which nodes vote.
     """
     saved = _load_layout(cluster_dir)

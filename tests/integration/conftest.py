@@ -19,7 +19,9 @@ from tests.conftest import BROKER_KEY
 from tests.support.kafka import KAFKA_VERSION, LocalKafka
 from tests.support.services import Stack, kill_leftovers
 
-TEST_KAFKA_PORT = 39092
+# Below the kernel's ephemeral range (32768-60999), so no client connection of the suite
+# can be holding a port a test broker needs.
+TEST_KAFKA_PORT = 19092
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 @pytest.fixture
 def outage_kafka() -> Iterator[LocalKafka]:
-    cluster = LocalKafka(name="outage", port=39392)
+    cluster = LocalKafka(name="outage", port=19392)
     cluster.start()
     try:
         yield cluster

@@ -74,3 +74,41 @@ def test_change_from_an_unconfigured_source_is_rejected(
     assert rejected.reason == "source 'retired' is not configured"
     assert rejected.source == "retired"
     assert rejected.event_id == "e1"
+
+
+def test_an_impossible_value_is_rejected_with_its_field_and_the_stream_goes_on(
+    stack: Stack, kafka_bootstrap: str, read_topic: ReadAll
+) -> None:
+    from datetime import UTC, datetime
+
+    from services.core.contracts import ContactChange, Operation
+
+    stack.start("mapper")
+    now = datetime.now(UTC)
+    contracts = load_contracts()
+    for record, email in (("bad", "not-an-address"), ("good", "ada@example.com")):
+        change = ContactChange(
+            source="demo",
+            record_id=record,
+            operation=Operation.UPSERT,
+            event_id=f"e-{record}",
+            source_modified_at=now,
+            received_at=now,
+            fields={"email": email, "first_name": "Ada"},
+        )
+        produce(
+            kafka_bootstrap,
+            stack.topic("changes"),
+            change.key,
+            contracts.contact_change.encode(change),
+        )
+    [message] = read_topic(stack.topic("rejected"), count=1)
+    rejected = contracts.rejected_event.decode(message.value() or b"")
+    assert rejected.stage == "mapper"
+    assert rejected.event_id == "e-bad"
+    assert rejected.reason.startswith("email: not an email address")
+    assert rejected.origin_topic == stack.topic("changes")
+    [update] = read_topic(stack.topic("profile-updates"), count=1)
+    mapped = contracts.profile_update.decode(update.value() or b"")
+    assert mapped.record_id == "good"
+    assert mapped.attributes["first_name"] == "Ada"

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 @pytest.fixture
 def three_brokers() -> Iterator[LocalKafka]:
-    cluster = LocalKafka(name="faults", port=39800, brokers=3)
+    cluster = LocalKafka(name="faults", port=19800, brokers=3)
     cluster.start()
     try:
         yield cluster
