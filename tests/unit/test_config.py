@@ -145,3 +145,46 @@ def test_kafka_secrets_are_references_not_values() -> None:
     )
     settings = parse_settings(text, file="x.yaml")
     assert settings.kafka.secrets["sasl.password"].env == "KAFKA_PASSWORD"
+
+
+TWO_SOURCES = (
+    MINIMAL
+    + """\
+sources:
+  crm:
+    kind: generic_webhook
+    auth: {kind: none}
+    mapping: {phone: phone, fn: first_name}
+    clears: [CLEARED]
+  shop:
+    kind: generic_webhook
+    auth: {kind: none}
+    mapping: {phone: phone}
+"""
+)
+
+
+def test_an_attribute_several_sources_map_needs_no_policy_but_none_of_them_owns_it() -> None:
+    settings = parse_settings(TWO_SOURCES.replace("CLEARED", "first_name"), file="x.yaml")
+    assert "phone" not in settings.profile.attributes
+    (problem,) = problems(TWO_SOURCES.replace("CLEARED", "phone"))
+    assert "sources.crm.clears" in problem
+    assert "only an owner may clear an attribute" in problem
+
+
+def test_the_mapper_state_changelog_follows_the_changes_topic() -> None:
+    text = MINIMAL.replace(
+        "  bootstrap_servers: 127.0.0.1:9092\n",
+        "  bootstrap_servers: 127.0.0.1:9092\n  topics:\n"
+        "    changes: {partitions: 12, replication_factor: 3}\n"
+        "    fullsync: {partitions: 12, replication_factor: 3}\n",
+    )
+    state = parse_settings(text, file="x.yaml").kafka.topics.mapper_state
+    assert (state.partitions, state.replication_factor) == (12, 3)
+    assert state.config["cleanup.policy"] == "compact"
+    mismatched = text.replace(
+        "    fullsync: {partitions: 12, replication_factor: 3}\n",
+        "    fullsync: {partitions: 12, replication_factor: 3}\n"
+        "    mapper_state: {partitions: 4}\n",
+    )
+    assert any("must equal changes.partitions (12)" in line for line in problems(mismatched))
