@@ -22,7 +22,7 @@ way.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -91,14 +91,7 @@ class PartitionState:
 
     def commit(self, changelog_offset: int) -> None:
         """The staged writes are in the committed changelog up to ``changelog_offset``."""
-        batch = WriteBatch(raw_mode=True)
-        for key, value in self._staged.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        batch.put(APPLIED_OFFSET_KEY, str(changelog_offset).encode())
-        self._db.write(batch)
+        self._write(self._staged.items(), changelog_offset)
         self._staged = {}
 
     def abort(self) -> None:
@@ -111,13 +104,17 @@ class PartitionState:
 
     def restore(self, records: list[tuple[bytes, bytes | None]], *, last_offset: int) -> None:
         """Apply committed changelog records read after ``applied_offset()``."""
+        self._write(records, last_offset)
+
+    def _write(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
+        """The records and the changelog offset they reach, in one atomic batch."""
         batch = WriteBatch(raw_mode=True)
         for key, value in records:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.put(APPLIED_OFFSET_KEY, str(last_offset).encode())
+        batch.put(APPLIED_OFFSET_KEY, str(offset).encode())
         self._db.write(batch)
 
     def close(self) -> None:
