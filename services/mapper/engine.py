@@ -160,6 +160,9 @@ class MapperEngine:
         self._positions: dict[tuple[str, int], int] = {}
         self._changelog_offsets: dict[int, int] = {}
         self._delivery_error: KafkaError | None = None
+        # Held changes gained (or released) per source in the batch in hand; the gauge
+        # moves only when the batch commits.
+        self._held_change: dict[str, int] = {}
         self.assigned = threading.Event()
         kafka = settings.kafka
         self._consumer = Consumer(
@@ -243,6 +246,9 @@ class MapperEngine:
             if state.staged:
                 state.commit(self._changelog_offsets[state.partition])
         self._committed.update(self._positions)
+        for source, change in self._held_change.items():
+            metrics.MAPPER_HELD.labels(source).inc(change)
+        self._held_change = {}
 
     def _skip(self, message: Message) -> bool:
         error = message.error()
@@ -281,6 +287,7 @@ class MapperEngine:
 
     def _rewind(self) -> None:
         self._delivery_error = None
+        self._held_change = {}
         for state in self._states.values():
             state.abort()
         for (topic, partition), offset in self._committed.items():
@@ -311,7 +318,7 @@ class MapperEngine:
             return
         if topic == self._topics.changes and self._holding(state, change.source, offset):
             self._write(state, held_key(change.source, offset), value)
-            metrics.MAPPER_HELD.labels(change.source).inc()
+            self._held_change[change.source] = self._held_change.get(change.source, 0) + 1
             return
         self._apply(change, source, state, message)
 
@@ -531,7 +538,7 @@ class MapperEngine:
             released += 1
         self._write(state, RELEASED + source_name.encode(), sync_id.encode())
         if released:
-            metrics.MAPPER_HELD.labels(source_name).dec(released)
+            self._held_change[source_name] = self._held_change.get(source_name, 0) - released
         log.info(
             "full sync %s of %s: released %d held changes on partition %d",
             sync_id,
