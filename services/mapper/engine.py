@@ -48,6 +48,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client import Counter
 
 from services.core import metrics
 from services.core.config import Settings
@@ -160,9 +161,11 @@ class MapperEngine:
         self._positions: dict[tuple[str, int], int] = {}
         self._changelog_offsets: dict[int, int] = {}
         self._delivery_error: KafkaError | None = None
-        # Held changes gained (or released) per source in the batch in hand; the gauge
-        # moves only when the batch commits.
+        # What the batch in hand counts: held changes gained (or released) per source,
+        # and counter increments. Metrics move only when the batch commits, so a batch
+        # that aborts and is mapped again is counted once.
         self._held_change: dict[str, int] = {}
+        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self.assigned = threading.Event()
         kafka = settings.kafka
         self._consumer = Consumer(
@@ -248,7 +251,14 @@ class MapperEngine:
         self._committed.update(self._positions)
         for source, change in self._held_change.items():
             metrics.MAPPER_HELD.labels(source).inc(change)
+        for (counter, labels), amount in self._counts.items():
+            counter.labels(*labels).inc(amount)
         self._held_change = {}
+        self._counts = {}
+
+    def _count(self, counter: Counter, *labels: str) -> None:
+        key = (counter, labels)
+        self._counts[key] = self._counts.get(key, 0) + 1
 
     def _skip(self, message: Message) -> bool:
         error = message.error()
@@ -288,6 +298,7 @@ class MapperEngine:
     def _rewind(self) -> None:
         self._delivery_error = None
         self._held_change = {}
+        self._counts = {}
         for state in self._states.values():
             state.abort()
         for (topic, partition), offset in self._committed.items():
@@ -338,9 +349,9 @@ class MapperEngine:
             if encoded != raw:
                 self._write(state, key, encoded)
         for drop in step.drops:
-            metrics.MAPPER_DROPS.labels(change.source, drop.code).inc()
+            self._count(metrics.MAPPER_DROPS, change.source, drop.code)
         if step.update is not None:
-            metrics.PROFILE_UPDATES.labels(change.source).inc()
+            self._count(metrics.PROFILE_UPDATES, change.source)
             self._producer.produce(
                 self._topics.profile_updates,
                 key=step.update.key,
@@ -386,7 +397,7 @@ class MapperEngine:
 
     def _reject(self, origin: Any, *, reason: str, change: ContactChange | None = None) -> None:
         source = change.source if change is not None else None
-        metrics.EVENTS_REJECTED.labels("mapper", source or "", "invalid").inc()
+        self._count(metrics.EVENTS_REJECTED, "mapper", source or "", "invalid")
         if isinstance(origin, Message):
             key, value = origin.key(), origin.value()
             topic, partition, offset = origin.topic(), origin.partition(), origin.offset()
