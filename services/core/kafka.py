@@ -144,6 +144,18 @@ def consumer_config(settings: KafkaSettings, *, client_id: str, group_id: str) -
     return config
 
 
+def reader_config(settings: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+    """A consumer that assigns partitions itself: its group id is never joined and it
+    commits nothing; it reads committed data from the earliest offset."""
+    return {
+        **client_config(settings, client_id=client_id),
+        "group.id": client_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    }
+
+
 class TopicMismatchError(RuntimeError):
     pass
 
@@ -242,9 +254,7 @@ def end_offsets(
     settings: KafkaSettings, topic: str, *, timeout_s: float = ADMIN_TIMEOUT_S
 ) -> dict[int, int]:
     """The offset after the last message of each of the topic's partitions (blocking)."""
-    consumer = Consumer(
-        {**client_config(settings, client_id="crmsync-offsets"), "group.id": "crmsync-offsets"}
-    )
+    consumer = Consumer(reader_config(settings, client_id="crmsync-offsets"))
     try:
         partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         return {

@@ -63,9 +63,9 @@ from services.core.contracts import (
 from services.core.expressions import ExpressionError
 from services.core.kafka import (
     TopicNames,
-    client_config,
     consumer_config,
     producer_config,
+    reader_config,
     watermarks,
 )
 from services.core.serde import DecodeError
@@ -189,10 +189,12 @@ class MapperEngine:
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             }
         )
-        self._barrier_reader = Consumer(_reader_config(settings, "crmsync-mapper-barrier"))
+        self._barrier_reader = Consumer(
+            reader_config(settings.kafka, client_id="crmsync-mapper-barrier")
+        )
         self._restorer = Consumer(
             {
-                **_reader_config(settings, "crmsync-mapper-restore"),
+                **reader_config(kafka, client_id="crmsync-mapper-restore"),
                 "enable.partition.eof": True,
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
             }
@@ -652,13 +654,3 @@ class MapperEngine:
 
 def _held_source(key: bytes) -> str:
     return key[len(HELD) :].split(b"\x00", 1)[0].decode()
-
-
-def _reader_config(settings: Settings, client_id: str) -> dict[str, Any]:
-    return {
-        **client_config(settings.kafka, client_id=client_id),
-        "group.id": client_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-    }

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core import versions
 from services.core.contracts import (
     ConsentChange,
     ContactChange,
@@ -43,19 +43,16 @@ from services.core.contracts import (
 )
 from services.core.expressions import is_blank
 from services.core.mapping import ProfileSettings
+from services.core.versions import Version
 from services.mapper.rules.mapping import CompiledSource, Drop, map_change
 
-Version = tuple[int, int]
-"""(source modification time in microseconds since the epoch, sequence)."""
-
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND: Final = timedelta(microseconds=1)
 OLDEST: Final[Version] = (-(2**63), -(2**63))
 STATE_FORMAT: Final = 1
 
 
 def version_of(change: ContactChange) -> Version:
-    return (change.source_modified_at - EPOCH) // ONE_MICROSECOND, change.sequence
+    """(source modification time in microseconds since the epoch, sequence)."""
+    return versions.version_of(change.source_modified_at, change.sequence)
 
 
 @dataclass(frozen=True)

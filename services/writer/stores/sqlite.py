@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from services.core.contracts import Identity, ProfileUpdate, UpdateOperation
+from services.core.versions import from_micros, to_micros
 from services.writer.stores.base import (
     BeforeCommit,
     StoredAttribute,
@@ -35,7 +36,6 @@ from services.writer.stores.base import (
     TransientStoreError,
 )
 from services.writer.stores.sqlite_schema import MIGRATIONS
-from services.writer.versions import from_micros, to_micros
 
 BUSY_TIMEOUT_S: Final = 10.0
 
