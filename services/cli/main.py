@@ -250,6 +250,16 @@ def _profile_json(profile: StoredProfile) -> dict[str, Any]:
             }
             for name, attribute in profile.attributes.items()
         },
+        "consents": [
+            {
+                "subscription": consent.subscription,
+                "channel": consent.channel.lower(),
+                "status": consent.status.lower(),
+                "changed_at": consent.changed_at.isoformat(),
+                "source": consent.source,
+            }
+            for consent in profile.consents
+        ],
         "created_at": profile.created_at.isoformat(),
         "updated_at": profile.updated_at.isoformat(),
     }

@@ -335,6 +335,12 @@ class FieldDrop:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileMerge:
+    merged_profile_id: int
+    into_profile_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     match_key: str
     source: str
@@ -344,6 +350,8 @@ class AuditEvent:
     mapping_version: int = 0
     changes: tuple[FieldChange, ...] = ()
     dropped: tuple[FieldDrop, ...] = ()
+    stage: str = "mapper"
+    merge: ProfileMerge | None = None
 
     @property
     def key(self) -> bytes:
@@ -369,6 +377,13 @@ class AuditEvent:
             "dropped": [
                 {"field": d.field, "code": d.code, "reason": d.reason} for d in self.dropped
             ],
+            "stage": self.stage,
+            "merge": None
+            if self.merge is None
+            else {
+                "merged_profile_id": self.merge.merged_profile_id,
+                "into_profile_id": self.merge.into_profile_id,
+            },
         }
 
     @classmethod
@@ -382,6 +397,8 @@ class AuditEvent:
             mapping_version=record["mapping_version"],
             changes=tuple(FieldChange(**c) for c in record["changes"]),
             dropped=tuple(FieldDrop(**d) for d in record["dropped"]),
+            stage=record["stage"],
+            merge=None if record["merge"] is None else ProfileMerge(**record["merge"]),
         )
 
 

@@ -266,6 +266,11 @@ class ProfileSettings(Strict):
     subscriptions: dict[Annotated[str, Field(pattern=ATTRIBUTE_NAME)], Subscription] = Field(
         default_factory=dict
     )
+    on_identity_conflict: Literal["merge", "reject"] = Field(
+        default="merge",
+        description="a change whose identities belong to two profiles: merge them into "
+        "the one its match key finds, or reject the change for review",
+    )
 
 
 Problem = tuple[str, str]

@@ -54,6 +54,14 @@ MAPPER_HELD: Final = Gauge(
 MAPPER_BATCHES: Final = Histogram(
     "crmsync_mapper_batch_seconds", "Time to map and commit one transaction of changes"
 )
+WRITER_DROPS: Final = Counter(
+    "crmsync_writer_drops_total",
+    "Updates or attributes the store left out (conflict policy, consent source, erased)",
+    ["source", "reason"],
+)
+PROFILE_MERGES: Final = Counter(
+    "crmsync_profile_merges_total", "Profiles merged because one change joined them"
+)
 RECORDS_WRITTEN: Final = Counter(
     "crmsync_records_written_total", "Profile updates applied to the store", ["source"]
 )

@@ -9,8 +9,9 @@ The life of a message here:
 3. Each message is decoded; an undecodable one becomes a RejectedEvent (poison: its
    offset still moves on).
 4. The store applies the batch and the next offset of every partition in one
-   transaction. Updates the store refuses are rejected too, and every rejection is
-   flushed to the rejected topic before that transaction commits.
+   transaction. Updates the store refuses are rejected too; every rejection, and an
+   audit event for every merge and store-side drop, is flushed to Kafka before that
+   transaction commits (so a crash can repeat them, never lose them).
 5. Only after the store commit are the offsets committed to Kafka (asynchronously).
 6. A transient store failure retries the same batch with backoff; nothing is skipped.
    A stop request is honoured between batches, so no batch is ever half-applied.
@@ -29,11 +30,18 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from services.core import metrics
-from services.core.contracts import Codec, ProfileUpdate, RejectedEvent
+from services.core.contracts import (
+    AuditEvent,
+    Codec,
+    FieldDrop,
+    ProfileMerge,
+    ProfileUpdate,
+    RejectedEvent,
+)
 from services.core.serde import DecodeError
 from services.writer.stores.base import (
+    BatchReport,
     ProfileStore,
-    StoreRejection,
     TopicPartitionKey,
     TransientStoreError,
 )
@@ -49,6 +57,7 @@ REJECT_FLUSH_TIMEOUT_S: Final = 30.0
 class LoopSettings:
     topic: str
     rejected_topic: str
+    audit_topic: str
     batch_max_records: int
     batch_max_wait_ms: int
 
@@ -81,6 +90,7 @@ class WriterLoop:
         store: ProfileStore,
         updates: Codec[ProfileUpdate],
         rejected: Codec[RejectedEvent],
+        audit: Codec[AuditEvent],
         settings: LoopSettings,
         stop: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -90,6 +100,7 @@ class WriterLoop:
         self._store = store
         self._updates = updates
         self._rejected = rejected
+        self._audit = audit
         self._settings = settings
         self._stop = stop
         self._clock = clock
@@ -167,7 +178,7 @@ class WriterLoop:
                     updates=decoded.updates,
                     next_offsets=next_offsets,
                     written_at=self._clock(),
-                    before_commit=lambda refused: self._reject_all(decoded, refused),
+                    before_commit=lambda report: self._report(decoded, report),
                 )
                 return True
             except (TransientStoreError, RejectsNotDurable) as exc:
@@ -193,9 +204,9 @@ class WriterLoop:
             decoded.update_messages.append(message)
         return decoded
 
-    def _reject_all(self, decoded: _Decoded, refused: Sequence[StoreRejection]) -> None:
+    def _report(self, decoded: _Decoded, report: BatchReport) -> None:
         rejections = list(decoded.rejected)
-        for refusal in refused:
+        for refusal in report.rejections:
             update = decoded.updates[refusal.index]
             rejections.append(
                 self._rejection(
@@ -205,7 +216,8 @@ class WriterLoop:
                     event_id=update.event_id,
                 )
             )
-        if not rejections:
+        audits = self._audits(decoded.updates, report)
+        if not rejections and not audits:
             return
         failures: list[str] = []
 
@@ -221,9 +233,61 @@ class WriterLoop:
                 on_delivery=on_delivery,
             )
             metrics.EVENTS_REJECTED.labels("writer", rejection.source or "", "invalid").inc()
+        for audit in audits:
+            self._producer.produce(
+                self._settings.audit_topic,
+                key=audit.key,
+                value=self._audit.encode(audit),
+                on_delivery=on_delivery,
+            )
         remaining = self._producer.flush(REJECT_FLUSH_TIMEOUT_S)
         if remaining or failures:
             raise RejectsNotDurable(f"rejected events not acknowledged: {failures or remaining}")
+
+    def _audits(self, updates: Sequence[ProfileUpdate], report: BatchReport) -> list[AuditEvent]:
+        """One audit event per merge, and one per update the store left (partly) out."""
+        now = self._clock()
+        drops: dict[int, list[FieldDrop]] = {}
+        for index, name, why in report.drops:
+            drops.setdefault(index, []).append(FieldDrop(name, "conflict", why))
+            metrics.WRITER_DROPS.labels(updates[index].source, "conflict").inc()
+        for index, why in report.dropped_updates:
+            drops.setdefault(index, []).append(FieldDrop("*", why, f"update left out: {why}"))
+            metrics.WRITER_DROPS.labels(updates[index].source, why).inc()
+        events = [
+            self._audit_event(updates[index], now, dropped=tuple(dropped))
+            for index, dropped in sorted(drops.items())
+        ]
+        for index, merge in report.merges:
+            metrics.PROFILE_MERGES.inc()
+            events.append(
+                self._audit_event(
+                    updates[index],
+                    now,
+                    merge=ProfileMerge(merge.merged_id, merge.into_id),
+                )
+            )
+        return events
+
+    @staticmethod
+    def _audit_event(
+        update: ProfileUpdate,
+        now: datetime,
+        *,
+        dropped: tuple[FieldDrop, ...] = (),
+        merge: ProfileMerge | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(
+            match_key=update.match_key,
+            source=update.source,
+            record_id=update.record_id,
+            event_id=update.event_id,
+            decided_at=now,
+            mapping_version=update.mapping_version,
+            dropped=dropped,
+            stage="writer",
+            merge=merge,
+        )
 
     def _rejection(
         self,

@@ -47,9 +47,11 @@ def writer_loop(
         store=store,
         updates=contracts.profile_update,
         rejected=contracts.rejected_event,
+        audit=contracts.audit_event,
         settings=LoopSettings(
             topic=topics.profile_updates,
             rejected_topic=topics.rejected,
+            audit_topic=topics.audit,
             batch_max_records=writer.batch_max_records,
             batch_max_wait_ms=writer.batch_max_wait_ms,
         ),
@@ -65,7 +67,7 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     started = threading.Event()
 
     def body(stop_loop: threading.Event) -> None:
-        store = open_store(settings.store)
+        store = open_store(settings.store, profile=settings.profile)
         try:
             store.migrate()
             started.set()

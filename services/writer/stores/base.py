@@ -8,11 +8,12 @@ after a crash: on restart the writer resumes from the positions the store holds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate
+from services.writer.profiles import Merge
 
 TopicPartitionKey = tuple[str, int]
 
@@ -27,10 +28,20 @@ class StoredAttribute:
 
 
 @dataclass(frozen=True)
+class StoredConsentView:
+    subscription: str
+    channel: str
+    status: str
+    changed_at: datetime
+    source: str
+
+
+@dataclass(frozen=True)
 class StoredProfile:
     profile_id: int
     identities: tuple[Identity, ...]
     attributes: Mapping[str, StoredAttribute]
+    consents: tuple[StoredConsentView, ...]
     created_at: datetime
     updated_at: datetime
 
@@ -43,11 +54,26 @@ class StoreRejection:
     reason: str
 
 
+@dataclass
+class BatchReport:
+    """What a batch did besides the data: refused updates, merges and drops.
+
+    Indexes are positions in the batch's ``updates``.
+    """
+
+    rejections: list[StoreRejection] = field(default_factory=list)
+    merges: list[tuple[int, Merge]] = field(default_factory=list)
+    drops: list[tuple[int, str, str]] = field(default_factory=list)
+    """(index, attribute or subscription, why)"""
+    dropped_updates: list[tuple[int, str]] = field(default_factory=list)
+    """(index, why): whole updates left out, e.g. for an erased identity."""
+
+
 class TransientStoreError(Exception):
     """The store is unavailable for now; the same batch is retried, nothing is skipped."""
 
 
-BeforeCommit = Callable[[Sequence[StoreRejection]], None]
+BeforeCommit = Callable[[BatchReport], None]
 
 
 class ProfileStore(Protocol):
@@ -67,15 +93,19 @@ class ProfileStore(Protocol):
         next_offsets: Mapping[TopicPartitionKey, int],
         written_at: datetime,
         before_commit: BeforeCommit,
-    ) -> Sequence[StoreRejection]:
+    ) -> BatchReport:
         """Apply all updates and the offsets atomically.
 
-        ``before_commit`` receives the rejected updates and must make them durable
-        (the rejected topic) before the transaction commits; if it raises, nothing is
-        committed.
+        ``before_commit`` receives the batch's report and must make its rejections
+        and merges durable (the rejected and audit topics) before the transaction
+        commits; if it raises, nothing is committed.
         """
 
-    def find_profile(self, identity: Identity) -> StoredProfile | None: ...
+    def find_profile(self, identity: Identity) -> StoredProfile | None:
+        """The live profile owning ``identity`` (None for unknown or erased ones)."""
+
+    def all_profiles(self) -> list[StoredProfile]:
+        """Every live profile, by id (for exports and tests; not for large stores)."""
 
     def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
         """Per source, how many profiles hold attributes it wrote under each mapping

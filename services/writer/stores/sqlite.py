@@ -5,15 +5,9 @@ the Kafka positions they came from. ``synchronous=NORMAL`` is safe here: a power
 can lose the newest transactions but never splits data from its positions, so the
 writer simply consumes those messages again.
 
-Applying one update:
-
-1. Find the profile by the update's identities, match key first; create one if none
-   is known.
-2. Attach identities the profile does not have yet (an identity already owned by
-   another profile is left to the identity rules).
-3. For a DELETE, detach the source record's CRM identity; for an UPSERT, write each
-   attribute only if the update's version is newer than the stored one.
-4. Touch the profile's ``updated_at`` when anything changed.
+The batch's decisions are the ProfileBook's (services/writer/stores/batch.py): this
+module loads the profiles a batch touches through a temporary table of its
+identities and writes back the rows the book changed.
 """
 
 from __future__ import annotations
@@ -23,52 +17,85 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from services.core.contracts import Identity, ProfileUpdate, UpdateOperation
+from services.core.contracts import Identity, ProfileUpdate
+from services.core.mapping import ProfileSettings
 from services.core.versions import from_micros, to_micros
+from services.writer.profiles import BookChanges, ConflictRules, Profile, StoredConsent, StoredValue
 from services.writer.stores.base import (
+    BatchReport,
     BeforeCommit,
     StoredAttribute,
+    StoredConsentView,
     StoredProfile,
-    StoreRejection,
     TopicPartitionKey,
     TransientStoreError,
 )
+from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
 BUSY_TIMEOUT_S: Final = 10.0
-
-UPSERT_ATTRIBUTE: Final = """
-INSERT INTO attributes (profile_id, name, value, source, source_record_id,
-                        source_modified_at, sequence, mapping_version, written_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (profile_id, name) DO UPDATE SET
-    value = excluded.value,
-    source = excluded.source,
-    source_record_id = excluded.source_record_id,
-    source_modified_at = excluded.source_modified_at,
-    sequence = excluded.sequence,
-    mapping_version = excluded.mapping_version,
-    written_at = excluded.written_at
-WHERE (excluded.source_modified_at, excluded.sequence)
-    > (attributes.source_modified_at, attributes.sequence)
-"""
 
 UPSERT_OFFSET: Final = """
 INSERT INTO consumer_offsets (topic, partition, next_offset) VALUES (?, ?, ?)
 ON CONFLICT (topic, partition) DO UPDATE SET
     next_offset = max(next_offset, excluded.next_offset)
 """
-
-
-class PoisonUpdate(Exception):
-    pass
+UPSERT_PROFILE: Final = """
+INSERT INTO profiles (id, created_at, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, updated_at = excluded.updated_at
+"""
+UPSERT_IDENTITY: Final = """
+INSERT INTO identities (kind, value, profile_id) VALUES (?, ?, ?)
+ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id
+"""
+UPSERT_ATTRIBUTE: Final = """
+INSERT INTO attributes (profile_id, name, value, source, source_record_id,
+                        source_modified_at, sequence, mapping_version, written_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (profile_id, name) DO UPDATE SET
+    value = excluded.value, source = excluded.source,
+    source_record_id = excluded.source_record_id,
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence,
+    mapping_version = excluded.mapping_version, written_at = excluded.written_at
+"""
+UPSERT_CONSENT: Final = """
+INSERT INTO consents (profile_id, subscription, channel, status, changed_at, source, written_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (profile_id, subscription, channel) DO UPDATE SET
+    status = excluded.status, changed_at = excluded.changed_at,
+    source = excluded.source, written_at = excluded.written_at
+"""
+UPSERT_DETACHED: Final = """
+INSERT INTO detached_identities (identity_hash, source_modified_at, sequence) VALUES (?, ?, ?)
+ON CONFLICT (identity_hash) DO UPDATE SET
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence
+"""
+REMOVE_PROFILE_ROWS: Final = (
+    "DELETE FROM attributes WHERE profile_id = ?",
+    "DELETE FROM consents WHERE profile_id = ?",
+    "DELETE FROM identities WHERE profile_id = ?",
+)
+UPSERT_TOMBSTONE: Final = """
+INSERT INTO erased_identities (identity_hash, erased_at) VALUES (?, ?)
+ON CONFLICT (identity_hash) DO UPDATE SET erased_at = excluded.erased_at
+"""
 
 
 class SqliteProfileStore:
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        profile: ProfileSettings | None = None,
+        read_only: bool = False,
+    ) -> None:
         self._path = path
+        profile = profile or ProfileSettings()
+        self._book = BookSettings(
+            rules=ConflictRules(profile), on_identity_conflict=profile.on_identity_conflict
+        )
         if read_only:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -118,15 +145,16 @@ class SqliteProfileStore:
         next_offsets: Mapping[TopicPartitionKey, int],
         written_at: datetime,
         before_commit: BeforeCommit,
-    ) -> Sequence[StoreRejection]:
+    ) -> BatchReport:
         now = to_micros(written_at)
+        session = _Session(self._db)
         try:
             try:
-                rejections = self._transaction(updates, next_offsets, now, isolate=False)
-            except PoisonUpdate:
-                # Rare: redo the batch with a savepoint per update to find the culprits.
-                rejections = self._transaction(updates, next_offsets, now, isolate=True)
-            before_commit(rejections)
+                report = self._transaction(session, updates, next_offsets, now, isolate=False)
+            except StorePoison:
+                # Rare: redo the batch an update at a time to find the culprits.
+                report = self._transaction(session, updates, next_offsets, now, isolate=True)
+            before_commit(report)
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             self._rollback()
@@ -134,142 +162,49 @@ class SqliteProfileStore:
         except BaseException:
             self._rollback()
             raise
-        return rejections
+        return report
 
     def _transaction(
         self,
+        session: _Session,
         updates: Sequence[ProfileUpdate],
         next_offsets: Mapping[TopicPartitionKey, int],
         now: int,
         *,
         isolate: bool,
-    ) -> list[StoreRejection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        rejections: list[StoreRejection] = []
-        for index, update in enumerate(updates):
-            if not isolate:
-                try:
-                    self._apply(update, now)
-                except (sqlite3.IntegrityError, ValueError, TypeError) as exc:
-                    self._rollback()
-                    raise PoisonUpdate(str(exc)) from exc
-                continue
-            db.execute("SAVEPOINT one_update")
-            try:
-                self._apply(update, now)
-            except (sqlite3.IntegrityError, ValueError, TypeError) as exc:
-                db.execute("ROLLBACK TO one_update")
-                rejections.append(StoreRejection(index, f"store refused the update: {exc}"))
-            db.execute("RELEASE one_update")
-        db.executemany(
+    ) -> BatchReport:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            report = apply_updates(session, updates, settings=self._book, now=now, isolate=isolate)
+        except StorePoison:
+            self._rollback()
+            raise
+        self._db.executemany(
             UPSERT_OFFSET,
             [(topic, partition, offset) for (topic, partition), offset in next_offsets.items()],
         )
-        return rejections
-
-    def _apply(self, update: ProfileUpdate, now: int) -> None:
-        db = self._db
-        # Step 1
-        profile_id = self._resolve_profile(update, now)
-        # Step 2
-        changed = 0
-        for identity in update.identities:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO identities (kind, value, profile_id) VALUES (?, ?, ?)",
-                (identity.kind, identity.value, profile_id),
-            )
-            changed += cursor.rowcount
-        # Step 3
-        if update.operation is UpdateOperation.DELETE:
-            cursor = db.execute(
-                "DELETE FROM identities WHERE kind = 'crm' AND value = ? AND profile_id = ?",
-                (f"{update.source}:{update.record_id}", profile_id),
-            )
-            changed += cursor.rowcount
-        else:
-            modified = to_micros(update.source_modified_at)
-            for name, value in update.attributes.items():
-                cursor = db.execute(
-                    UPSERT_ATTRIBUTE,
-                    (
-                        profile_id,
-                        name,
-                        json.dumps(value, allow_nan=False),
-                        update.source,
-                        update.record_id,
-                        modified,
-                        update.sequence,
-                        update.mapping_version,
-                        now,
-                    ),
-                )
-                changed += cursor.rowcount
-        # Step 4
-        if changed:
-            db.execute("UPDATE profiles SET updated_at = ? WHERE id = ?", (now, profile_id))
-
-    def _resolve_profile(self, update: ProfileUpdate, now: int) -> int:
-        kind, _, value = update.match_key.partition(":")
-        ordered = [Identity(kind, value), *update.identities]
-        for identity in ordered:
-            row = self._db.execute(
-                "SELECT profile_id FROM identities WHERE kind = ? AND value = ?",
-                (identity.kind, identity.value),
-            ).fetchone()
-            if row is not None:
-                return int(row[0])
-        cursor = self._db.execute(
-            "INSERT INTO profiles (created_at, updated_at) VALUES (?, ?)", (now, now)
-        )
-        if cursor.lastrowid is None:
-            raise sqlite3.IntegrityError("profile insert returned no id")
-        return cursor.lastrowid
+        return report
 
     def find_profile(self, identity: Identity) -> StoredProfile | None:
         db = self._db
         row = db.execute(
-            "SELECT p.id, p.created_at, p.updated_at FROM identities i "
-            "JOIN profiles p ON p.id = i.profile_id WHERE i.kind = ? AND i.value = ?",
+            "SELECT profile_id FROM identities WHERE kind = ? AND value = ?",
             (identity.kind, identity.value),
         ).fetchone()
         if row is None:
             return None
-        profile_id = int(row[0])
-        identities = tuple(
-            Identity(kind, value)
-            for kind, value in db.execute(
-                "SELECT kind, value FROM identities WHERE profile_id = ? ORDER BY kind, value",
-                (profile_id,),
-            )
-        )
-        attributes = {
-            name: StoredAttribute(
-                value=json.loads(value),
-                source=source,
-                source_modified_at=from_micros(modified),
-                mapping_version=mapping_version,
-                written_at=from_micros(written),
-            )
-            for name, value, source, modified, mapping_version, written in db.execute(
-                "SELECT name, value, source, source_modified_at, mapping_version, written_at "
-                "FROM attributes WHERE profile_id = ? ORDER BY name",
-                (profile_id,),
-            )
-        }
-        return StoredProfile(
-            profile_id=profile_id,
-            identities=identities,
-            attributes=attributes,
-            created_at=from_micros(row[1]),
-            updated_at=from_micros(row[2]),
-        )
+        loaded = _load_profiles(db, [int(row[0])])
+        return stored_profile(loaded[0]) if loaded else None
+
+    def all_profiles(self) -> list[StoredProfile]:
+        ids = [int(row[0]) for row in self._db.execute("SELECT id FROM profiles ORDER BY id")]
+        return [stored_profile(profile) for profile in _load_profiles(self._db, ids)]
 
     def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
         counts: dict[str, dict[int, int]] = {}
         for source, version, profiles in self._db.execute(
             "SELECT source, mapping_version, COUNT(DISTINCT profile_id) FROM attributes "
-            "GROUP BY source, mapping_version"
+            "WHERE value IS NOT NULL GROUP BY source, mapping_version"
         ):
             counts.setdefault(source, {})[int(version)] = int(profiles)
         return counts
@@ -280,6 +215,196 @@ class SqliteProfileStore:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+class _Session:
+    """The BookSession of one SQLite transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded:
+        db = self._db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_identities (kind TEXT, value TEXT)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_hashes (identity_hash TEXT)")
+        db.execute("DELETE FROM batch_identities")
+        db.execute("DELETE FROM batch_hashes")
+        db.executemany(
+            "INSERT INTO batch_identities VALUES (?, ?)", [(i.kind, i.value) for i in identities]
+        )
+        db.executemany("INSERT INTO batch_hashes VALUES (?)", [(h,) for h in hashes])
+        profile_ids = [
+            int(row[0])
+            for row in db.execute(
+                "SELECT DISTINCT i.profile_id FROM batch_identities b "
+                "JOIN identities i ON i.kind = b.kind AND i.value = b.value"
+            )
+        ]
+        tombstones = dict(
+            db.execute(
+                "SELECT e.identity_hash, e.erased_at FROM batch_hashes b "
+                "JOIN erased_identities e ON e.identity_hash = b.identity_hash"
+            ).fetchall()
+        )
+        detached = {
+            key: (int(modified), int(sequence))
+            for key, modified, sequence in db.execute(
+                "SELECT d.identity_hash, d.source_modified_at, d.sequence FROM batch_hashes b "
+                "JOIN detached_identities d ON d.identity_hash = b.identity_hash"
+            )
+        }
+        (max_id,) = db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
+        max_merged = db.execute("SELECT coalesce(max(merged_id), 0) FROM profile_merges").fetchone()
+        max_erased = db.execute("SELECT coalesce(max(profile_id), 0) FROM erasures").fetchone()
+        return Loaded(
+            profiles=_load_profiles(db, profile_ids),
+            tombstones=tombstones,
+            detached=detached,
+            # Ids of merged and erased profiles are never handed out again.
+            max_profile_id=max(int(max_id), int(max_merged[0]), int(max_erased[0])),
+        )
+
+    def write(self, changes: BookChanges) -> None:
+        db = self._db
+        try:
+            db.executemany(
+                UPSERT_PROFILE,
+                [(p.id, p.created_at, p.updated_at) for p in changes.profiles.values()],
+            )
+            removed = [(profile_id,) for profile_id in changes.removed_profiles]
+            for statement in REMOVE_PROFILE_ROWS:
+                db.executemany(statement, removed)
+            db.executemany(
+                "DELETE FROM identities WHERE kind = ? AND value = ?",
+                [(i.kind, i.value) for i, owner in changes.identities.items() if owner is None],
+            )
+            db.executemany(
+                UPSERT_IDENTITY,
+                [(i.kind, i.value, o) for i, o in changes.identities.items() if o is not None],
+            )
+            db.executemany("DELETE FROM profiles WHERE id = ?", removed)
+            db.executemany(
+                UPSERT_ATTRIBUTE,
+                [_attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()],
+            )
+            db.executemany(
+                UPSERT_CONSENT,
+                [
+                    (pid, sub, channel, c.status, c.changed_at, c.source, c.written_at)
+                    for (pid, sub, channel), c in changes.consents.items()
+                ],
+            )
+            db.executemany(
+                UPSERT_DETACHED, [(key, v[0], v[1]) for key, v in changes.detached.items()]
+            )
+            db.executemany(UPSERT_TOMBSTONE, list(changes.tombstones.items()))
+            db.executemany(
+                "INSERT OR REPLACE INTO profile_merges (merged_id, into_id, event_id) "
+                "VALUES (?, ?, ?)",
+                [(m.merged_id, m.into_id, m.event_id) for m in changes.merges],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO erasures (profile_id, erased_at) VALUES (?, ?)",
+                list(changes.erasures.items()),
+            )
+        except (sqlite3.IntegrityError, sqlite3.DataError, ValueError, OverflowError) as exc:
+            raise StorePoison(str(exc)) from exc
+
+    def savepoint(self) -> None:
+        self._db.execute("SAVEPOINT one_update")
+
+    def rollback_to_savepoint(self) -> None:
+        self._db.execute("ROLLBACK TO one_update")
+
+    def release_savepoint(self) -> None:
+        self._db.execute("RELEASE one_update")
+
+
+def _attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
+    encoded = None if value.value is None else json.dumps(value.value, allow_nan=False)
+    return (
+        profile_id,
+        name,
+        encoded,
+        value.source,
+        value.record_id,
+        value.version[0],
+        value.version[1],
+        value.mapping_version,
+        value.written_at,
+    )
+
+
+def _load_profiles(db: sqlite3.Connection, profile_ids: Sequence[int]) -> list[Profile]:
+    if not profile_ids:
+        return []
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_profiles (id INTEGER PRIMARY KEY)")
+    db.execute("DELETE FROM batch_profiles")
+    db.executemany("INSERT OR IGNORE INTO batch_profiles VALUES (?)", [(i,) for i in profile_ids])
+    profiles = {
+        int(pid): Profile(id=int(pid), created_at=int(created), updated_at=int(updated))
+        for pid, created, updated in db.execute(
+            "SELECT p.id, p.created_at, p.updated_at FROM batch_profiles b "
+            "JOIN profiles p ON p.id = b.id"
+        )
+    }
+    for pid, kind, value in db.execute(
+        "SELECT i.profile_id, i.kind, i.value FROM batch_profiles b "
+        "JOIN identities i ON i.profile_id = b.id"
+    ):
+        profiles[pid].identities.add(Identity(kind, value))
+    for row in db.execute(
+        "SELECT a.profile_id, a.name, a.value, a.source, a.source_record_id, "
+        "a.source_modified_at, a.sequence, a.mapping_version, a.written_at "
+        "FROM batch_profiles b JOIN attributes a ON a.profile_id = b.id"
+    ):
+        profiles[row[0]].attributes[row[1]] = StoredValue(
+            value=None if row[2] is None else json.loads(row[2]),
+            source=row[3],
+            record_id=row[4],
+            version=(int(row[5]), int(row[6])),
+            mapping_version=int(row[7]),
+            written_at=int(row[8]),
+        )
+    for pid, sub, channel, status, changed_at, source, written_at in db.execute(
+        "SELECT c.profile_id, c.subscription, c.channel, c.status, c.changed_at, c.source, "
+        "c.written_at FROM batch_profiles b JOIN consents c ON c.profile_id = b.id"
+    ):
+        profiles[pid].consents[(sub, channel)] = StoredConsent(
+            status, int(changed_at), source, int(written_at)
+        )
+    return [profiles[pid] for pid in profile_ids if pid in profiles]
+
+
+def stored_profile(profile: Profile) -> StoredProfile:
+    """What a read shows of a profile: live attributes with provenance, and consents."""
+    return StoredProfile(
+        profile_id=profile.id,
+        identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
+        attributes={
+            name: StoredAttribute(
+                value=value.value,
+                source=value.source,
+                source_modified_at=from_micros(value.version[0]),
+                mapping_version=value.mapping_version,
+                written_at=from_micros(value.written_at),
+            )
+            for name, value in sorted(profile.attributes.items())
+            if value.value is not None
+        },
+        consents=tuple(
+            StoredConsentView(
+                subscription=sub,
+                channel=channel,
+                status=consent.status,
+                changed_at=from_micros(consent.changed_at),
+                source=consent.source,
+            )
+            for (sub, channel), consent in sorted(profile.consents.items())
+        ),
+        created_at=from_micros(profile.created_at),
+        updated_at=from_micros(profile.updated_at),
+    )
 
 
 def _statements(script: str) -> list[str]:

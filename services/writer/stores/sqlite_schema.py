@@ -44,4 +44,54 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        # Provenance-carrying clears (value NULL), consents, detachments, erasure
+        # tombstones and merges: the whole profile model.
+        """
+        CREATE TABLE attributes_v2 (
+            profile_id          INTEGER NOT NULL REFERENCES profiles (id),
+            name                TEXT    NOT NULL,
+            value               TEXT,
+            source              TEXT    NOT NULL,
+            source_record_id    TEXT    NOT NULL,
+            source_modified_at  INTEGER NOT NULL,
+            sequence            INTEGER NOT NULL,
+            mapping_version     INTEGER NOT NULL,
+            written_at          INTEGER NOT NULL,
+            PRIMARY KEY (profile_id, name)
+        ) WITHOUT ROWID;
+        INSERT INTO attributes_v2 SELECT * FROM attributes;
+        DROP TABLE attributes;
+        ALTER TABLE attributes_v2 RENAME TO attributes;
+        CREATE TABLE consents (
+            profile_id    INTEGER NOT NULL REFERENCES profiles (id),
+            subscription  TEXT    NOT NULL,
+            channel       TEXT    NOT NULL,
+            status        TEXT    NOT NULL,
+            changed_at    INTEGER NOT NULL,
+            source        TEXT    NOT NULL,
+            written_at    INTEGER NOT NULL,
+            PRIMARY KEY (profile_id, subscription, channel)
+        ) WITHOUT ROWID;
+        CREATE TABLE detached_identities (
+            identity_hash       TEXT    PRIMARY KEY,
+            source_modified_at  INTEGER NOT NULL,
+            sequence            INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE erased_identities (
+            identity_hash  TEXT    PRIMARY KEY,
+            erased_at      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE erasures (
+            profile_id  INTEGER PRIMARY KEY,
+            erased_at   INTEGER NOT NULL
+        );
+        CREATE TABLE profile_merges (
+            merged_id  INTEGER PRIMARY KEY,
+            into_id    INTEGER NOT NULL,
+            event_id   TEXT    NOT NULL
+        );
+        """,
+    ),
 )

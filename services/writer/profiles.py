@@ -1,0 +1,450 @@
+"""The profile model and what one ProfileUpdate does to it, as pure logic.
+
+A store loads the profiles a batch can touch (every profile owning one of the batch's
+identities) into a ``ProfileBook``, applies the batch's updates to it in order, and
+writes back what the book says changed, in one transaction with the batch's offsets.
+Every store (SQLite, PostgreSQL, the CDP over HTTP) therefore decides identically.
+
+Applying one update:
+
+1. **Tombstones.** An update carrying an identity erased at or after the update's
+   source time is dropped: a late event never brings an erased person back. (A
+   newer one, say a fresh sign-up, starts a new profile.)
+2. **Identity resolution.** The update finds its profiles by every identity it
+   carries, match key first. None: a new profile. Several: the configured policy
+   merges them into the first (the leading profile) or rejects the update for review
+   naming both profile ids. No identity ever belongs to two profiles.
+3. **ERASE** removes the profile's identities, attributes and consents and leaves a
+   tombstone per identity: a SHA-256 hash, so no personal data is kept.
+4. **DELETE** detaches the source record (its CRM identity) and remembers the
+   detachment's version, so a replayed older update does not attach it again.
+5. **UPSERT** attaches the update's identities and writes each attribute that wins
+   under the attribute's conflict policy; a blank never clears, only ``cleared``
+   does, and a clear is kept as a versioned marker so an older value cannot return.
+   Consents change only from their subscription's consent source, and only with a
+   newer ``changed_at``.
+
+Every comparison is a version guard, so applying any update a second time changes
+nothing: replaying any range of the topic leaves the book as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, Literal
+
+from services.core.contracts import FieldValue, Identity, ProfileUpdate, UpdateOperation
+from services.core.mapping import ProfileSettings
+from services.core.versions import to_micros
+
+Version = tuple[int, int]
+IdentityConflictPolicy = Literal["merge", "reject"]
+
+ATTRIBUTE_POLICIES: Final = ("owner_only", "last_writer_wins", "source_priority")
+
+
+def identity_hash(identity: Identity) -> str:
+    """What a tombstone keeps of an erased identity."""
+    return hashlib.sha256(f"{identity.kind}:{identity.value}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    """An attribute's value with its provenance. ``value`` None marks a clear."""
+
+    value: FieldValue
+    source: str
+    record_id: str
+    version: Version
+    mapping_version: int
+    written_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConsent:
+    status: str
+    changed_at: int
+    source: str
+    written_at: int
+
+
+ConsentKey = tuple[str, str]
+"""(subscription, channel)"""
+
+
+@dataclass(slots=True)
+class Profile:
+    id: int
+    created_at: int
+    updated_at: int
+    identities: set[Identity] = field(default_factory=set)
+    attributes: dict[str, StoredValue] = field(default_factory=dict)
+    consents: dict[ConsentKey, StoredConsent] = field(default_factory=dict)
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    DROPPED = "dropped"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    merged_id: int
+    into_id: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    profile_id: int | None = None
+    reason: str = ""
+    merges: tuple[Merge, ...] = ()
+    drops: tuple[tuple[str, str], ...] = ()
+    """(attribute or subscription, why) for parts of an applied update left out."""
+
+
+@dataclass
+class BookChanges:
+    """What a store writes back: the touched rows, by key."""
+
+    profiles: dict[int, Profile] = field(default_factory=dict)
+    """Profiles created or changed, in their final state."""
+    new_profiles: set[int] = field(default_factory=set)
+    removed_profiles: set[int] = field(default_factory=set)
+    """Merged into another or erased: their rows go."""
+    identities: dict[Identity, int | None] = field(default_factory=dict)
+    """Identity -> owning profile, None for detached or erased."""
+    attributes: dict[tuple[int, str], StoredValue] = field(default_factory=dict)
+    consents: dict[tuple[int, str, str], StoredConsent] = field(default_factory=dict)
+    detached: dict[str, Version] = field(default_factory=dict)
+    """Identity hash -> version of the newest detachment (no CRM id kept in clear)."""
+    tombstones: dict[str, int] = field(default_factory=dict)
+    merges: list[Merge] = field(default_factory=list)
+    erasures: dict[int, int] = field(default_factory=dict)
+    """Erased profile id -> erasure time."""
+
+
+class ConflictRules:
+    """Which of two writes of an attribute stands (guarantee 3 across sources)."""
+
+    def __init__(self, profile: ProfileSettings) -> None:
+        self._profile = profile
+
+    def consent_source(self, subscription: str, channel: str) -> str | None:
+        settings = self._profile.subscriptions.get(subscription)
+        if settings is None or settings.channel.upper() != channel:
+            return None
+        return settings.source
+
+    def refusal(self, attribute: str, source: str) -> str | None:
+        """Why ``source`` may not write ``attribute`` at all, or None."""
+        policy = self._profile.attributes.get(attribute)
+        if policy is None or policy.may_write(source):
+            return None
+        if policy.policy == "owner_only":
+            return f"owned by {policy.owner}"
+        return "source not in its priority list"
+
+    def wins(self, attribute: str, incoming: StoredValue, stored: StoredValue | None) -> bool:
+        if stored is None:
+            return True
+        policy = self._profile.attributes.get(attribute)
+        if policy is not None and policy.policy == "source_priority" and stored.value is not None:
+            rank_in = policy.priority.index(incoming.source)
+            rank_stored = (
+                policy.priority.index(stored.source)
+                if stored.source in policy.priority
+                else len(policy.priority)
+            )
+            if rank_in != rank_stored:
+                return rank_in < rank_stored
+        # Last writer wins (owner_only is one writer, so the same): the newer version;
+        # a tie between sources goes to the greater source name, whatever the order.
+        return (incoming.version, incoming.source) > (stored.version, stored.source)
+
+
+class ProfileBook:
+    """Profiles a batch can touch, changed in memory; ``changes`` says what to write."""
+
+    def __init__(
+        self,
+        *,
+        profiles: Iterable[Profile],
+        tombstones: Mapping[str, int],
+        detached: Mapping[str, Version],
+        rules: ConflictRules,
+        on_identity_conflict: IdentityConflictPolicy,
+        next_id: Callable[[], int],
+        now: int,
+    ) -> None:
+        self._profiles = {profile.id: profile for profile in profiles}
+        self._owner = {
+            identity: profile.id
+            for profile in self._profiles.values()
+            for identity in profile.identities
+        }
+        self._tombstones = dict(tombstones)
+        self._detached = dict(detached)
+        self._rules = rules
+        self._on_conflict = on_identity_conflict
+        self._next_id = next_id
+        self._now = now
+        self.changes = BookChanges()
+
+    def profile_of(self, identity: Identity) -> Profile | None:
+        owner = self._owner.get(identity)
+        return None if owner is None else self._profiles[owner]
+
+    def apply(self, update: ProfileUpdate) -> Result:
+        version: Version = (to_micros(update.source_modified_at), update.sequence)
+        identities = _identities_of(update)
+        # Step 1
+        for identity in identities:
+            erased_at = self._tombstones.get(identity_hash(identity)) if self._tombstones else None
+            if erased_at is not None and erased_at >= version[0]:
+                return Result(Outcome.DROPPED, reason="erased")
+        # Step 2
+        found = list(dict.fromkeys(o for i in identities if (o := self._owner.get(i)) is not None))
+        if update.operation is UpdateOperation.ERASE:
+            # Step 3
+            for profile_id in found:
+                self._erase(self._profiles[profile_id], version[0])
+            for identity in identities:
+                self._tombstone(identity, version[0])
+            return Result(Outcome.APPLIED, profile_id=found[0] if found else None)
+        merges: list[Merge] = []
+        if len(found) > 1:
+            if self._on_conflict == "reject":
+                ids = " and ".join(str(profile_id) for profile_id in found)
+                return Result(
+                    Outcome.REJECTED,
+                    reason=f"identities of one change belong to profiles {ids}; "
+                    "merge them or correct the source",
+                )
+            for other in found[1:]:
+                merges.append(self._merge(self._profiles[other], self._profiles[found[0]], update))
+        if update.operation is UpdateOperation.DELETE:
+            # Step 4
+            if not found:
+                return Result(Outcome.UNCHANGED)
+            profile = self._profiles[found[0]]
+            changed = self._detach(
+                profile, Identity("crm", f"{update.source}:{update.record_id}"), version
+            )
+            return self._result(profile, changed or bool(merges), merges, ())
+        # Step 5
+        profile = self._profiles[found[0]] if found else self._create()
+        changed = bool(merges) or not found
+        for identity in identities:
+            changed |= self._attach(profile, identity, version)
+        drops: list[tuple[str, str]] = []
+        changed |= self._write_attributes(profile, update, version, drops)
+        changed |= self._write_consents(profile, update, drops)
+        return self._result(profile, changed, merges, drops)
+
+    # --- the steps --------------------------------------------------------------
+
+    def _result(
+        self, profile: Profile, changed: bool, merges: list[Merge], drops: Iterable[tuple[str, str]]
+    ) -> Result:
+        if changed:
+            profile.updated_at = self._now
+            self.changes.profiles[profile.id] = profile
+        outcome = Outcome.APPLIED if changed else Outcome.UNCHANGED
+        return Result(outcome, profile_id=profile.id, merges=tuple(merges), drops=tuple(drops))
+
+    def _create(self) -> Profile:
+        profile = Profile(id=self._next_id(), created_at=self._now, updated_at=self._now)
+        self._profiles[profile.id] = profile
+        self.changes.profiles[profile.id] = profile
+        self.changes.new_profiles.add(profile.id)
+        return profile
+
+    def _attach(self, profile: Profile, identity: Identity, version: Version) -> bool:
+        if identity in profile.identities:
+            return False
+        detached = self._detached.get(identity_hash(identity)) if self._detached else None
+        if detached is not None and version <= detached:
+            return False
+        profile.identities.add(identity)
+        self._owner[identity] = profile.id
+        self.changes.identities[identity] = profile.id
+        return True
+
+    def _detach(self, profile: Profile, identity: Identity, version: Version) -> bool:
+        key = identity_hash(identity)
+        previous = self._detached.get(key)
+        if previous is None or version > previous:
+            self._detached[key] = version
+            self.changes.detached[key] = version
+        if identity not in profile.identities:
+            return False
+        profile.identities.discard(identity)
+        del self._owner[identity]
+        self.changes.identities[identity] = None
+        return True
+
+    def _write_attributes(
+        self,
+        profile: Profile,
+        update: ProfileUpdate,
+        version: Version,
+        drops: list[tuple[str, str]],
+    ) -> bool:
+        changed = False
+        writes: list[tuple[str, FieldValue]] = [
+            (name, value) for name, value in update.attributes.items() if value is not None
+        ]
+        writes.extend((name, None) for name in update.cleared)
+        for name, value in writes:
+            refusal = self._rules.refusal(name, update.source)
+            if refusal is not None:
+                drops.append((name, refusal))
+                continue
+            incoming = StoredValue(
+                value=value,
+                source=update.source,
+                record_id=update.record_id,
+                version=version,
+                mapping_version=update.mapping_version,
+                written_at=self._now,
+            )
+            stored = profile.attributes.get(name)
+            if not self._rules.wins(name, incoming, stored):
+                continue
+            if stored is not None and _same_write(stored, incoming):
+                continue
+            self._set_attribute(profile, name, incoming)
+            changed = True
+        return changed
+
+    def _write_consents(
+        self, profile: Profile, update: ProfileUpdate, drops: list[tuple[str, str]]
+    ) -> bool:
+        changed = False
+        for consent in update.consents:
+            channel = consent.channel.value
+            allowed = self._rules.consent_source(consent.subscription, channel)
+            if allowed != update.source:
+                why = "no such subscription" if allowed is None else f"consent source is {allowed}"
+                drops.append((f"{consent.subscription}/{channel.lower()}", why))
+                continue
+            key = (consent.subscription, channel)
+            changed_at = to_micros(consent.changed_at)
+            stored = profile.consents.get(key)
+            if stored is not None and changed_at <= stored.changed_at:
+                continue
+            value = StoredConsent(consent.status.value, changed_at, update.source, self._now)
+            profile.consents[key] = value
+            self.changes.consents[(profile.id, *key)] = value
+            changed = True
+        return changed
+
+    def _set_attribute(self, profile: Profile, name: str, value: StoredValue) -> None:
+        profile.attributes[name] = value
+        self.changes.attributes[(profile.id, name)] = value
+
+    def _merge(self, merged: Profile, lead: Profile, update: ProfileUpdate) -> Merge:
+        for identity in merged.identities:
+            lead.identities.add(identity)
+            self._owner[identity] = lead.id
+            self.changes.identities[identity] = lead.id
+        for name, value in merged.attributes.items():
+            if self._rules.wins(name, value, lead.attributes.get(name)):
+                self._set_attribute(lead, name, value)
+        for key, consent in merged.consents.items():
+            stored = lead.consents.get(key)
+            if stored is None or consent.changed_at > stored.changed_at:
+                lead.consents[key] = consent
+                self.changes.consents[(lead.id, *key)] = consent
+        lead.created_at = min(lead.created_at, merged.created_at)
+        self._remove(merged)
+        merge = Merge(merged_id=merged.id, into_id=lead.id, event_id=update.event_id)
+        self.changes.merges.append(merge)
+        return merge
+
+    def _erase(self, profile: Profile, erased_at: int) -> None:
+        for identity in profile.identities:
+            self._tombstone(identity, erased_at)
+            del self._owner[identity]
+            self.changes.identities[identity] = None
+        self.changes.erasures[profile.id] = erased_at
+        self._remove(profile)
+
+    def _remove(self, profile: Profile) -> None:
+        del self._profiles[profile.id]
+        self.changes.profiles.pop(profile.id, None)
+        self.changes.removed_profiles.add(profile.id)
+        for key in [k for k in self.changes.attributes if k[0] == profile.id]:
+            del self.changes.attributes[key]
+        for ckey in [k for k in self.changes.consents if k[0] == profile.id]:
+            del self.changes.consents[ckey]
+
+    def _tombstone(self, identity: Identity, erased_at: int) -> None:
+        key = identity_hash(identity)
+        if self._tombstones.get(key, -1) < erased_at:
+            self._tombstones[key] = erased_at
+            self.changes.tombstones[key] = erased_at
+
+
+def match_identity(update: ProfileUpdate) -> Identity:
+    kind, _, value = update.match_key.partition(":")
+    return Identity(kind, value)
+
+
+def _identities_of(update: ProfileUpdate) -> list[Identity]:
+    return list(dict.fromkeys([match_identity(update), *update.identities]))
+
+
+def _same_write(stored: StoredValue, incoming: StoredValue) -> bool:
+    return (
+        stored.value == incoming.value
+        and stored.source == incoming.source
+        and stored.version == incoming.version
+    )
+
+
+def batch_identities(updates: Iterable[ProfileUpdate]) -> set[Identity]:
+    """Every identity a batch carries: the profiles a store loads for it."""
+    return {identity for update in updates for identity in _identities_of(update)}
+
+
+MAX_TEXT: Final = 65_536
+
+
+def update_problem(update: ProfileUpdate) -> str | None:
+    """Why no store can hold ``update`` (a poison change), or None."""
+    for identity in _identities_of(update):
+        if not identity.kind or not identity.value:
+            return f"empty identity {identity.kind}:{identity.value}"
+        if _bad_text(identity.value):
+            return f"identity of kind {identity.kind} is not storable text"
+    for name, value in update.attributes.items():
+        problem = _value_problem(value)
+        if problem is not None or _bad_text(name):
+            return f"attribute {name[:64]!r}: {problem or 'name is not storable text'}"
+    return None
+
+
+def _value_problem(value: FieldValue) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return "integer out of the 64-bit range"
+    if isinstance(value, str) and _bad_text(value):
+        return "text with a NUL character or over 64 KiB"
+    if isinstance(value, (list, tuple)) and any(_bad_text(item) for item in value):
+        return "a list item with a NUL character or over 64 KiB"
+    return None
+
+
+def _bad_text(text: str) -> bool:
+    # PostgreSQL text cannot hold NUL, and no profile attribute is megabytes long.
+    return "\x00" in text or len(text) > MAX_TEXT

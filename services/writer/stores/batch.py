@@ -1,0 +1,146 @@
+"""One batch through a ProfileBook, inside a store transaction the store has opened.
+
+Every SQL store applies a batch the same way:
+
+1. Updates no store can hold (``update_problem``) are refused up front.
+2. The store loads every profile owning one of the batch's identities, the
+   tombstones and detachments of those identities, and the highest profile id.
+3. The book applies the updates in order; what it reports (rejected identity
+   conflicts, merges, drops) goes into the batch report.
+4. The store writes back what the book changed.
+
+Should the store still refuse a write (a constraint or data error: poison the checks
+did not foresee), the store rolls back and calls again with ``isolate=True``: each
+update then goes through steps 2 to 4 alone, inside a savepoint, and the one the
+store refuses is rejected while the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.core.contracts import Identity, ProfileUpdate
+from services.writer.profiles import (
+    BookChanges,
+    ConflictRules,
+    IdentityConflictPolicy,
+    Outcome,
+    Profile,
+    ProfileBook,
+    Version,
+    batch_identities,
+    identity_hash,
+    update_problem,
+)
+from services.writer.stores.base import BatchReport, StoreRejection
+
+
+class StorePoison(Exception):
+    """The store refused a write: a constraint or data error, not an outage."""
+
+
+@dataclass
+class Loaded:
+    profiles: list[Profile] = field(default_factory=list)
+    tombstones: dict[str, int] = field(default_factory=dict)
+    detached: dict[str, Version] = field(default_factory=dict)
+    max_profile_id: int = 0
+
+
+class BookSession(Protocol):
+    """An open store transaction, as the batch applier drives it."""
+
+    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded: ...
+
+    def write(self, changes: BookChanges) -> None: ...
+
+    def savepoint(self) -> None: ...
+
+    def rollback_to_savepoint(self) -> None: ...
+
+    def release_savepoint(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BookSettings:
+    rules: ConflictRules
+    on_identity_conflict: IdentityConflictPolicy
+
+
+def apply_updates(
+    session: BookSession,
+    updates: Sequence[ProfileUpdate],
+    *,
+    settings: BookSettings,
+    now: int,
+    isolate: bool,
+) -> BatchReport:
+    report = BatchReport()
+    # Step 1
+    storable: list[tuple[int, ProfileUpdate]] = []
+    for index, update in enumerate(updates):
+        problem = update_problem(update)
+        if problem is None:
+            storable.append((index, update))
+        else:
+            report.rejections.append(StoreRejection(index, f"store refused the update: {problem}"))
+    if not isolate:
+        _apply(session, storable, settings=settings, now=now, report=report)
+        return report
+    for one in storable:
+        session.savepoint()
+        partial = BatchReport()
+        try:
+            _apply(session, [one], settings=settings, now=now, report=partial)
+        except StorePoison as exc:
+            session.rollback_to_savepoint()
+            report.rejections.append(StoreRejection(one[0], f"store refused the update: {exc}"))
+        else:
+            _extend(report, partial)
+        session.release_savepoint()
+    report.rejections.sort(key=lambda rejection: rejection.index)
+    return report
+
+
+def _apply(
+    session: BookSession,
+    updates: Sequence[tuple[int, ProfileUpdate]],
+    *,
+    settings: BookSettings,
+    now: int,
+    report: BatchReport,
+) -> None:
+    # Step 2
+    identities = batch_identities(update for _index, update in updates)
+    loaded = session.load(identities, {identity_hash(identity) for identity in identities})
+    ids = itertools.count(loaded.max_profile_id + 1)
+    book = ProfileBook(
+        profiles=loaded.profiles,
+        tombstones=loaded.tombstones,
+        detached=loaded.detached,
+        rules=settings.rules,
+        on_identity_conflict=settings.on_identity_conflict,
+        next_id=lambda: next(ids),
+        now=now,
+    )
+    # Step 3
+    for index, update in updates:
+        result = book.apply(update)
+        if result.outcome is Outcome.REJECTED:
+            report.rejections.append(StoreRejection(index, result.reason))
+        elif result.outcome is Outcome.DROPPED:
+            report.dropped_updates.append((index, result.reason))
+        report.merges.extend((index, merge) for merge in result.merges)
+        report.drops.extend((index, name, why) for name, why in result.drops)
+    # Step 4
+    session.write(book.changes)
+
+
+def _extend(report: BatchReport, partial: BatchReport) -> None:
+    report.rejections.extend(partial.rejections)
+    report.merges.extend(partial.merges)
+    report.drops.extend(partial.drops)
+    report.dropped_updates.extend(partial.dropped_updates)
