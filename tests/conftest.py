@@ -23,6 +23,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crmsync"))
 
 BROKER_KEY = pytest.StashKey[str]()
+POSTGRES_KEY = pytest.StashKey[str]()
+# Below the kernel's ephemeral range, like the test brokers' ports.
+TEST_POSTGRES_PORT = 19450
 INTEGRATION_OUTCOMES = pytest.StashKey[dict[str, int]]()
 
 
@@ -49,5 +52,27 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not counts:
         return
     broker = config.stash.get(BROKER_KEY, "no broker started")
+    postgres = config.stash.get(POSTGRES_KEY, "no PostgreSQL started")
     tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-    terminalreporter.write_sep("-", f"integration tests: {tally}, skipped 0; broker: {broker}")
+    terminalreporter.write_sep(
+        "-", f"integration tests: {tally}, skipped 0; broker: {broker}; PostgreSQL: {postgres}"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real PostgreSQL server for the session (CRMSYNC_TEST_POSTGRES_DSN: bring your own)."""
+    existing = os.environ.get("CRMSYNC_TEST_POSTGRES_DSN")
+    if existing:
+        request.config.stash[POSTGRES_KEY] = "an existing server"
+        yield existing
+        return
+    from tests.support.postgres import LocalPostgres, server_version
+
+    server = LocalPostgres(name="test", port=TEST_POSTGRES_PORT, unsafe_fast=True)
+    dsn = server.start()
+    request.config.stash[POSTGRES_KEY] = f"{server_version(dsn)} started by the suite"
+    try:
+        yield dsn
+    finally:
+        server.stop(purge=True)

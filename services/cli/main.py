@@ -22,7 +22,7 @@ from services.core.settings_base import MissingSecretError
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.normalise import normalise_email
 from services.writer.stores import open_store
-from services.writer.stores.base import StoredProfile
+from services.writer.stores.cdp_wire import profile_json
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -232,34 +232,5 @@ def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
     if profile is None:
         sys.stderr.write(f"no profile with {identity.kind} {identity.value}\n")
         return 1
-    print(json.dumps(_profile_json(profile), indent=2, ensure_ascii=False))
+    print(json.dumps(profile_json(profile), indent=2, ensure_ascii=False))
     return 0
-
-
-def _profile_json(profile: StoredProfile) -> dict[str, Any]:
-    return {
-        "profile_id": profile.profile_id,
-        "identities": [{"kind": i.kind, "value": i.value} for i in profile.identities],
-        "attributes": {
-            name: {
-                "value": attribute.value,
-                "source": attribute.source,
-                "source_modified_at": attribute.source_modified_at.isoformat(),
-                "mapping_version": attribute.mapping_version,
-                "written_at": attribute.written_at.isoformat(),
-            }
-            for name, attribute in profile.attributes.items()
-        },
-        "consents": [
-            {
-                "subscription": consent.subscription,
-                "channel": consent.channel.lower(),
-                "status": consent.status.lower(),
-                "changed_at": consent.changed_at.isoformat(),
-                "source": consent.source,
-            }
-            for consent in profile.consents
-        ],
-        "created_at": profile.created_at.isoformat(),
-        "updated_at": profile.updated_at.isoformat(),
-    }

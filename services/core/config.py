@@ -122,7 +122,42 @@ class SqliteStoreSettings(Strict):
     path: Path = Path("var/crmsync.db")
 
 
-StoreSettings = Annotated[SqliteStoreSettings, Field(discriminator="kind")]
+class PostgresStoreSettings(Strict):
+    kind: Literal["postgres"]
+    dsn: str = Field(
+        min_length=1,
+        description="libpq connection string or URI without the password, e.g. "
+        "postgresql://crmsync@db:5432/crmsync",
+    )
+    password: SecretRef | None = Field(default=None, description="{env: VAR} or {file: PATH}")
+    connect_timeout_s: int = Field(default=5, ge=1, le=300)
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, dsn: str) -> str:
+        if re.search(r"(?i)password\s*=|://[^/@:]+:[^/@]+@", dsn):
+            raise ValueError(
+                "the DSN must not hold the password; declare it as password: {env: VAR}"
+            )
+        return dsn
+
+
+class HttpStoreSettings(Strict):
+    """A CDP's profile upsert API (docs/cdp-http-api.md)."""
+
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://", description="base URL, e.g. https://cdp.example.com")
+    token: SecretRef = Field(description="bearer token, {env: VAR} or {file: PATH}")
+    batch_size: int = Field(default=500, ge=1, le=500, description="changes per batch request")
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+    max_attempts: int = Field(
+        default=5, ge=1, le=20, description="tries per request on 429/5xx before the batch waits"
+    )
+
+
+StoreSettings = Annotated[
+    SqliteStoreSettings | PostgresStoreSettings | HttpStoreSettings, Field(discriminator="kind")
+]
 
 
 class HttpListen(Strict):

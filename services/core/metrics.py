@@ -59,6 +59,10 @@ WRITER_DROPS: Final = Counter(
     "Updates or attributes the store left out (conflict policy, consent source, erased)",
     ["source", "reason"],
 )
+STORE_UNAVAILABLE: Final = Gauge(
+    "crmsync_store_unavailable",
+    "1 while the writer cannot reach its store and has paused consumption",
+)
 PROFILE_MERGES: Final = Counter(
     "crmsync_profile_merges_total", "Profiles merged because one change joined them"
 )

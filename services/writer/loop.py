@@ -172,20 +172,49 @@ class WriterLoop:
         self, decoded: _Decoded, next_offsets: dict[TopicPartitionKey, int]
     ) -> bool:
         delay = FIRST_RETRY_S
-        while True:
-            try:
-                self._store.apply_batch(
-                    updates=decoded.updates,
-                    next_offsets=next_offsets,
-                    written_at=self._clock(),
-                    before_commit=lambda report: self._report(decoded, report),
-                )
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    self._store.apply_batch(
+                        updates=decoded.updates,
+                        next_offsets=next_offsets,
+                        written_at=self._clock(),
+                        before_commit=lambda report: self._report(decoded, report),
+                    )
+                    return True
+                except (TransientStoreError, RejectsNotDurable) as exc:
+                    log.warning("batch not applied, retrying in %.1fs: %s", delay, exc)
+                    metrics.STORE_UNAVAILABLE.set(1)
+                if not paused:
+                    # Consumption pauses while the store is away; polling goes on so the
+                    # group keeps this member (max.poll.interval.ms) and nothing is skipped.
+                    paused = self._consumer.assignment()
+                    self._consumer.pause(paused)
+                if self._wait_polling(delay, paused):
+                    return False
+                delay = min(delay * 2, MAX_RETRY_S)
+        finally:
+            if paused:
+                self._consumer.resume(paused)
+                metrics.STORE_UNAVAILABLE.set(0)
+                log.info("store back, consumption resumed")
+
+    def _wait_polling(self, delay: float, paused: list[TopicPartition]) -> bool:
+        """Wait ``delay`` seconds while polling the paused consumer; True on stop."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stop.is_set():
                 return True
-            except (TransientStoreError, RejectsNotDurable) as exc:
-                log.warning("batch not applied, retrying in %.1fs: %s", delay, exc)
-            if self._stop.wait(delay):
-                return False
-            delay = min(delay * 2, MAX_RETRY_S)
+            message = self._consumer.poll(min(left, 0.5))
+            if message is not None and message.error() is None:
+                # A partition assigned during the pause is not paused: put its message
+                # back so it is consumed after the batch in hand.
+                topic, partition, offset = position_of(message)
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+                paused.append(TopicPartition(topic, partition))
+                self._consumer.pause(paused[-1:])
+        return self._stop.is_set()
 
     def _decode(self, batch: Sequence[Message]) -> _Decoded:
         decoded = _Decoded(updates=[], update_messages=[], rejected=[])

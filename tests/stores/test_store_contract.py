@@ -52,8 +52,9 @@ def test_offsets_are_stored_with_the_data(open_store: StoreFactory) -> None:
         written_at=update("x", "y", t=0).received_at,
         before_commit=lambda _report: None,
     )
-    assert store.stored_offsets("updates") == {0: 17, 3: 4}
-    assert open_store(settings()).stored_offsets("updates") == {0: 17, 3: 4}
+    expected = {0: 17, 3: 4} if store.keeps_offsets else {}
+    assert store.stored_offsets("updates") == expected
+    assert open_store(settings()).stored_offsets("updates") == expected
 
 
 def test_a_crm_id_first_and_the_email_later_make_one_profile(open_store: StoreFactory) -> None:

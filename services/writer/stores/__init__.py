@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from services.core.config import SqliteStoreSettings, StoreSettings
+from services.core.config import (
+    HttpStoreSettings,
+    PostgresStoreSettings,
+    SqliteStoreSettings,
+    StoreSettings,
+)
 from services.core.mapping import ProfileSettings
 from services.writer.stores.base import ProfileStore
+from services.writer.stores.http import HttpProfileStore
+from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.sqlite import SqliteProfileStore
 
 
@@ -14,4 +21,9 @@ def open_store(
     """The configured store; ``profile`` (conflict and identity rules) matters for writes."""
     if isinstance(settings, SqliteStoreSettings):
         return SqliteProfileStore(settings.path, profile=profile, read_only=read_only)
+    if isinstance(settings, PostgresStoreSettings):
+        return PostgresProfileStore(settings, profile=profile, read_only=read_only)
+    if isinstance(settings, HttpStoreSettings):
+        # The CDP applies the conflict and identity rules itself (docs/cdp-http-api.md).
+        return HttpProfileStore(settings)
     raise ValueError(f"no store of kind {settings.kind!r}")

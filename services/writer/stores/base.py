@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Protocol
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate
-from services.writer.profiles import Merge
+from services.core.versions import from_micros
+from services.writer.profiles import Merge, Profile
 
 TopicPartitionKey = tuple[str, int]
 
@@ -77,6 +78,10 @@ BeforeCommit = Callable[[BatchReport], None]
 
 
 class ProfileStore(Protocol):
+    keeps_offsets: bool
+    """Whether Kafka positions commit atomically with the data (SQL stores). A store
+    without (the CDP over HTTP) relies on idempotency keys for what is consumed again."""
+
     def migrate(self) -> None:
         """Create or upgrade the schema to this version's."""
 
@@ -113,3 +118,34 @@ class ProfileStore(Protocol):
         for a full sync)."""
 
     def close(self) -> None: ...
+
+
+def stored_profile(profile: Profile) -> StoredProfile:
+    """What a read shows of a profile: live attributes with provenance, and consents."""
+    return StoredProfile(
+        profile_id=profile.id,
+        identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
+        attributes={
+            name: StoredAttribute(
+                value=value.value,
+                source=value.source,
+                source_modified_at=from_micros(value.version[0]),
+                mapping_version=value.mapping_version,
+                written_at=from_micros(value.written_at),
+            )
+            for name, value in sorted(profile.attributes.items())
+            if value.value is not None
+        },
+        consents=tuple(
+            StoredConsentView(
+                subscription=sub,
+                channel=channel,
+                status=consent.status,
+                changed_at=from_micros(consent.changed_at),
+                source=consent.source,
+            )
+            for (sub, channel), consent in sorted(profile.consents.items())
+        ),
+        created_at=from_micros(profile.created_at),
+        updated_at=from_micros(profile.updated_at),
+    )

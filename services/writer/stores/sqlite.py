@@ -17,22 +17,28 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
-from services.core.versions import from_micros, to_micros
-from services.writer.profiles import BookChanges, ConflictRules, Profile, StoredConsent, StoredValue
+from services.core.versions import to_micros
+from services.writer.profiles import BookChanges, ConflictRules, Profile
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
-    StoredAttribute,
-    StoredConsentView,
     StoredProfile,
     TopicPartitionKey,
     TransientStoreError,
+    stored_profile,
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
+from services.writer.stores.rows import (
+    ATTRIBUTE_COLUMNS,
+    CONSENT_COLUMNS,
+    assemble_profiles,
+    attribute_row,
+    consent_row,
+)
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
 BUSY_TIMEOUT_S: Final = 10.0
@@ -84,6 +90,8 @@ ON CONFLICT (identity_hash) DO UPDATE SET erased_at = excluded.erased_at
 
 
 class SqliteProfileStore:
+    keeps_offsets = True
+
     def __init__(
         self,
         path: Path,
@@ -285,14 +293,11 @@ class _Session:
             db.executemany("DELETE FROM profiles WHERE id = ?", removed)
             db.executemany(
                 UPSERT_ATTRIBUTE,
-                [_attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()],
+                [attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()],
             )
             db.executemany(
                 UPSERT_CONSENT,
-                [
-                    (pid, sub, channel, c.status, c.changed_at, c.source, c.written_at)
-                    for (pid, sub, channel), c in changes.consents.items()
-                ],
+                [consent_row(key, c) for key, c in changes.consents.items()],
             )
             db.executemany(
                 UPSERT_DETACHED, [(key, v[0], v[1]) for key, v in changes.detached.items()]
@@ -320,90 +325,24 @@ class _Session:
         self._db.execute("RELEASE one_update")
 
 
-def _attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
-    encoded = None if value.value is None else json.dumps(value.value, allow_nan=False)
-    return (
-        profile_id,
-        name,
-        encoded,
-        value.source,
-        value.record_id,
-        value.version[0],
-        value.version[1],
-        value.mapping_version,
-        value.written_at,
-    )
-
-
 def _load_profiles(db: sqlite3.Connection, profile_ids: Sequence[int]) -> list[Profile]:
     if not profile_ids:
         return []
     db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_profiles (id INTEGER PRIMARY KEY)")
     db.execute("DELETE FROM batch_profiles")
     db.executemany("INSERT OR IGNORE INTO batch_profiles VALUES (?)", [(i,) for i in profile_ids])
-    profiles = {
-        int(pid): Profile(id=int(pid), created_at=int(created), updated_at=int(updated))
-        for pid, created, updated in db.execute(
-            "SELECT p.id, p.created_at, p.updated_at FROM batch_profiles b "
-            "JOIN profiles p ON p.id = b.id"
-        )
-    }
-    for pid, kind, value in db.execute(
-        "SELECT i.profile_id, i.kind, i.value FROM batch_profiles b "
-        "JOIN identities i ON i.profile_id = b.id"
-    ):
-        profiles[pid].identities.add(Identity(kind, value))
-    for row in db.execute(
-        "SELECT a.profile_id, a.name, a.value, a.source, a.source_record_id, "
-        "a.source_modified_at, a.sequence, a.mapping_version, a.written_at "
-        "FROM batch_profiles b JOIN attributes a ON a.profile_id = b.id"
-    ):
-        profiles[row[0]].attributes[row[1]] = StoredValue(
-            value=None if row[2] is None else json.loads(row[2]),
-            source=row[3],
-            record_id=row[4],
-            version=(int(row[5]), int(row[6])),
-            mapping_version=int(row[7]),
-            written_at=int(row[8]),
-        )
-    for pid, sub, channel, status, changed_at, source, written_at in db.execute(
-        "SELECT c.profile_id, c.subscription, c.channel, c.status, c.changed_at, c.source, "
-        "c.written_at FROM batch_profiles b JOIN consents c ON c.profile_id = b.id"
-    ):
-        profiles[pid].consents[(sub, channel)] = StoredConsent(
-            status, int(changed_at), source, int(written_at)
-        )
-    return [profiles[pid] for pid in profile_ids if pid in profiles]
-
-
-def stored_profile(profile: Profile) -> StoredProfile:
-    """What a read shows of a profile: live attributes with provenance, and consents."""
-    return StoredProfile(
-        profile_id=profile.id,
-        identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
-        attributes={
-            name: StoredAttribute(
-                value=value.value,
-                source=value.source,
-                source_modified_at=from_micros(value.version[0]),
-                mapping_version=value.mapping_version,
-                written_at=from_micros(value.written_at),
-            )
-            for name, value in sorted(profile.attributes.items())
-            if value.value is not None
-        },
-        consents=tuple(
-            StoredConsentView(
-                subscription=sub,
-                channel=channel,
-                status=consent.status,
-                changed_at=from_micros(consent.changed_at),
-                source=consent.source,
-            )
-            for (sub, channel), consent in sorted(profile.consents.items())
-        ),
-        created_at=from_micros(profile.created_at),
-        updated_at=from_micros(profile.updated_at),
+    in_batch = "WHERE profile_id IN (SELECT id FROM batch_profiles)"
+    return assemble_profiles(
+        profile_ids,
+        profiles=db.execute(
+            "SELECT id, created_at, updated_at FROM profiles "
+            "WHERE id IN (SELECT id FROM batch_profiles)"
+        ).fetchall(),
+        # Constant SQL put together from constants: nothing from input.
+        identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}"),  # noqa: S608
+        attributes=db.execute(f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch}"),  # noqa: S608
+        consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
+        decode_value=json.loads,
     )
 
 

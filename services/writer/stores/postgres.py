@@ -1,0 +1,440 @@
+"""The PostgreSQL profile store (production): psycopg 3, one connection, batched SQL.
+
+Each batch is one transaction holding the profile changes and the Kafka positions
+they came from:
+
+1. ``pg_advisory_xact_lock`` serialises writer instances on this store: the
+   ProfileBook decides on the profiles it loaded, so no other writer may change them
+   before this transaction commits. (Batching keeps the lock's cost per row small.)
+2. The profiles the batch touches are loaded with a handful of queries over arrays of
+   the batch's identities (services/writer/stores/batch.py drives steps 2 to 4).
+3. What the book changed is COPYed into temporary tables, then merged into the real
+   ones with one ``INSERT ... ON CONFLICT`` per table.
+4. The next offsets go in with the data; COMMIT.
+
+A lost connection or an outage is transient (the writer retries the batch with
+backoff, reconnecting); a data or constraint error is poison (the batch is redone an
+update at a time and the refused update rejected).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+
+from services.core.config import PostgresStoreSettings
+from services.core.contracts import Identity, ProfileUpdate
+from services.core.mapping import ProfileSettings
+from services.core.versions import to_micros
+from services.writer.profiles import BookChanges, ConflictRules, Profile
+from services.writer.stores.base import (
+    BatchReport,
+    BeforeCommit,
+    StoredProfile,
+    TopicPartitionKey,
+    TransientStoreError,
+    stored_profile,
+)
+from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
+from services.writer.stores.postgres_schema import MIGRATIONS
+from services.writer.stores.rows import (
+    ATTRIBUTE_COLUMNS,
+    CONSENT_COLUMNS,
+    assemble_profiles,
+    attribute_row,
+    consent_row,
+)
+
+log = logging.getLogger(__name__)
+
+# "crms" as an integer: the advisory lock every crmsync writer takes per batch.
+BATCH_LOCK: Final = 0x63726D73
+MIGRATION_LOCK: Final = BATCH_LOCK + 1
+
+STAGING_TABLES: Final = ("profiles", "identities", "attributes", "consents")
+
+MERGE_PROFILES: Final = """
+INSERT INTO profiles SELECT * FROM staged_profiles
+ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, updated_at = excluded.updated_at
+"""
+MERGE_IDENTITIES: Final = """
+INSERT INTO identities SELECT * FROM staged_identities
+ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id
+"""
+MERGE_ATTRIBUTES: Final = f"""
+INSERT INTO attributes ({ATTRIBUTE_COLUMNS}) SELECT {ATTRIBUTE_COLUMNS} FROM staged_attributes
+ON CONFLICT (profile_id, name) DO UPDATE SET
+    value = excluded.value, source = excluded.source,
+    source_record_id = excluded.source_record_id,
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence,
+    mapping_version = excluded.mapping_version, written_at = excluded.written_at
+"""  # noqa: S608 (constant column lists, no input)
+MERGE_CONSENTS: Final = f"""
+INSERT INTO consents ({CONSENT_COLUMNS}) SELECT {CONSENT_COLUMNS} FROM staged_consents
+ON CONFLICT (profile_id, subscription, channel) DO UPDATE SET
+    status = excluded.status, changed_at = excluded.changed_at,
+    source = excluded.source, written_at = excluded.written_at
+"""  # noqa: S608 (constant column lists, no input)
+UPSERT_OFFSETS: Final = """
+INSERT INTO consumer_offsets (topic, partition, next_offset)
+SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[])
+ON CONFLICT (topic, partition) DO UPDATE SET
+    next_offset = GREATEST(consumer_offsets.next_offset, excluded.next_offset)
+"""
+UPSERT_DETACHED: Final = """
+INSERT INTO detached_identities SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
+ON CONFLICT (identity_hash) DO UPDATE SET
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence
+"""
+UPSERT_TOMBSTONES: Final = """
+INSERT INTO erased_identities SELECT * FROM unnest(%s::text[], %s::bigint[])
+ON CONFLICT (identity_hash) DO UPDATE SET erased_at = excluded.erased_at
+"""
+UPSERT_MERGES: Final = """
+INSERT INTO profile_merges SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])
+ON CONFLICT (merged_id) DO NOTHING
+"""
+UPSERT_ERASURES: Final = """
+INSERT INTO erasures SELECT * FROM unnest(%s::bigint[], %s::bigint[])
+ON CONFLICT (profile_id) DO UPDATE SET erased_at = excluded.erased_at
+"""
+DELETE_IDENTITIES: Final = """
+DELETE FROM identities i USING unnest(%s::text[], %s::text[]) AS gone (kind, value)
+WHERE i.kind = gone.kind AND i.value = gone.value
+"""
+PROFILES_OF_IDENTITIES: Final = """
+SELECT DISTINCT i.profile_id FROM identities i
+JOIN unnest(%s::text[], %s::text[]) AS b (kind, value) ON i.kind = b.kind AND i.value = b.value
+"""
+HIGHEST_PROFILE_ID: Final = """
+SELECT GREATEST(
+    (SELECT coalesce(max(id), 0) FROM profiles),
+    (SELECT coalesce(max(merged_id), 0) FROM profile_merges),
+    (SELECT coalesce(max(profile_id), 0) FROM erasures))
+"""
+
+
+class PostgresProfileStore:
+    keeps_offsets = True
+
+    def __init__(
+        self,
+        settings: PostgresStoreSettings,
+        *,
+        profile: ProfileSettings | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self._settings = settings
+        self._read_only = read_only
+        profile = profile or ProfileSettings()
+        self._book = BookSettings(
+            rules=ConflictRules(profile), on_identity_conflict=profile.on_identity_conflict
+        )
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # --- connection -------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        kwargs: dict[str, Any] = {"connect_timeout": self._settings.connect_timeout_s}
+        if self._settings.password is not None:
+            kwargs["password"] = self._settings.password.resolve()
+        if self._read_only:
+            kwargs["options"] = "-c default_transaction_read_only=on"
+        try:
+            conn = psycopg.connect(self._settings.dsn, application_name="crmsync", **kwargs)
+        except psycopg.OperationalError as exc:
+            raise TransientStoreError(f"PostgreSQL store unreachable: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self._disconnect()
+
+    # --- schema and health --------------------------------------------------------
+
+    def migrate(self) -> None:
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, script in MIGRATIONS:
+                if version in applied:
+                    continue
+                log.info("applying PostgreSQL migration version=%s", version)
+                for statement in (part.strip() for part in script.split(";")):
+                    if statement:
+                        conn.execute(statement.encode())
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+
+    def ping(self) -> None:
+        try:
+            self._read(lambda conn: conn.execute("SELECT 1 FROM schema_migrations LIMIT 1"))
+        except psycopg.Error as exc:
+            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+
+    # --- reads ----------------------------------------------------------------------
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = %s", (topic,)
+            ).fetchall()
+        )
+        return {int(partition): int(offset) for partition, offset in rows}
+
+    def find_profile(self, identity: Identity) -> StoredProfile | None:
+        def read(conn: psycopg.Connection[Any]) -> list[Profile]:
+            row = conn.execute(
+                "SELECT profile_id FROM identities WHERE kind = %s AND value = %s",
+                (identity.kind, identity.value),
+            ).fetchone()
+            return [] if row is None else _load_profiles(conn, [int(row[0])])
+
+        found = self._read(read)
+        return stored_profile(found[0]) if found else None
+
+    def all_profiles(self) -> list[StoredProfile]:
+        def read(conn: psycopg.Connection[Any]) -> list[Profile]:
+            ids = [int(r[0]) for r in conn.execute("SELECT id FROM profiles ORDER BY id")]
+            return _load_profiles(conn, ids)
+
+        return [stored_profile(profile) for profile in self._read(read)]
+
+    def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT source, mapping_version, COUNT(DISTINCT profile_id) FROM attributes "
+                "WHERE value IS NOT NULL GROUP BY source, mapping_version"
+            ).fetchall()
+        )
+        counts: dict[str, dict[int, int]] = {}
+        for source, version, profiles in rows:
+            counts.setdefault(source, {})[int(version)] = int(profiles)
+        return counts
+
+    def _read(self, query: Any) -> Any:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                return query(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._disconnect()
+            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+
+    # --- the batch --------------------------------------------------------------------
+
+    def apply_batch(
+        self,
+        *,
+        updates: Sequence[ProfileUpdate],
+        next_offsets: Mapping[TopicPartitionKey, int],
+        written_at: datetime,
+        before_commit: BeforeCommit,
+    ) -> BatchReport:
+        now = to_micros(written_at)
+        conn = self._connection()
+        try:
+            try:
+                report = self._transaction(conn, updates, next_offsets, now, isolate=False)
+            except StorePoison:
+                conn.rollback()
+                # Rare: redo the batch an update at a time to find the culprits.
+                report = self._transaction(conn, updates, next_offsets, now, isolate=True)
+            before_commit(report)
+            conn.commit()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Serialization failures and deadlocks are OperationalErrors too: retried.
+            self._disconnect()
+            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        return report
+
+    def _transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        updates: Sequence[ProfileUpdate],
+        next_offsets: Mapping[TopicPartitionKey, int],
+        now: int,
+        *,
+        isolate: bool,
+    ) -> BatchReport:
+        # Step 1
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BATCH_LOCK,))
+        _create_staging(conn)
+        # Steps 2 and 3
+        report = apply_updates(
+            _Session(conn), updates, settings=self._book, now=now, isolate=isolate
+        )
+        # Step 4
+        topics, partitions, offsets = _columns(
+            [(topic, partition, offset) for (topic, partition), offset in next_offsets.items()], 3
+        )
+        conn.execute(UPSERT_OFFSETS, (topics, partitions, offsets))
+        return report
+
+
+class _Session:
+    """The BookSession of one PostgreSQL transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded:
+        conn = self._conn
+        kinds, values = _columns([(i.kind, i.value) for i in identities], 2)
+        profile_ids = [int(row[0]) for row in conn.execute(PROFILES_OF_IDENTITIES, (kinds, values))]
+        hash_list = list(hashes)
+        tombstones = {
+            key: int(erased_at)
+            for key, erased_at in conn.execute(
+                "SELECT identity_hash, erased_at FROM erased_identities "
+                "WHERE identity_hash = ANY(%s::text[])",
+                (hash_list,),
+            )
+        }
+        detached = {
+            key: (int(modified), int(sequence))
+            for key, modified, sequence in conn.execute(
+                "SELECT identity_hash, source_modified_at, sequence FROM detached_identities "
+                "WHERE identity_hash = ANY(%s::text[])",
+                (hash_list,),
+            )
+        }
+        row = conn.execute(HIGHEST_PROFILE_ID).fetchone()
+        return Loaded(
+            profiles=_load_profiles(conn, profile_ids),
+            tombstones=tombstones,
+            detached=detached,
+            max_profile_id=int(row[0]) if row is not None else 0,
+        )
+
+    def write(self, changes: BookChanges) -> None:
+        conn = self._conn
+        try:
+            conn.execute("TRUNCATE " + ", ".join(f"staged_{t}" for t in STAGING_TABLES))
+            _copy(
+                conn,
+                "staged_profiles (id, created_at, updated_at)",
+                ((p.id, p.created_at, p.updated_at) for p in changes.profiles.values()),
+            )
+            conn.execute(MERGE_PROFILES)
+            removed = list(changes.removed_profiles)
+            if removed:
+                for table in ("attributes", "consents", "identities"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+                        (removed,),
+                    )
+            gone = [(i.kind, i.value) for i, owner in changes.identities.items() if owner is None]
+            if gone:
+                conn.execute(DELETE_IDENTITIES, _columns(gone, 2))
+            _copy(
+                conn,
+                "staged_identities (kind, value, profile_id)",
+                ((i.kind, i.value, o) for i, o in changes.identities.items() if o is not None),
+            )
+            conn.execute(MERGE_IDENTITIES)
+            if removed:
+                conn.execute("DELETE FROM profiles WHERE id = ANY(%s::bigint[])", (removed,))
+            _copy(
+                conn,
+                f"staged_attributes ({ATTRIBUTE_COLUMNS})",
+                (attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()),
+            )
+            conn.execute(MERGE_ATTRIBUTES)
+            _copy(
+                conn,
+                f"staged_consents ({CONSENT_COLUMNS})",
+                (consent_row(key, c) for key, c in changes.consents.items()),
+            )
+            conn.execute(MERGE_CONSENTS)
+            self._rare(changes)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise StorePoison(str(exc).strip()) from exc
+
+    def _rare(self, changes: BookChanges) -> None:
+        """Rows few batches have: detachments, tombstones, merges, erasures."""
+        conn = self._conn
+        if changes.detached:
+            rows = [(key, v[0], v[1]) for key, v in changes.detached.items()]
+            conn.execute(UPSERT_DETACHED, _columns(rows, 3))
+        if changes.tombstones:
+            conn.execute(UPSERT_TOMBSTONES, _columns(list(changes.tombstones.items()), 2))
+        if changes.merges:
+            rows3 = [(m.merged_id, m.into_id, m.event_id) for m in changes.merges]
+            conn.execute(UPSERT_MERGES, _columns(rows3, 3))
+        if changes.erasures:
+            conn.execute(UPSERT_ERASURES, _columns(list(changes.erasures.items()), 2))
+
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT one_update")
+
+    def rollback_to_savepoint(self) -> None:
+        self._conn.execute("ROLLBACK TO SAVEPOINT one_update")
+
+    def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE SAVEPOINT one_update")
+
+
+def _create_staging(conn: psycopg.Connection[Any]) -> None:
+    # Temporary tables live as long as the connection; ON COMMIT DELETE ROWS empties
+    # them at every commit and a rollback takes their rows with it.
+    for table in STAGING_TABLES:
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS staged_{table} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+
+
+def _copy(conn: psycopg.Connection[Any], target: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    with conn.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:
+    """Rows as ``width`` column lists, the shape ``unnest`` takes."""
+    return tuple([row[i] for row in rows] for i in range(width))
+
+
+def _load_profiles(conn: psycopg.Connection[Any], profile_ids: Sequence[int]) -> list[Profile]:
+    if not profile_ids:
+        return []
+    ids = (list(profile_ids),)
+    return assemble_profiles(
+        profile_ids,
+        profiles=conn.execute(
+            "SELECT id, created_at, updated_at FROM profiles WHERE id = ANY(%s::bigint[])", ids
+        ),
+        identities=conn.execute(
+            "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%s::bigint[])",
+            ids,
+        ),
+        attributes=conn.execute(
+            f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+            ids,
+        ),
+        consents=conn.execute(
+            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+            ids,
+        ),
+        decode_value=lambda value: value,  # jsonb arrives decoded
+    )

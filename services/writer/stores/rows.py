@@ -1,0 +1,89 @@
+"""Profile rows as the SQL stores hold them, both ways.
+
+Both SQL stores have the same tables (see their schema modules): these turn a
+ProfileBook's values into rows and the rows of one read back into Profiles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from services.core.contracts import Identity
+from services.writer.profiles import Profile, StoredConsent, StoredValue
+
+ATTRIBUTE_COLUMNS: Final = (
+    "profile_id, name, value, source, source_record_id, source_modified_at, sequence, "
+    "mapping_version, written_at"
+)
+CONSENT_COLUMNS: Final = "profile_id, subscription, channel, status, changed_at, source, written_at"
+
+Row = Sequence[Any]
+
+
+def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
+    """In ATTRIBUTE_COLUMNS order; the value as JSON text, None for a clear."""
+    encoded = None if value.value is None else json.dumps(value.value, allow_nan=False)
+    return (
+        profile_id,
+        name,
+        encoded,
+        value.source,
+        value.record_id,
+        value.version[0],
+        value.version[1],
+        value.mapping_version,
+        value.written_at,
+    )
+
+
+def consent_row(key: tuple[int, str, str], consent: StoredConsent) -> tuple[Any, ...]:
+    """In CONSENT_COLUMNS order."""
+    profile_id, subscription, channel = key
+    return (
+        profile_id,
+        subscription,
+        channel,
+        consent.status,
+        consent.changed_at,
+        consent.source,
+        consent.written_at,
+    )
+
+
+def assemble_profiles(
+    profile_ids: Sequence[int],
+    *,
+    profiles: Iterable[Row],
+    identities: Iterable[Row],
+    attributes: Iterable[Row],
+    consents: Iterable[Row],
+    decode_value: Callable[[Any], Any],
+) -> list[Profile]:
+    """Profiles from the rows of one read, in ``profile_ids`` order.
+
+    ``profiles`` rows are (id, created_at, updated_at), ``identities`` rows
+    (profile_id, kind, value), the others in their COLUMNS order. ``decode_value``
+    turns a stored attribute value (not None) into its FieldValue.
+    """
+    found = {
+        int(pid): Profile(id=int(pid), created_at=int(created), updated_at=int(updated))
+        for pid, created, updated in profiles
+    }
+    for pid, kind, value in identities:
+        found[pid].identities.add(Identity(kind, value))
+    for row in attributes:
+        found[row[0]].attributes[row[1]] = StoredValue(
+            value=None if row[2] is None else decode_value(row[2]),
+            source=row[3],
+            record_id=row[4],
+            version=(int(row[5]), int(row[6])),
+            mapping_version=int(row[7]),
+            written_at=int(row[8]),
+        )
+    for pid, subscription, channel, status, changed_at, source, written_at in consents:
+        found[pid].consents[(subscription, channel)] = StoredConsent(
+            status, int(changed_at), source, int(written_at)
+        )
+    return [found[pid] for pid in profile_ids if pid in found]
