@@ -52,11 +52,26 @@ def identity_hash(identity: Identity) -> str:
     return hashlib.sha256(f"{identity.kind}:{identity.value}".encode()).hexdigest()
 
 
+class ValueNotLoaded:
+    """Stands for a stored non-blank value a store did not read: deciding a write needs
+    only versions, so a batch without merges skips decoding every stored value."""
+
+    def __repr__(self) -> str:
+        return "NOT_LOADED"
+
+
+NOT_LOADED: Final = ValueNotLoaded()
+
+
+class NeedsValues(Exception):
+    """A merge met a profile loaded without its values: load them and start again."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredValue:
     """An attribute's value with its provenance. ``value`` None marks a clear."""
 
-    value: FieldValue
+    value: FieldValue | ValueNotLoaded
     source: str
     record_id: str
     version: Version
@@ -166,8 +181,13 @@ class ConflictRules:
             if rank_in != rank_stored:
                 return rank_in < rank_stored
         # Last writer wins (owner_only is one writer, so the same): the newer version;
-        # a tie between sources goes to the greater source name, whatever the order.
-        return (incoming.version, incoming.source) > (stored.version, stored.source)
+        # a tie goes to the greater source name, then record id, whatever the order
+        # the writes arrive in (two records of one CRM can carry the same time).
+        return (incoming.version, incoming.source, incoming.record_id) > (
+            stored.version,
+            stored.source,
+            stored.record_id,
+        )
 
 
 class ProfileBook:
@@ -319,8 +339,6 @@ class ProfileBook:
             stored = profile.attributes.get(name)
             if not self._rules.wins(name, incoming, stored):
                 continue
-            if stored is not None and _same_write(stored, incoming):
-                continue
             self._set_attribute(profile, name, incoming)
             changed = True
         return changed
@@ -352,6 +370,9 @@ class ProfileBook:
         self.changes.attributes[(profile.id, name)] = value
 
     def _merge(self, merged: Profile, lead: Profile, update: ProfileUpdate) -> Merge:
+        for profile in (merged, lead):
+            if any(v.value is NOT_LOADED for v in profile.attributes.values()):
+                raise NeedsValues(f"merging profile {profile.id}")
         for identity in merged.identities:
             lead.identities.add(identity)
             self._owner[identity] = lead.id
@@ -401,14 +422,6 @@ def match_identity(update: ProfileUpdate) -> Identity:
 
 def _identities_of(update: ProfileUpdate) -> list[Identity]:
     return list(dict.fromkeys([match_identity(update), *update.identities]))
-
-
-def _same_write(stored: StoredValue, incoming: StoredValue) -> bool:
-    return (
-        stored.value == incoming.value
-        and stored.source == incoming.source
-        and stored.version == incoming.version
-    )
 
 
 def batch_identities(updates: Iterable[ProfileUpdate]) -> set[Identity]:

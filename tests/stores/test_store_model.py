@@ -4,8 +4,8 @@ The reference is deliberately not the ProfileBook: with the default rules
 (last-writer-wins for undeclared attributes, merge on identity conflicts) a store's
 profiles are the connected components of the identities that appeared together in a
 change, and each attribute's value is the newest write (set or clear) any change of
-the component made, ties going to the greater source name. That holds whatever the
-batching, replays and restarts, which the machine varies at random.
+the component made, ties going to the greater source name, then record id. That holds
+whatever the batching, replays and restarts, which the machine varies at random.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ ATTRIBUTES = ("city", "score")
 class Write:
     version: tuple[int, int]
     source: str
+    record_id: str
     value: FieldValue
 
 
@@ -57,11 +58,12 @@ def reference(updates: list[ProfileUpdate]) -> dict[frozenset[Identity], dict[st
         writes = [(n, v) for n, v in change.attributes.items() if v is not None]
         writes += [(n, None) for n in change.cleared]
         for name, value in writes:
-            incoming = Write(version, change.source, value)
+            incoming = Write(version, change.source, change.record_id, value)
             stored = newest.setdefault(root, {}).get(name)
-            if stored is None or (incoming.version, incoming.source) > (
+            if stored is None or (incoming.version, incoming.source, incoming.record_id) > (
                 stored.version,
                 stored.source,
+                stored.record_id,
             ):
                 newest[root][name] = incoming
     components: dict[Identity, set[Identity]] = {}

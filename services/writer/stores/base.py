@@ -14,7 +14,7 @@ from typing import Protocol
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate
 from services.core.versions import from_micros
-from services.writer.profiles import Merge, Profile
+from services.writer.profiles import Merge, Profile, ValueNotLoaded
 
 TopicPartitionKey = tuple[str, int]
 
@@ -121,13 +121,18 @@ class ProfileStore(Protocol):
 
 
 def stored_profile(profile: Profile) -> StoredProfile:
-    """What a read shows of a profile: live attributes with provenance, and consents."""
+    """What a read shows of a profile: live attributes with provenance, and consents.
+
+    The profile must have been loaded with its values.
+    """
+    if any(isinstance(v.value, ValueNotLoaded) for v in profile.attributes.values()):
+        raise ValueError(f"profile {profile.id} was loaded without its values")
     return StoredProfile(
         profile_id=profile.id,
         identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
         attributes={
             name: StoredAttribute(
-                value=value.value,
+                value=value.value,  # type: ignore[arg-type]  # checked above
                 source=value.source,
                 source_modified_at=from_micros(value.version[0]),
                 mapping_version=value.mapping_version,

@@ -3,8 +3,11 @@
 Every SQL store applies a batch the same way:
 
 1. Updates no store can hold (``update_problem``) are refused up front.
-2. The store loads every profile owning one of the batch's identities, the
-   tombstones and detachments of those identities, and the highest profile id.
+2. The store finds the profiles owning the batch's identities and loads them, with
+   the tombstones and detachments of those identities and the highest profile id.
+   Stored attribute values are not read: versions are all the book needs to decide
+   writes. Only a merge needs the values it moves; it raises NeedsValues, and the
+   batch starts again from here with values loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
    conflicts, merges, drops) goes into the batch report.
 4. The store writes back what the book changed.
@@ -27,6 +30,7 @@ from services.writer.profiles import (
     BookChanges,
     ConflictRules,
     IdentityConflictPolicy,
+    NeedsValues,
     Outcome,
     Profile,
     ProfileBook,
@@ -53,7 +57,12 @@ class Loaded:
 class BookSession(Protocol):
     """An open store transaction, as the batch applier drives it."""
 
-    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded: ...
+    def owners(self, identities: set[Identity]) -> dict[Identity, int]:
+        """The profile owning each of ``identities`` that has one."""
+
+    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
+        """The profiles (values as NOT_LOADED unless ``with_values``), the tombstones and
+        detachments among ``hashes``, and the highest profile id ever given."""
 
     def write(self, changes: BookChanges) -> None: ...
 
@@ -115,7 +124,41 @@ def _apply(
 ) -> None:
     # Step 2
     identities = batch_identities(update for _index, update in updates)
-    loaded = session.load(identities, {identity_hash(identity) for identity in identities})
+    owners = session.owners(identities)
+    profile_ids = sorted(set(owners.values()))
+    hashes = {identity_hash(identity) for identity in identities}
+    attempt = BatchReport()
+    try:
+        _decide(
+            session,
+            updates,
+            session.load(profile_ids, hashes, with_values=False),
+            settings=settings,
+            now=now,
+            report=attempt,
+        )
+    except NeedsValues:
+        attempt = BatchReport()
+        _decide(
+            session,
+            updates,
+            session.load(profile_ids, hashes, with_values=True),
+            settings=settings,
+            now=now,
+            report=attempt,
+        )
+    _extend(report, attempt)
+
+
+def _decide(
+    session: BookSession,
+    updates: Sequence[tuple[int, ProfileUpdate]],
+    loaded: Loaded,
+    *,
+    settings: BookSettings,
+    now: int,
+    report: BatchReport,
+) -> None:
     ids = itertools.count(loaded.max_profile_id + 1)
     book = ProfileBook(
         profiles=loaded.profiles,

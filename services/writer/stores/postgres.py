@@ -44,9 +44,11 @@ from services.writer.stores.postgres_schema import MIGRATIONS
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
+    VERSION_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
+    not_loaded,
 )
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,13 @@ DELETE_IDENTITIES: Final = """
 DELETE FROM identities i USING unnest(%s::text[], %s::text[]) AS gone (kind, value)
 WHERE i.kind = gone.kind AND i.value = gone.value
 """
-PROFILES_OF_IDENTITIES: Final = """
-SELECT DISTINCT i.profile_id FROM identities i
-JOIN unnest(%s::text[], %s::text[]) AS b (kind, value) ON i.kind = b.kind AND i.value = b.value
+# %b: arrays go in binary, which spares quoting thousands of strings per batch.
+OWNERS_OF_IDENTITIES: Final = """
+SELECT i.kind, i.value, i.profile_id FROM identities i
+JOIN unnest(%b::text[], %b::text[]) AS b (kind, value) ON i.kind = b.kind AND i.value = b.value
+"""
+ANY_TOMBSTONES_OR_DETACHMENTS: Final = """
+SELECT EXISTS (SELECT 1 FROM erased_identities) OR EXISTS (SELECT 1 FROM detached_identities)
 """
 HIGHEST_PROFILE_ID: Final = """
 SELECT GREATEST(
@@ -297,33 +303,42 @@ class _Session:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded:
-        conn = self._conn
+    def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         kinds, values = _columns([(i.kind, i.value) for i in identities], 2)
-        profile_ids = [int(row[0]) for row in conn.execute(PROFILES_OF_IDENTITIES, (kinds, values))]
-        hash_list = list(hashes)
-        tombstones = {
-            key: int(erased_at)
-            for key, erased_at in conn.execute(
-                "SELECT identity_hash, erased_at FROM erased_identities "
-                "WHERE identity_hash = ANY(%s::text[])",
-                (hash_list,),
-            )
+        return {
+            Identity(kind, value): int(owner)
+            for kind, value, owner in self._conn.execute(OWNERS_OF_IDENTITIES, (kinds, values))
         }
-        detached = {
-            key: (int(modified), int(sequence))
-            for key, modified, sequence in conn.execute(
-                "SELECT identity_hash, source_modified_at, sequence FROM detached_identities "
-                "WHERE identity_hash = ANY(%s::text[])",
-                (hash_list,),
-            )
-        }
-        row = conn.execute(HIGHEST_PROFILE_ID).fetchone()
+
+    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
+        conn = self._conn
+        tombstones: dict[str, int] = {}
+        detached: dict[str, tuple[int, int]] = {}
+        row = conn.execute(ANY_TOMBSTONES_OR_DETACHMENTS).fetchone()
+        if row is not None and row[0]:
+            hash_list = (list(hashes),)
+            tombstones = {
+                key: int(erased_at)
+                for key, erased_at in conn.execute(
+                    "SELECT identity_hash, erased_at FROM erased_identities "
+                    "WHERE identity_hash = ANY(%b::text[])",
+                    hash_list,
+                )
+            }
+            detached = {
+                key: (int(modified), int(sequence))
+                for key, modified, sequence in conn.execute(
+                    "SELECT identity_hash, source_modified_at, sequence FROM detached_identities "
+                    "WHERE identity_hash = ANY(%b::text[])",
+                    hash_list,
+                )
+            }
+        highest = conn.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(conn, profile_ids),
+            profiles=_load_profiles(conn, profile_ids, with_values=with_values),
             tombstones=tombstones,
             detached=detached,
-            max_profile_id=int(row[0]) if row is not None else 0,
+            max_profile_id=int(highest[0]) if highest is not None else 0,
         )
 
     def write(self, changes: BookChanges) -> None:
@@ -340,7 +355,7 @@ class _Session:
             if removed:
                 for table in ("attributes", "consents", "identities"):
                     conn.execute(
-                        f"DELETE FROM {table} WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+                        f"DELETE FROM {table} WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
                         (removed,),
                     )
             gone = [(i.kind, i.value) for i, owner in changes.identities.items() if owner is None]
@@ -353,7 +368,7 @@ class _Session:
             )
             conn.execute(MERGE_IDENTITIES)
             if removed:
-                conn.execute("DELETE FROM profiles WHERE id = ANY(%s::bigint[])", (removed,))
+                conn.execute("DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,))
             _copy(
                 conn,
                 f"staged_attributes ({ATTRIBUTE_COLUMNS})",
@@ -415,26 +430,29 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ..
     return tuple([row[i] for row in rows] for i in range(width))
 
 
-def _load_profiles(conn: psycopg.Connection[Any], profile_ids: Sequence[int]) -> list[Profile]:
+def _load_profiles(
+    conn: psycopg.Connection[Any], profile_ids: Sequence[int], *, with_values: bool = True
+) -> list[Profile]:
     if not profile_ids:
         return []
     ids = (list(profile_ids),)
+    columns = ATTRIBUTE_COLUMNS if with_values else VERSION_COLUMNS
     return assemble_profiles(
         profile_ids,
         profiles=conn.execute(
-            "SELECT id, created_at, updated_at FROM profiles WHERE id = ANY(%s::bigint[])", ids
+            "SELECT id, created_at, updated_at FROM profiles WHERE id = ANY(%b::bigint[])", ids
         ),
         identities=conn.execute(
-            "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%s::bigint[])",
+            "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%b::bigint[])",
             ids,
         ),
         attributes=conn.execute(
-            f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+            f"SELECT {columns} FROM attributes WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
             ids,
         ),
         consents=conn.execute(
-            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%s::bigint[])",  # noqa: S608
+            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
             ids,
         ),
-        decode_value=lambda value: value,  # jsonb arrives decoded
+        decode_value=(lambda value: value) if with_values else not_loaded,  # jsonb: decoded
     )

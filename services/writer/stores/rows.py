@@ -11,15 +11,30 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from services.core.contracts import Identity
-from services.writer.profiles import Profile, StoredConsent, StoredValue
+from services.writer.profiles import (
+    NOT_LOADED,
+    Profile,
+    StoredConsent,
+    StoredValue,
+    ValueNotLoaded,
+)
 
 ATTRIBUTE_COLUMNS: Final = (
     "profile_id, name, value, source, source_record_id, source_modified_at, sequence, "
     "mapping_version, written_at"
 )
+# ATTRIBUTE_COLUMNS with the value reduced to "is there one" (1 or NULL): what deciding
+# a write needs, without reading and decoding every stored value.
+VERSION_COLUMNS: Final = ATTRIBUTE_COLUMNS.replace(
+    "value,", "CASE WHEN value IS NULL THEN NULL ELSE 1 END,"
+)
 CONSENT_COLUMNS: Final = "profile_id, subscription, channel, status, changed_at, source, written_at"
 
 Row = Sequence[Any]
+
+
+def not_loaded(_value: Any) -> ValueNotLoaded:
+    return NOT_LOADED
 
 
 def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:

@@ -35,9 +35,11 @@ from services.writer.stores.batch import BookSettings, Loaded, StorePoison, appl
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
+    VERSION_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
+    not_loaded,
 )
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
@@ -77,6 +79,12 @@ UPSERT_DETACHED: Final = """
 INSERT INTO detached_identities (identity_hash, source_modified_at, sequence) VALUES (?, ?, ?)
 ON CONFLICT (identity_hash) DO UPDATE SET
     source_modified_at = excluded.source_modified_at, sequence = excluded.sequence
+"""
+# Ids of merged and erased profiles are never handed out again.
+HIGHEST_PROFILE_ID: Final = """
+SELECT max((SELECT coalesce(max(id), 0) FROM profiles),
+           (SELECT coalesce(max(merged_id), 0) FROM profile_merges),
+           (SELECT coalesce(max(profile_id), 0) FROM erasures))
 """
 REMOVE_PROFILE_ROWS: Final = (
     "DELETE FROM attributes WHERE profile_id = ?",
@@ -231,45 +239,48 @@ class _Session:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def load(self, identities: set[Identity], hashes: set[str]) -> Loaded:
+    def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         db = self._db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_identities (kind TEXT, value TEXT)")
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_hashes (identity_hash TEXT)")
         db.execute("DELETE FROM batch_identities")
-        db.execute("DELETE FROM batch_hashes")
         db.executemany(
             "INSERT INTO batch_identities VALUES (?, ?)", [(i.kind, i.value) for i in identities]
         )
-        db.executemany("INSERT INTO batch_hashes VALUES (?)", [(h,) for h in hashes])
-        profile_ids = [
-            int(row[0])
-            for row in db.execute(
-                "SELECT DISTINCT i.profile_id FROM batch_identities b "
+        return {
+            Identity(kind, value): int(owner)
+            for kind, value, owner in db.execute(
+                "SELECT i.kind, i.value, i.profile_id FROM batch_identities b "
                 "JOIN identities i ON i.kind = b.kind AND i.value = b.value"
             )
-        ]
-        tombstones = dict(
-            db.execute(
-                "SELECT e.identity_hash, e.erased_at FROM batch_hashes b "
-                "JOIN erased_identities e ON e.identity_hash = b.identity_hash"
-            ).fetchall()
-        )
-        detached = {
-            key: (int(modified), int(sequence))
-            for key, modified, sequence in db.execute(
-                "SELECT d.identity_hash, d.source_modified_at, d.sequence FROM batch_hashes b "
-                "JOIN detached_identities d ON d.identity_hash = b.identity_hash"
-            )
         }
-        (max_id,) = db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
-        max_merged = db.execute("SELECT coalesce(max(merged_id), 0) FROM profile_merges").fetchone()
-        max_erased = db.execute("SELECT coalesce(max(profile_id), 0) FROM erasures").fetchone()
+
+    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
+        db = self._db
+        tombstones: dict[str, int] = {}
+        detached: dict[str, tuple[int, int]] = {}
+        if _any_rows(db, "erased_identities") or _any_rows(db, "detached_identities"):
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_hashes (identity_hash TEXT)")
+            db.execute("DELETE FROM batch_hashes")
+            db.executemany("INSERT INTO batch_hashes VALUES (?)", [(h,) for h in hashes])
+            tombstones = dict(
+                db.execute(
+                    "SELECT e.identity_hash, e.erased_at FROM batch_hashes b "
+                    "JOIN erased_identities e ON e.identity_hash = b.identity_hash"
+                ).fetchall()
+            )
+            detached = {
+                key: (int(modified), int(sequence))
+                for key, modified, sequence in db.execute(
+                    "SELECT d.identity_hash, d.source_modified_at, d.sequence FROM batch_hashes b "
+                    "JOIN detached_identities d ON d.identity_hash = b.identity_hash"
+                )
+            }
+        (max_id,) = db.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(db, profile_ids),
+            profiles=_load_profiles(db, profile_ids, with_values=with_values),
             tombstones=tombstones,
             detached=detached,
-            # Ids of merged and erased profiles are never handed out again.
-            max_profile_id=max(int(max_id), int(max_merged[0]), int(max_erased[0])),
+            max_profile_id=int(max_id),
         )
 
     def write(self, changes: BookChanges) -> None:
@@ -325,7 +336,14 @@ class _Session:
         self._db.execute("RELEASE one_update")
 
 
-def _load_profiles(db: sqlite3.Connection, profile_ids: Sequence[int]) -> list[Profile]:
+def _any_rows(db: sqlite3.Connection, table: str) -> bool:
+    query = f"SELECT EXISTS (SELECT 1 FROM {table})"  # noqa: S608 (a table name constant)
+    return bool(db.execute(query).fetchone()[0])
+
+
+def _load_profiles(
+    db: sqlite3.Connection, profile_ids: Sequence[int], *, with_values: bool = True
+) -> list[Profile]:
     if not profile_ids:
         return []
     db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_profiles (id INTEGER PRIMARY KEY)")
@@ -340,9 +358,12 @@ def _load_profiles(db: sqlite3.Connection, profile_ids: Sequence[int]) -> list[P
         ).fetchall(),
         # Constant SQL put together from constants: nothing from input.
         identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}"),  # noqa: S608
-        attributes=db.execute(f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch}"),  # noqa: S608
+        attributes=db.execute(
+            f"SELECT {ATTRIBUTE_COLUMNS if with_values else VERSION_COLUMNS} "  # noqa: S608
+            f"FROM attributes {in_batch}"
+        ),
         consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
-        decode_value=json.loads,
+        decode_value=json.loads if with_values else not_loaded,
     )
 
 
