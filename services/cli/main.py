@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.admin_client import admin_call
+from services.cli.erase_command import ErasureNotSent, erase
 from services.core.config import ConfigError, Settings, config_path, load_settings
-from services.core.contracts import Identity
 from services.core.settings_base import MissingSecretError
-from services.mapper.rules.errors import RuleError
-from services.mapper.rules.normalise import normalise_email
+from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_store
 from services.writer.stores.cdp_wire import profile_json
 
@@ -88,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--email", help="the profile's email address")
     which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
     get.set_defaults(handler=_profile_get)
+    erasing = profile_commands.add_parser(
+        "erase", help="erase a profile's personal data (keeps tombstones, no PII)"
+    )
+    which = erasing.add_mutually_exclusive_group(required=True)
+    which.add_argument("--email", help="the profile's email address")
+    which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
+    erasing.set_defaults(handler=_profile_erase)
     return parser
 
 
@@ -206,20 +212,27 @@ def _refused(code: int, body: dict[str, Any]) -> int:
     return 1
 
 
+def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        identity = identity_of(email=args.email, crm_id=args.crm_id, flag="--")
+    except BadLookup as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    try:
+        event_id = erase(settings, identity)
+    except ErasureNotSent as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    print(f"erasure sent ({event_id}); the writer applies it in order with other changes")
+    return 0
+
+
 def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
-    if args.email is not None:
-        try:
-            email = normalise_email(args.email, where="--email")
-        except RuleError as exc:
-            sys.stderr.write(f"{exc}\n")
-            return 2
-        identity = Identity("email", email)
-    else:
-        source, colon, record_id = args.crm_id.partition(":")
-        if not colon or not source or not record_id:
-            sys.stderr.write("--id takes SOURCE:ID, e.g. demo:1001\n")
-            return 2
-        identity = Identity("crm", f"{source}:{record_id}")
+    try:
+        identity = identity_of(email=args.email, crm_id=args.crm_id, flag="--")
+    except BadLookup as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
     try:
         store = open_store(settings.store, read_only=True)
     except Exception as exc:

@@ -217,6 +217,9 @@ class MapperSettings(Strict):
 
 class WriterSettings(Strict):
     http: HttpListen = HttpListen(port=8082)
+    read_token: SecretRef | None = Field(
+        default=None, description="bearer token of the read API (GET /profiles)"
+    )
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=100, ge=0)
 

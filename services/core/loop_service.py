@@ -67,9 +67,12 @@ async def serve_loop(
     health: HealthEndpoints,
     loop: LoopThread,
     stop: asyncio.Event,
+    routes: Callable[[web.Application], None] | None = None,
 ) -> None:
     app = web.Application()
     health.install(app)
+    if routes is not None:
+        routes(app)
     runner = await start_http(app, host=http.host, port=http.port)
     try:
         if await prepare_kafka_with_retry(

@@ -38,6 +38,7 @@ from services.core.contracts import (
     ProfileUpdate,
     RejectedEvent,
 )
+from services.core.crash_points import crash_point
 from services.core.serde import DecodeError
 from services.writer.stores.base import (
     BatchReport,
@@ -160,6 +161,7 @@ class WriterLoop:
             log.warning("stopping with an unapplied batch; it is consumed again on restart")
             return
         metrics.STORE_BATCHES.observe(time.perf_counter() - started)
+        crash_point("writer-after-store-commit")
         self._observe(decoded.updates)
         # Step 5
         self._consumer.commit(

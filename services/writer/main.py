@@ -24,6 +24,7 @@ from services.core.runtime import (
 )
 from services.core.schema_topic import schema_resolver
 from services.writer.loop import LoopSettings, WriterLoop
+from services.writer.read_api import ReadApi
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore
 
@@ -95,6 +96,11 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         if not started.is_set():
             raise NotReady("consumer loop not started")
 
+    token = settings.services.writer.read_token
+    reads = ReadApi(
+        token=token.resolve() if token is not None else None,
+        open_reader=lambda: open_store(settings.store, read_only=True),
+    )
     health = HealthEndpoints(service="writer")
     health.add_check("store", store_ready)
     health.add_check("kafka", loop_ready)
@@ -106,6 +112,7 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         health=health,
         loop=loop,
         stop=stop,
+        routes=reads.install,
     )
 
 

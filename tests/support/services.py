@@ -95,6 +95,8 @@ class ServiceProcess:
     port: int
     admin_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the next start (e.g. a crash point)."""
 
     def start(self) -> None:
         env = {
@@ -102,6 +104,7 @@ class ServiceProcess:
             **SECRETS_ENV,
             "CRMSYNC_CONFIG": str(self.config_path),
             "CRMSYNC_LOG_FORMAT": "text",
+            **self.env,
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

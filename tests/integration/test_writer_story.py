@@ -1,0 +1,218 @@
+"""The writer service against the real broker and real stores: effectively once.
+
+ProfileUpdates are put straight on the profile-updates topic (the mapper is not
+needed to test the sink), and the real writer process applies them to SQLite or to
+PostgreSQL, through a kill -9 between store commit and offset commit, a PostgreSQL
+restart, a replay of the whole topic and an erasure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from services.core.config import PostgresStoreSettings, SqliteStoreSettings
+from services.core.contracts import ProfileUpdate, load_contracts
+from services.writer.stores import open_store
+from services.writer.stores.base import ProfileStore, StoredProfile
+from tests.integration.conftest import end_offsets
+from tests.stores.changes import update
+from tests.support.polling import wait_for
+from tests.support.postgres import LocalPostgres, fresh_database
+from tests.support.services import REPO_ROOT, SECRETS_ENV, Stack
+
+pytestmark = pytest.mark.integration
+
+CONTRACTS = load_contracts()
+PROFILES = 300
+READ_TOKEN = "read-token-1"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def writer_stack(request: pytest.FixtureRequest, stack: Stack) -> Stack:
+    """A stack whose writer uses the parametrised store (a fresh database)."""
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        name = f"w_{stack.prefix.strip('.')}"
+        stack.config["store"] = {"kind": "postgres", "dsn": fresh_database(dsn, name)}
+    stack.config["services"]["writer"]["read_token"] = {"env": "CRMSYNC_TEST_READ_TOKEN"}
+    stack.config["services"]["writer"]["batch_max_records"] = 200
+    stack.write_config()
+    stack["writer"].env["CRMSYNC_TEST_READ_TOKEN"] = READ_TOKEN
+    return stack
+
+
+def reader(stack: Stack) -> ProfileStore:
+    store = stack.config["store"]
+    if store["kind"] == "postgres":
+        return open_store(PostgresStoreSettings.model_validate(store), read_only=True)
+    return open_store(SqliteStoreSettings.model_validate(store), read_only=True)
+
+
+def produce(stack: Stack, updates: Sequence[ProfileUpdate]) -> None:
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
+    topic = stack.topic("profile-updates")
+    for one in updates:
+        producer.produce(topic, key=one.key, value=CONTRACTS.profile_update.encode(one))
+    assert producer.flush(30) == 0
+
+
+def rounds(versions: Sequence[int], profiles: int = PROFILES) -> list[ProfileUpdate]:
+    return [
+        update(
+            "hubspot",
+            str(i),
+            t=version,
+            email=f"person{i}@example.com",
+            attributes={"name": f"Person {i} v{version}", "round": version},
+        )
+        for version in versions
+        for i in range(profiles)
+    ]
+
+
+def caught_up(stack: Stack) -> bool:
+    """The store's positions (committed with its data) reached the topic's end."""
+    topic = stack.topic("profile-updates")
+    ends = {p: o for p, o in end_offsets(stack.bootstrap, topic).items() if o}
+    store = reader(stack)
+    try:
+        return store.stored_offsets(topic) == ends
+    except Exception:
+        return False
+    finally:
+        store.close()
+
+
+def profiles(stack: Stack) -> list[StoredProfile]:
+    store = reader(stack)
+    try:
+        return store.all_profiles()
+    finally:
+        store.close()
+
+
+def assert_final_round(stack: Stack, version: int, count: int = PROFILES) -> None:
+    found = profiles(stack)
+    assert len(found) == count, "a profile was lost or created twice"
+    for profile in found:
+        assert profile.attributes["round"].value == version
+        record = next(i.value for i in profile.identities if i.kind == "crm")
+        assert profile.attributes["name"].value == f"Person {record.split(':')[1]} v{version}"
+
+
+def test_kill_9_between_store_commit_and_offset_commit_loses_and_duplicates_nothing(
+    writer_stack: Stack,
+) -> None:
+    stack, writer = writer_stack, writer_stack["writer"]
+    writer.env["CRMSYNC_CRASH_AT"] = "writer-after-store-commit:2"
+    stack.start("writer")
+    produce(stack, rounds([1, 2, 3]))
+    assert writer.process is not None
+    assert writer.process.wait(timeout=60) == -9, "the crash point was not reached"
+    del writer.env["CRMSYNC_CRASH_AT"]
+    stack.start("writer")
+    assert wait_for(lambda: caught_up(stack), timeout_s=120), writer.log_tail()
+    assert_final_round(stack, 3)
+
+
+def test_replaying_the_whole_topic_changes_nothing(writer_stack: Stack) -> None:
+    stack = writer_stack
+    stack.start("writer")
+    changes = rounds([1, 2])
+    produce(stack, changes)
+    assert wait_for(lambda: caught_up(stack), timeout_s=120)
+    before = profiles(stack)
+    produce(stack, changes)
+    produce(stack, changes[::-1])
+    assert wait_for(lambda: caught_up(stack), timeout_s=120)
+    assert profiles(stack) == before
+
+
+def read_api(stack: Stack, query: str, token: str = READ_TOKEN) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{stack['writer'].url}/profiles?{query}", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_erasure_then_a_late_event_does_not_bring_the_profile_back(writer_stack: Stack) -> None:
+    stack = writer_stack
+    stack.start("writer")
+    produce(stack, rounds([1], profiles=3))
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    status, body = read_api(stack, "email=Person1@Example.com")
+    assert status == 200 and body["attributes"]["round"]["value"] == 1
+    assert body["attributes"]["round"]["source"] == "hubspot"
+    assert read_api(stack, "email=person1@example.com", token="wrong")[0] == 401
+    assert read_api(stack, "id=nonsense")[0] == 400
+
+    erased = subprocess.run(
+        [
+            *(sys.executable, "-m", "services.cli", "--config", str(stack.config_path)),
+            *("profile", "erase", "--email", "person1@example.com"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **SECRETS_ENV},
+        check=False,
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert wait_for(lambda: read_api(stack, "email=person1@example.com")[0] == 404, timeout_s=60)
+    assert read_api(stack, "id=hubspot:1")[0] == 404
+    # Late: modified before the erasure, delivered after it.
+    produce(stack, rounds([2], profiles=3))
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    assert read_api(stack, "email=person1@example.com")[0] == 404
+    assert read_api(stack, "email=person2@example.com")[1]["attributes"]["round"]["value"] == 2
+    assert len(profiles(stack)) == 2
+
+
+@pytest.fixture
+def restartable_postgres(stack: Stack) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(name="writer-restart", port=19470)
+    dsn = server.start()
+    stack.config["store"] = {"kind": "postgres", "dsn": fresh_database(dsn, "restart_story")}
+    stack.config["services"]["writer"]["batch_max_records"] = 100
+    stack.write_config()
+    try:
+        yield server
+    finally:
+        server.stop(purge=True)
+
+
+def store_unavailable(stack: Stack) -> bool:
+    with urllib.request.urlopen(f"{stack['writer'].url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return any(line.startswith("crmsync_store_unavailable 1") for line in text.splitlines())
+
+
+def test_postgres_restarted_mid_run_pauses_and_resumes_with_nothing_skipped(
+    stack: Stack, restartable_postgres: LocalPostgres
+) -> None:
+    stack.start("writer")
+    produce(stack, rounds([1, 2]))
+    assert wait_for(lambda: caught_up(stack), timeout_s=120)
+    restartable_postgres.stop()
+    produce(stack, rounds([3, 4]))
+    assert wait_for(lambda: store_unavailable(stack), timeout_s=60), stack["writer"].log_tail()
+    time.sleep(2)  # the writer keeps polling, paused, while the store is away
+    assert stack["writer"].process is not None and stack["writer"].process.poll() is None
+    restartable_postgres.start()
+    assert wait_for(lambda: caught_up(stack), timeout_s=120), stack["writer"].log_tail()
+    assert not store_unavailable(stack)
+    assert_final_round(stack, 4)
