@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.common import bench_broker, write_results
@@ -73,6 +73,14 @@ SQLITE_TARGET_PER_S: Final = 10_000
 SHORT_TOPIC: Final = 50_000
 LONG_TOPIC_MORE: Final = 200_000
 FLAT_WITHIN: Final = 0.15
+# What a young broker answers while the group's coordinator is still being placed.
+COORDINATOR_NOT_YET: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
 COMPARED_TABLES: Final = {
     "profiles": "id",
     "identities": "kind, value",
@@ -410,6 +418,20 @@ def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]])
     assert producer.flush(120) == 0
 
 
+def caught_up(bootstrap: str, group: str, topic: str, timeout_s: float) -> float:
+    """wait_caught_up, asking again while the group coordinator is not settled yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            remaining = max(1.0, deadline - time.monotonic())
+            return wait_caught_up(bootstrap, group, topic, timeout_s=remaining)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in COORDINATOR_NOT_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def encoded(indexes: range) -> list[tuple[bytes, bytes]]:
     codec = load_contracts().profile_update
     return [(one.key, codec.encode(one)) for one in map(new_profile, indexes)]
@@ -434,7 +456,7 @@ def memory_figures() -> dict[str, Any]:
             for messages in (short, more):
                 started = time.monotonic()
                 produce(bootstrap, topic, messages)
-                done = wait_caught_up(bootstrap, group, topic, timeout_s=1800)
+                done = caught_up(bootstrap, group, topic, timeout_s=1800)
                 rates.append(len(messages) / (done - started))
                 peaks.append(sampler.peak_kib / 1024)
             sampler.stop()

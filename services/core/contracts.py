@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from services.core.serde import Converter, SchemaCatalog, load_schema_file
 
@@ -140,8 +140,13 @@ class ContactChange:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
+    """How a profile is known: ``email``, or ``crm`` with value '<source>:<record id>'.
+
+    A NamedTuple rather than a dataclass: identities are hashed in every set and dict
+    of the writer's hot path, and a tuple's hash runs in C.
+    """
+
     kind: str
     value: str
 

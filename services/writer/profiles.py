@@ -99,6 +99,9 @@ class Profile:
     identities: set[Identity] = field(default_factory=set)
     attributes: dict[str, StoredValue] = field(default_factory=dict)
     consents: dict[ConsentKey, StoredConsent] = field(default_factory=dict)
+    partial: bool = False
+    """Loaded with only some attributes, as versions: enough to decide writes, not to
+    merge or show."""
 
 
 class Outcome(StrEnum):
@@ -371,7 +374,7 @@ class ProfileBook:
 
     def _merge(self, merged: Profile, lead: Profile, update: ProfileUpdate) -> Merge:
         for profile in (merged, lead):
-            if any(v.value is NOT_LOADED for v in profile.attributes.values()):
+            if profile.partial:
                 raise NeedsValues(f"merging profile {profile.id}")
         for identity in merged.identities:
             lead.identities.add(identity)
@@ -421,12 +424,23 @@ def match_identity(update: ProfileUpdate) -> Identity:
 
 
 def _identities_of(update: ProfileUpdate) -> list[Identity]:
-    return list(dict.fromkeys([match_identity(update), *update.identities]))
+    """The match key's identity first, then the others, each once."""
+    match = match_identity(update)
+    return [match, *(i for i in update.identities if i != match)]
 
 
 def batch_identities(updates: Iterable[ProfileUpdate]) -> set[Identity]:
     """Every identity a batch carries: the profiles a store loads for it."""
     return {identity for update in updates for identity in _identities_of(update)}
+
+
+def batch_attribute_names(updates: Iterable[ProfileUpdate]) -> set[str]:
+    """Every attribute a batch writes or clears: the stored versions its writes need."""
+    names: set[str] = set()
+    for update in updates:
+        names.update(update.attributes)
+        names.update(update.cleared)
+    return names
 
 
 MAX_TEXT: Final = 65_536

@@ -125,7 +125,9 @@ def stored_profile(profile: Profile) -> StoredProfile:
 
     The profile must have been loaded with its values.
     """
-    if any(isinstance(v.value, ValueNotLoaded) for v in profile.attributes.values()):
+    if profile.partial or any(
+        isinstance(v.value, ValueNotLoaded) for v in profile.attributes.values()
+    ):
         raise ValueError(f"profile {profile.id} was loaded without its values")
     return StoredProfile(
         profile_id=profile.id,

@@ -5,9 +5,10 @@ Every SQL store applies a batch the same way:
 1. Updates no store can hold (``update_problem``) are refused up front.
 2. The store finds the profiles owning the batch's identities and loads them, with
    the tombstones and detachments of those identities and the highest profile id.
-   Stored attribute values are not read: versions are all the book needs to decide
-   writes. Only a merge needs the values it moves; it raises NeedsValues, and the
-   batch starts again from here with values loaded (merges are rare).
+   Only the attributes the batch writes are read, and only their versions: that is
+   all the book needs to decide writes. A merge needs every value it moves; it
+   raises NeedsValues, and the batch starts again from here with whole profiles
+   loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
    conflicts, merges, drops) goes into the batch report.
 4. The store writes back what the book changed.
@@ -35,6 +36,7 @@ from services.writer.profiles import (
     Profile,
     ProfileBook,
     Version,
+    batch_attribute_names,
     batch_identities,
     identity_hash,
     update_problem,
@@ -60,9 +62,11 @@ class BookSession(Protocol):
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         """The profile owning each of ``identities`` that has one."""
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
-        """The profiles (values as NOT_LOADED unless ``with_values``), the tombstones and
-        detachments among ``hashes``, and the highest profile id ever given."""
+    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
+        """The profiles, the tombstones and detachments among ``hashes``, and the highest
+        profile id ever given. With ``only``, a profile's attributes are just those named
+        there, each with its version and NOT_LOADED for a value; without, all of them,
+        with values."""
 
     def write(self, changes: BookChanges) -> None: ...
 
@@ -127,26 +131,15 @@ def _apply(
     owners = session.owners(identities)
     profile_ids = sorted(set(owners.values()))
     hashes = {identity_hash(identity) for identity in identities}
+    names = batch_attribute_names(update for _index, update in updates)
     attempt = BatchReport()
     try:
-        _decide(
-            session,
-            updates,
-            session.load(profile_ids, hashes, with_values=False),
-            settings=settings,
-            now=now,
-            report=attempt,
-        )
+        loaded = session.load(profile_ids, hashes, only=names)
+        _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
         attempt = BatchReport()
-        _decide(
-            session,
-            updates,
-            session.load(profile_ids, hashes, with_values=True),
-            settings=settings,
-            now=now,
-            report=attempt,
-        )
+        loaded = session.load(profile_ids, hashes, only=None)
+        _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
     _extend(report, attempt)
 
 

@@ -310,7 +310,7 @@ class _Session:
             for kind, value, owner in self._conn.execute(OWNERS_OF_IDENTITIES, (kinds, values))
         }
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
+    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
         conn = self._conn
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
@@ -335,7 +335,7 @@ class _Session:
             }
         highest = conn.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(conn, profile_ids, with_values=with_values),
+            profiles=_load_profiles(conn, profile_ids, only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(highest[0]) if highest is not None else 0,
@@ -431,12 +431,23 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ..
 
 
 def _load_profiles(
-    conn: psycopg.Connection[Any], profile_ids: Sequence[int], *, with_values: bool = True
+    conn: psycopg.Connection[Any], profile_ids: Sequence[int], *, only: set[str] | None = None
 ) -> list[Profile]:
+    """Whole profiles, or with ``only`` the named attributes' versions (see BookSession)."""
     if not profile_ids:
         return []
     ids = (list(profile_ids),)
-    columns = ATTRIBUTE_COLUMNS if with_values else VERSION_COLUMNS
+    if only is None:
+        attributes = conn.execute(
+            f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
+            ids,
+        )
+    else:
+        attributes = conn.execute(
+            f"SELECT {VERSION_COLUMNS} FROM attributes "  # noqa: S608
+            "WHERE profile_id = ANY(%b::bigint[]) AND name = ANY(%b::text[])",
+            (list(profile_ids), sorted(only)),
+        )
     return assemble_profiles(
         profile_ids,
         profiles=conn.execute(
@@ -446,13 +457,11 @@ def _load_profiles(
             "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%b::bigint[])",
             ids,
         ),
-        attributes=conn.execute(
-            f"SELECT {columns} FROM attributes WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
-            ids,
-        ),
+        attributes=attributes,
         consents=conn.execute(
             f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
             ids,
         ),
-        decode_value=(lambda value: value) if with_values else not_loaded,  # jsonb: decoded
+        decode_value=(lambda value: value) if only is None else not_loaded,  # jsonb: decoded
+        partial=only is not None,
     )

@@ -75,6 +75,7 @@ def assemble_profiles(
     attributes: Iterable[Row],
     consents: Iterable[Row],
     decode_value: Callable[[Any], Any],
+    partial: bool = False,
 ) -> list[Profile]:
     """Profiles from the rows of one read, in ``profile_ids`` order.
 
@@ -83,7 +84,9 @@ def assemble_profiles(
     turns a stored attribute value (not None) into its FieldValue.
     """
     found = {
-        int(pid): Profile(id=int(pid), created_at=int(created), updated_at=int(updated))
+        int(pid): Profile(
+            id=int(pid), created_at=int(created), updated_at=int(updated), partial=partial
+        )
         for pid, created, updated in profiles
     }
     for pid, kind, value in identities:

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
@@ -254,7 +254,7 @@ class _Session:
             )
         }
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, with_values: bool) -> Loaded:
+    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
         db = self._db
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
@@ -277,7 +277,7 @@ class _Session:
             }
         (max_id,) = db.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(db, profile_ids, with_values=with_values),
+            profiles=_load_profiles(db, profile_ids, only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(max_id),
@@ -336,14 +336,28 @@ class _Session:
         self._db.execute("RELEASE one_update")
 
 
+def _attribute_rows(
+    db: sqlite3.Connection, in_batch: str, only: set[str] | None
+) -> list[tuple[Any, ...]]:
+    if only is None:
+        query = f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch}"  # noqa: S608
+        return db.execute(query).fetchall()
+    if not only:
+        return []
+    names = ", ".join("?" * len(only))
+    query = f"SELECT {VERSION_COLUMNS} FROM attributes {in_batch} AND name IN ({names})"  # noqa: S608
+    return db.execute(query, sorted(only)).fetchall()
+
+
 def _any_rows(db: sqlite3.Connection, table: str) -> bool:
     query = f"SELECT EXISTS (SELECT 1 FROM {table})"  # noqa: S608 (a table name constant)
     return bool(db.execute(query).fetchone()[0])
 
 
 def _load_profiles(
-    db: sqlite3.Connection, profile_ids: Sequence[int], *, with_values: bool = True
+    db: sqlite3.Connection, profile_ids: Sequence[int], *, only: set[str] | None = None
 ) -> list[Profile]:
+    """Whole profiles, or with ``only`` the named attributes' versions (see BookSession)."""
     if not profile_ids:
         return []
     db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_profiles (id INTEGER PRIMARY KEY)")
@@ -358,12 +372,10 @@ def _load_profiles(
         ).fetchall(),
         # Constant SQL put together from constants: nothing from input.
         identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}"),  # noqa: S608
-        attributes=db.execute(
-            f"SELECT {ATTRIBUTE_COLUMNS if with_values else VERSION_COLUMNS} "  # noqa: S608
-            f"FROM attributes {in_batch}"
-        ),
+        attributes=_attribute_rows(db, in_batch, only),
         consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
-        decode_value=json.loads if with_values else not_loaded,
+        decode_value=json.loads if only is None else not_loaded,
+        partial=only is not None,
     )
 
 
