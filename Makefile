@@ -13,6 +13,7 @@ KAFKA := $(PYTHON) deploy/kafka/local_kafka.py
 # The demo source's bearer token and the admin API's; any values work locally.
 export CRMSYNC_DEMO_TOKEN ?= demo-token
 export CRMSYNC_ADMIN_TOKEN ?= admin-token
+export CRMSYNC_READ_TOKEN ?= read-token
 # The token the demo's fake HubSpot expects (it is a fake: nothing real is behind it).
 export CRMSYNC_DEMO_HUBSPOT_TOKEN ?= pat-na1-11111111-2222-3333-4444-555555555555
 
@@ -55,6 +56,7 @@ run: install kafka-up ## Start Kafka, a fake HubSpot and the three services on t
 	@echo "then look it up:"
 	@echo
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --email ada@example.com"
+	@echo "  curl -sS -H 'Authorization: Bearer $(CRMSYNC_READ_TOKEN)' 'http://127.0.0.1:8082/profiles?email=ada@example.com'"
 	@echo
 	@echo "Backfill the demo HubSpot (a fake with 1,000 contacts) and watch its progress:"
 	@echo
