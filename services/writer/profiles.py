@@ -154,6 +154,8 @@ class ConflictRules:
 
     def __init__(self, profile: ProfileSettings) -> None:
         self._profile = profile
+        # Asked for every attribute of every update; the answers never change.
+        self._refusals: dict[tuple[str, str], str | None] = {}
 
     def consent_source(self, subscription: str, channel: str) -> str | None:
         settings = self._profile.subscriptions.get(subscription)
@@ -163,6 +165,12 @@ class ConflictRules:
 
     def refusal(self, attribute: str, source: str) -> str | None:
         """Why ``source`` may not write ``attribute`` at all, or None."""
+        key = (attribute, source)
+        if key not in self._refusals:
+            self._refusals[key] = self._refusal(attribute, source)
+        return self._refusals[key]
+
+    def _refusal(self, attribute: str, source: str) -> str | None:
         policy = self._profile.attributes.get(attribute)
         if policy is None or policy.may_write(source):
             return None
@@ -448,12 +456,15 @@ MAX_TEXT: Final = 65_536
 
 def update_problem(update: ProfileUpdate) -> str | None:
     """Why no store can hold ``update`` (a poison change), or None."""
-    for identity in _identities_of(update):
+    for identity in (match_identity(update), *update.identities):
         if not identity.kind or not identity.value:
             return f"empty identity {identity.kind}:{identity.value}"
         if _bad_text(identity.value):
             return f"identity of kind {identity.kind} is not storable text"
     for name, value in update.attributes.items():
+        # Short clean strings and small integers are nearly every value: decided here.
+        if isinstance(value, str) and len(value) < 256 and "\x00" not in value and len(name) < 256:
+            continue
         problem = _value_problem(value)
         if problem is not None or _bad_text(name):
             return f"attribute {name[:64]!r}: {problem or 'name is not storable text'}"

@@ -37,9 +37,13 @@ def not_loaded(_value: Any) -> ValueNotLoaded:
     return NOT_LOADED
 
 
+# One encoder, built once: json.dumps builds one per call when given options.
+_encode_json: Final = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
+
+
 def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
     """In ATTRIBUTE_COLUMNS order; the value as JSON text, None for a clear."""
-    encoded = None if value.value is None else json.dumps(value.value, allow_nan=False)
+    encoded = None if value.value is None else _encode_json(value.value)
     return (
         profile_id,
         name,
