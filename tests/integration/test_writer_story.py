@@ -24,7 +24,7 @@ from services.core.config import PostgresStoreSettings, SqliteStoreSettings
 from services.core.contracts import ProfileUpdate, load_contracts
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, StoredProfile
-from tests.integration.conftest import end_offsets
+from tests.integration.conftest import ReadAll, end_offsets
 from tests.stores.changes import update
 from tests.support.polling import wait_for
 from tests.support.postgres import LocalPostgres, fresh_database
@@ -216,3 +216,44 @@ def test_postgres_restarted_mid_run_pauses_and_resumes_with_nothing_skipped(
     assert wait_for(lambda: caught_up(stack), timeout_s=120), stack["writer"].log_tail()
     assert not store_unavailable(stack)
     assert_final_round(stack, 4)
+
+
+def test_a_merge_is_audited_once_and_a_refused_consent_is_audited(
+    writer_stack: Stack, read_topic: ReadAll
+) -> None:
+    stack = writer_stack
+    stack.config["profile"] = {
+        "subscriptions": {"newsletter": {"channel": "email", "source": "demo"}}
+    }
+    stack.write_config()
+    stack.start("writer")
+    two_profiles = [
+        update("hubspot", "1", t=1, email="ada@example.com", attributes={"a": 1}),
+        update("sfdc", "A1", t=2, attributes={"b": 2}),
+    ]
+    joining = update(
+        "sfdc",
+        "A1",
+        t=3,
+        email="ada@example.com",
+        consents=[("newsletter", "email", "opt_in", 3)],
+    )
+    produce(stack, two_profiles)
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    produce(stack, [joining, joining])
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    [profile] = profiles(stack)
+    assert {i.value for i in profile.identities} == {"ada@example.com", "hubspot:1", "sfdc:A1"}
+    assert profile.consents == ()
+    events = [
+        CONTRACTS.audit_event.decode(m.value() or b"")
+        for m in read_topic(stack.topic("audit"), count=4, timeout_s=10)
+    ]
+    merges = [e.merge for e in events if e.merge is not None]
+    assert len(merges) == 1 and merges[0].into_profile_id == profile.profile_id
+    # The refusal is decided again for the redelivered change: the same event, so
+    # readers of the audit topic deduplicate it by event id.
+    refusals = [(e.event_id, d) for e in events for d in e.dropped if d.field == "newsletter/email"]
+    assert {event_id for event_id, _drop in refusals} == {joining.event_id}
+    assert "consent source is demo" in refusals[0][1].reason
+    assert all(e.stage == "writer" for e in events)
