@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Final
 
 from confluent_kafka import Consumer, Producer
 
@@ -31,6 +32,9 @@ from services.writer.stores.base import ProfileStore
 log = logging.getLogger(__name__)
 
 
+PREFETCH_KBYTES: Final = 8 * 1024
+
+
 class NotReady(Exception):
     pass
 
@@ -43,7 +47,14 @@ def writer_loop(
     topics = TopicNames.from_settings(kafka)
     group = f"{kafka.topics.prefix}writer"
     return WriterLoop(
-        consumer=Consumer(consumer_config(kafka, client_id="crmsync-writer", group_id=group)),
+        consumer=Consumer(
+            {
+                **consumer_config(kafka, client_id="crmsync-writer", group_id=group),
+                # librdkafka prefetches up to 64 MB per partition by default: a long
+                # backlog would then sit in memory. A few batches ahead is plenty.
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            }
+        ),
         producer=Producer(producer_config(kafka, client_id="crmsync-writer")),
         store=store,
         updates=contracts.profile_update,

@@ -245,6 +245,8 @@ class ProfileBook:
         found = list(dict.fromkeys(o for i in identities if (o := self._owner.get(i)) is not None))
         if update.operation is UpdateOperation.ERASE:
             # Step 3
+            if any(self._profiles[profile_id].partial for profile_id in found):
+                raise NeedsValues("erasing needs every identity of the profile")
             for profile_id in found:
                 self._erase(self._profiles[profile_id], version[0])
             for identity in identities:

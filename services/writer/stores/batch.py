@@ -38,7 +38,6 @@ from services.writer.profiles import (
     Version,
     batch_attribute_names,
     batch_identities,
-    identity_hash,
     update_problem,
 )
 from services.writer.stores.base import BatchReport, StoreRejection
@@ -62,11 +61,15 @@ class BookSession(Protocol):
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         """The profile owning each of ``identities`` that has one."""
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
-        """The profiles, the tombstones and detachments among ``hashes``, and the highest
-        profile id ever given. With ``only``, a profile's attributes are just those named
-        there, each with its version and NOT_LOADED for a value; without, all of them,
-        with values."""
+    def load(
+        self, owners: dict[Identity, int], identities: set[Identity], *, only: set[str] | None
+    ) -> Loaded:
+        """The profiles ``owners`` names, the tombstones and detachments of
+        ``identities``, and the highest profile id ever given.
+
+        With ``only``, a profile is partial: its attributes are just those named there,
+        each with its version and NOT_LOADED for a value, and its identities just those
+        in ``owners``. Without, profiles are whole."""
 
     def write(self, changes: BookChanges) -> None: ...
 
@@ -129,16 +132,14 @@ def _apply(
     # Step 2
     identities = batch_identities(update for _index, update in updates)
     owners = session.owners(identities)
-    profile_ids = sorted(set(owners.values()))
-    hashes = {identity_hash(identity) for identity in identities}
     names = batch_attribute_names(update for _index, update in updates)
     attempt = BatchReport()
     try:
-        loaded = session.load(profile_ids, hashes, only=names)
+        loaded = session.load(owners, identities, only=names)
         _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
         attempt = BatchReport()
-        loaded = session.load(profile_ids, hashes, only=None)
+        loaded = session.load(owners, identities, only=None)
         _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
     _extend(report, attempt)
 

@@ -30,7 +30,7 @@ from services.core.config import PostgresStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
 from services.core.versions import to_micros
-from services.writer.profiles import BookChanges, ConflictRules, Profile
+from services.writer.profiles import BookChanges, ConflictRules, Profile, identity_hash
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
@@ -49,6 +49,7 @@ from services.writer.stores.rows import (
     attribute_row,
     consent_row,
     not_loaded,
+    owned_identities,
 )
 
 log = logging.getLogger(__name__)
@@ -310,13 +311,16 @@ class _Session:
             for kind, value, owner in self._conn.execute(OWNERS_OF_IDENTITIES, (kinds, values))
         }
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
+    def load(
+        self, owners: dict[Identity, int], identities: set[Identity], *, only: set[str] | None
+    ) -> Loaded:
+        profile_ids = sorted(set(owners.values()))
         conn = self._conn
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
         row = conn.execute(ANY_TOMBSTONES_OR_DETACHMENTS).fetchone()
         if row is not None and row[0]:
-            hash_list = (list(hashes),)
+            hash_list = ([identity_hash(identity) for identity in identities],)
             tombstones = {
                 key: int(erased_at)
                 for key, erased_at in conn.execute(
@@ -335,7 +339,7 @@ class _Session:
             }
         highest = conn.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(conn, profile_ids, only=only),
+            profiles=_load_profiles(conn, profile_ids, only=only, owners=owners),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(highest[0]) if highest is not None else 0,
@@ -431,7 +435,11 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ..
 
 
 def _load_profiles(
-    conn: psycopg.Connection[Any], profile_ids: Sequence[int], *, only: set[str] | None = None
+    conn: psycopg.Connection[Any],
+    profile_ids: Sequence[int],
+    *,
+    only: set[str] | None = None,
+    owners: dict[Identity, int] | None = None,
 ) -> list[Profile]:
     """Whole profiles, or with ``only`` the named attributes' versions (see BookSession)."""
     if not profile_ids:
@@ -456,7 +464,9 @@ def _load_profiles(
         identities=conn.execute(
             "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%b::bigint[])",
             ids,
-        ),
+        )
+        if only is None or owners is None
+        else owned_identities(owners),
         attributes=attributes,
         consents=conn.execute(
             f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608

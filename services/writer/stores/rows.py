@@ -41,6 +41,12 @@ def not_loaded(_value: Any) -> ValueNotLoaded:
 _encode_json: Final = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
 
 
+def owned_identities(owners: dict[Identity, int]) -> list[tuple[int, str, str]]:
+    """Identity rows (profile_id, kind, value) from an owners map: what a partial
+    profile knows of its identities (those its batch carries)."""
+    return [(owner, identity.kind, identity.value) for identity, owner in owners.items()]
+
+
 def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
     """In ATTRIBUTE_COLUMNS order; the value as JSON text, None for a clear."""
     encoded = None if value.value is None else _encode_json(value.value)

@@ -22,7 +22,7 @@ from typing import Any, Final
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
 from services.core.versions import to_micros
-from services.writer.profiles import BookChanges, ConflictRules, Profile
+from services.writer.profiles import BookChanges, ConflictRules, Profile, identity_hash
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
@@ -40,6 +40,7 @@ from services.writer.stores.rows import (
     attribute_row,
     consent_row,
     not_loaded,
+    owned_identities,
 )
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
@@ -254,14 +255,18 @@ class _Session:
             )
         }
 
-    def load(self, profile_ids: list[int], hashes: set[str], *, only: set[str] | None) -> Loaded:
+    def load(
+        self, owners: dict[Identity, int], identities: set[Identity], *, only: set[str] | None
+    ) -> Loaded:
+        profile_ids = sorted(set(owners.values()))
         db = self._db
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
         if _any_rows(db, "erased_identities") or _any_rows(db, "detached_identities"):
             db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_hashes (identity_hash TEXT)")
             db.execute("DELETE FROM batch_hashes")
-            db.executemany("INSERT INTO batch_hashes VALUES (?)", [(h,) for h in hashes])
+            hashes = [(identity_hash(identity),) for identity in identities]
+            db.executemany("INSERT INTO batch_hashes VALUES (?)", hashes)
             tombstones = dict(
                 db.execute(
                     "SELECT e.identity_hash, e.erased_at FROM batch_hashes b "
@@ -277,7 +282,7 @@ class _Session:
             }
         (max_id,) = db.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(db, profile_ids, only=only),
+            profiles=_load_profiles(db, profile_ids, only=only, owners=owners),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(max_id),
@@ -355,7 +360,11 @@ def _any_rows(db: sqlite3.Connection, table: str) -> bool:
 
 
 def _load_profiles(
-    db: sqlite3.Connection, profile_ids: Sequence[int], *, only: set[str] | None = None
+    db: sqlite3.Connection,
+    profile_ids: Sequence[int],
+    *,
+    only: set[str] | None = None,
+    owners: dict[Identity, int] | None = None,
 ) -> list[Profile]:
     """Whole profiles, or with ``only`` the named attributes' versions (see BookSession)."""
     if not profile_ids:
@@ -371,7 +380,9 @@ def _load_profiles(
             "WHERE id IN (SELECT id FROM batch_profiles)"
         ).fetchall(),
         # Constant SQL put together from constants: nothing from input.
-        identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}"),  # noqa: S608
+        identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}")  # noqa: S608
+        if only is None or owners is None
+        else owned_identities(owners),
         attributes=_attribute_rows(db, in_batch, only),
         consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
         decode_value=json.loads if only is None else not_loaded,
