@@ -50,7 +50,7 @@ def write_results(name: str, figures: dict[str, Any]) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores {platform.machine()}, "
         f"Python {platform.python_version()}",
-        "command": " ".join(["python", f"bench/{name}.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
         **figures,
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
