@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate, UpdateOperation
 from services.core.mapping import ProfileSettings
@@ -67,9 +67,12 @@ class NeedsValues(Exception):
     """A merge met a profile loaded without its values: load them and start again."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredValue:
-    """An attribute's value with its provenance. ``value`` None marks a clear."""
+class StoredValue(NamedTuple):
+    """An attribute's value with its provenance. ``value`` None marks a clear.
+
+    NamedTuples here and for consents: one is built per attribute a batch writes or
+    reads, and a tuple is built in C, a frozen dataclass in Python.
+    """
 
     value: FieldValue | ValueNotLoaded
     source: str
@@ -79,8 +82,7 @@ class StoredValue:
     written_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredConsent:
+class StoredConsent(NamedTuple):
     status: str
     changed_at: int
     source: str
@@ -233,16 +235,16 @@ class ProfileBook:
         owner = self._owner.get(identity)
         return None if owner is None else self._profiles[owner]
 
-    def apply(self, update: ProfileUpdate) -> Result:
+    def apply(self, update: ProfileUpdate, identities: list[Identity] | None = None) -> Result:
+        """Apply one update; ``identities`` is ``identities_of(update)`` if known."""
         version: Version = (to_micros(update.source_modified_at), update.sequence)
-        identities = _identities_of(update)
+        identities = identities_of(update) if identities is None else identities
         # Step 1
-        for identity in identities:
-            erased_at = self._tombstones.get(identity_hash(identity)) if self._tombstones else None
-            if erased_at is not None and erased_at >= version[0]:
-                return Result(Outcome.DROPPED, reason="erased")
+        if self._tombstones and self._erased(identities, version[0]):
+            return Result(Outcome.DROPPED, reason="erased")
         # Step 2
-        found = list(dict.fromkeys(o for i in identities if (o := self._owner.get(i)) is not None))
+        owner = self._owner.get
+        found = list(dict.fromkeys(o for i in identities if (o := owner(i)) is not None))
         if update.operation is UpdateOperation.ERASE:
             # Step 3
             if any(self._profiles[profile_id].partial for profile_id in found):
@@ -283,6 +285,14 @@ class ProfileBook:
         return self._result(profile, changed, merges, drops)
 
     # --- the steps --------------------------------------------------------------
+
+    def _erased(self, identities: Iterable[Identity], moment: int) -> bool:
+        """Whether one of ``identities`` was erased at or after ``moment``."""
+        for identity in identities:
+            erased_at = self._tombstones.get(identity_hash(identity))
+            if erased_at is not None and erased_at >= moment:
+                return True
+        return False
 
     def _result(
         self, profile: Profile, changed: bool, merges: list[Merge], drops: Iterable[tuple[str, str]]
@@ -331,28 +341,25 @@ class ProfileBook:
         version: Version,
         drops: list[tuple[str, str]],
     ) -> bool:
+        # The hot loop of every store: names looked up once, tuples built in C.
+        rules, attributes, written = self._rules, profile.attributes, self.changes.attributes
+        source, record_id, now = update.source, update.record_id, self._now
         changed = False
         writes: list[tuple[str, FieldValue]] = [
             (name, value) for name, value in update.attributes.items() if value is not None
         ]
-        writes.extend((name, None) for name in update.cleared)
+        writes += [(name, None) for name in update.cleared]
         for name, value in writes:
-            refusal = self._rules.refusal(name, update.source)
+            refusal = rules.refusal(name, source)
             if refusal is not None:
                 drops.append((name, refusal))
                 continue
-            incoming = StoredValue(
-                value=value,
-                source=update.source,
-                record_id=update.record_id,
-                version=version,
-                mapping_version=update.mapping_version,
-                written_at=self._now,
-            )
-            stored = profile.attributes.get(name)
-            if not self._rules.wins(name, incoming, stored):
+            incoming = StoredValue(value, source, record_id, version, update.mapping_version, now)
+            stored = attributes.get(name)
+            if stored is not None and not rules.wins(name, incoming, stored):
                 continue
-            self._set_attribute(profile, name, incoming)
+            attributes[name] = incoming
+            written[(profile.id, name)] = incoming
             changed = True
         return changed
 
@@ -433,7 +440,7 @@ def match_identity(update: ProfileUpdate) -> Identity:
     return Identity(kind, value)
 
 
-def _identities_of(update: ProfileUpdate) -> list[Identity]:
+def identities_of(update: ProfileUpdate) -> list[Identity]:
     """The match key's identity first, then the others, each once."""
     match = match_identity(update)
     return [match, *(i for i in update.identities if i != match)]
@@ -441,7 +448,7 @@ def _identities_of(update: ProfileUpdate) -> list[Identity]:
 
 def batch_identities(updates: Iterable[ProfileUpdate]) -> set[Identity]:
     """Every identity a batch carries: the profiles a store loads for it."""
-    return {identity for update in updates for identity in _identities_of(update)}
+    return {identity for update in updates for identity in identities_of(update)}
 
 
 def batch_attribute_names(updates: Iterable[ProfileUpdate]) -> set[str]:

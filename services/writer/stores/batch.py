@@ -37,7 +37,7 @@ from services.writer.profiles import (
     ProfileBook,
     Version,
     batch_attribute_names,
-    batch_identities,
+    identities_of,
     update_problem,
 )
 from services.writer.stores.base import BatchReport, StoreRejection
@@ -130,23 +130,25 @@ def _apply(
     report: BatchReport,
 ) -> None:
     # Step 2
-    identities = batch_identities(update for _index, update in updates)
+    carried = [identities_of(update) for _index, update in updates]
+    identities = {identity for one in carried for identity in one}
     owners = session.owners(identities)
     names = batch_attribute_names(update for _index, update in updates)
     attempt = BatchReport()
     try:
         loaded = session.load(owners, identities, only=names)
-        _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
+        _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
         attempt = BatchReport()
         loaded = session.load(owners, identities, only=None)
-        _decide(session, updates, loaded, settings=settings, now=now, report=attempt)
+        _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
     _extend(report, attempt)
 
 
 def _decide(
     session: BookSession,
     updates: Sequence[tuple[int, ProfileUpdate]],
+    carried: Sequence[list[Identity]],
     loaded: Loaded,
     *,
     settings: BookSettings,
@@ -164,8 +166,8 @@ def _decide(
         now=now,
     )
     # Step 3
-    for index, update in updates:
-        result = book.apply(update)
+    for (index, update), identities in zip(updates, carried, strict=True):
+        result = book.apply(update, identities)
         if result.outcome is Outcome.REJECTED:
             report.rejections.append(StoreRejection(index, result.reason))
         elif result.outcome is Outcome.DROPPED:
