@@ -30,9 +30,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import bench_broker, write_results
+from bench.common import bench_broker, produce_all, write_results
 from services.core.contracts import ContactChange, Operation, Origin, load_contracts
 from tests.support.services import Stack
 
@@ -75,25 +75,8 @@ def change(index: int, version: int) -> bytes:
 
 
 def produce(bootstrap: str, topic: str, indexes: range, version: int) -> None:
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 500_000,
-        }
-    )
-    for index in indexes:
-        while True:
-            try:
-                producer.produce(topic, key=f"bench:{index}".encode(), value=change(index, version))
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if index % 10_000 == 0:
-            producer.poll(0)
-    assert producer.flush(120) == 0
+    messages = ((f"bench:{index}".encode(), change(index, version)) for index in indexes)
+    produce_all(bootstrap, topic, messages)
 
 
 def lag(bootstrap: str, group: str, topic: str) -> int:

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from bench.common import bench_broker, write_results
+from bench.common import bench_broker, produce_all, write_results
 from bench.mapper_throughput import RssSampler, wait_caught_up
 from services.core.config import PostgresStoreSettings
 from services.core.contracts import FieldValue, ProfileUpdate, load_contracts
@@ -399,28 +399,6 @@ def sqlite_figures(work: Workload, batch: int) -> dict[str, Any]:
 # --- writer memory ------------------------------------------------------------------
 
 
-def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 500_000,
-        }
-    )
-    for index, (key, value) in enumerate(messages):
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if index % 10_000 == 0:
-            producer.poll(0)
-    assert producer.flush(120) == 0
-
-
 def rss_mib(pid: int) -> float:
     """The process's resident memory now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -467,7 +445,7 @@ def memory_figures() -> dict[str, Any]:
             settled: list[float] = []
             for messages in (short, more):
                 started = time.monotonic()
-                produce(bootstrap, topic, messages)
+                produce_all(bootstrap, topic, messages)
                 done = caught_up(bootstrap, group, topic, timeout_s=1800)
                 rates.append(len(messages) / (done - started))
                 peaks.append(sampler.peak_kib / 1024)

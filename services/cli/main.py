@@ -18,6 +18,7 @@ from typing import Any
 from services.cli.admin_client import admin_call
 from services.cli.erase_command import ErasureNotSent, erase
 from services.core.config import ConfigError, Settings, config_path, load_settings
+from services.core.contracts import Identity
 from services.core.settings_base import MissingSecretError
 from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_store
@@ -212,11 +213,18 @@ def _refused(code: int, body: dict[str, Any]) -> int:
     return 1
 
 
-def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
+def _named_identity(args: argparse.Namespace) -> Identity | None:
+    """The profile --email or --id names, or None (and why, on stderr)."""
     try:
-        identity = identity_of(email=args.email, crm_id=args.crm_id, flag="--")
+        return identity_of(email=args.email, crm_id=args.crm_id, flag="--")
     except BadLookup as exc:
         sys.stderr.write(f"{exc}\n")
+        return None
+
+
+def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
+    identity = _named_identity(args)
+    if identity is None:
         return 2
     try:
         event_id = erase(settings, identity)
@@ -228,10 +236,8 @@ def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        identity = identity_of(email=args.email, crm_id=args.crm_id, flag="--")
-    except BadLookup as exc:
-        sys.stderr.write(f"{exc}\n")
+    identity = _named_identity(args)
+    if identity is None:
         return 2
     try:
         store = open_store(settings.store, read_only=True)

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S: Final = 30.0
 
+# Bytes librdkafka may prefetch per partition for a consumer (its default, 64 MB,
+# times a dozen partitions would dwarf a service's own memory, and would grow with
+# the backlog). A few batches ahead is plenty.
+PREFETCH_KBYTES: Final = 8 * 1024
+
 
 @dataclass(frozen=True)
 class TopicNames:

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from services.core.bearer import bearer_matches
 from services.core.sources import PollSettings
-from services.ingest.auth import same
 from services.ingest.connectors.base import SourceConnectors
 from services.ingest.fullsync import AlreadyRunning, FullSyncs, NotRunning, Progress
 from services.ingest.publisher import BrokerUnavailable
@@ -91,8 +91,7 @@ class AdminApi:
             raise _error(503, "starting up")
         if self._token is None:
             raise _error(403, "admin API disabled: set services.ingest.admin_token")
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not same(credential.strip(), self._token):
+        if not bearer_matches(request.headers.get("Authorization", ""), self._token):
             raise _error(401, "invalid or missing admin bearer token")
 
     def _source(self, request: web.Request) -> str:

@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 
+from services.core.bearer import bearer_matches, same
 from services.core.sources import (
     BearerAuth,
     HmacSha256Auth,
@@ -33,13 +34,6 @@ def header(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def same(presented: str | bytes, expected: str | bytes) -> bool:
-    """Constant-time equality of two secrets or signatures."""
-    left = presented.encode() if isinstance(presented, str) else presented
-    right = expected.encode() if isinstance(expected, str) else expected
-    return hmac.compare_digest(left, right)
-
-
 def check_timestamp(value: str, *, now: datetime, tolerance_seconds: int) -> None:
     """Accept Unix seconds or milliseconds within ``tolerance_seconds`` of now."""
     try:
@@ -56,8 +50,7 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 def verify_bearer(headers: Mapping[str, str], *, token: str) -> None:
-    scheme, _, credential = header(headers, "Authorization").partition(" ")
-    if scheme.lower() != "bearer" or not same(credential.strip(), token):
+    if not bearer_matches(header(headers, "Authorization"), token):
         raise AuthError("invalid bearer token")
 
 

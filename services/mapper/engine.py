@@ -62,6 +62,7 @@ from services.core.contracts import (
 )
 from services.core.expressions import ExpressionError
 from services.core.kafka import (
+    PREFETCH_KBYTES,
     TopicNames,
     consumer_config,
     producer_config,
@@ -83,9 +84,6 @@ HELD: Final = b"h"
 RELEASED: Final = b"b"
 OFFSET_DIGITS: Final = 20
 RESTORE_BATCH: Final = 5_000
-# Prefetched bytes librdkafka may queue per partition (its default, 64 MB, times a
-# dozen partitions would dwarf the state's own memory).
-PREFETCH_KBYTES: Final = 8 * 1024
 TRANSACTION_TIMEOUT_MS: Final = 60_000
 # How long a vanished instance's partitions wait before others take them over.
 SESSION_TIMEOUT_MS: Final = 15_000

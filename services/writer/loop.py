@@ -157,12 +157,13 @@ class WriterLoop:
             next_offsets[(topic, partition)] = offset + 1
         # Steps 4 and 6
         started = time.perf_counter()
-        if not self._apply_with_retry(decoded, next_offsets):
+        report = self._apply_with_retry(decoded, next_offsets)
+        if report is None:
             log.warning("stopping with an unapplied batch; it is consumed again on restart")
             return
         metrics.STORE_BATCHES.observe(time.perf_counter() - started)
         crash_point("writer-after-store-commit")
-        self._observe(decoded.updates)
+        self._observe(decoded, report)
         # Step 5
         self._consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
@@ -172,19 +173,19 @@ class WriterLoop:
 
     def _apply_with_retry(
         self, decoded: _Decoded, next_offsets: dict[TopicPartitionKey, int]
-    ) -> bool:
+    ) -> BatchReport | None:
+        """The committed batch's report, or None when asked to stop before it committed."""
         delay = FIRST_RETRY_S
         paused: list[TopicPartition] = []
         try:
             while True:
                 try:
-                    self._store.apply_batch(
+                    return self._store.apply_batch(
                         updates=decoded.updates,
                         next_offsets=next_offsets,
                         written_at=self._clock(),
                         before_commit=lambda report: self._report(decoded, report),
                     )
-                    return True
                 except (TransientStoreError, RejectsNotDurable) as exc:
                     log.warning("batch not applied, retrying in %.1fs: %s", delay, exc)
                     metrics.STORE_UNAVAILABLE.set(1)
@@ -194,7 +195,7 @@ class WriterLoop:
                     paused = self._consumer.assignment()
                     self._consumer.pause(paused)
                 if self._wait_polling(delay, paused):
-                    return False
+                    return None
                 delay = min(delay * 2, MAX_RETRY_S)
         finally:
             if paused:
@@ -263,7 +264,6 @@ class WriterLoop:
                 value=self._rejected.encode(rejection),
                 on_delivery=on_delivery,
             )
-            metrics.EVENTS_REJECTED.labels("writer", rejection.source or "", "invalid").inc()
         for audit in audits:
             self._producer.produce(
                 self._settings.audit_topic,
@@ -281,16 +281,13 @@ class WriterLoop:
         drops: dict[int, list[FieldDrop]] = {}
         for index, name, why in report.drops:
             drops.setdefault(index, []).append(FieldDrop(name, "conflict", why))
-            metrics.WRITER_DROPS.labels(updates[index].source, "conflict").inc()
         for index, why in report.dropped_updates:
             drops.setdefault(index, []).append(FieldDrop("*", why, f"update left out: {why}"))
-            metrics.WRITER_DROPS.labels(updates[index].source, why).inc()
         events = [
             self._audit_event(updates[index], now, dropped=tuple(dropped))
             for index, dropped in sorted(drops.items())
         ]
         for index, merge in report.merges:
-            metrics.PROFILE_MERGES.inc()
             events.append(
                 self._audit_event(
                     updates[index],
@@ -341,7 +338,19 @@ class WriterLoop:
             origin_offset=message.offset(),
         )
 
-    def _observe(self, updates: Sequence[ProfileUpdate]) -> None:
+    def _observe(self, decoded: _Decoded, report: BatchReport) -> None:
+        """Metrics of a committed batch (a batch retried after a failed commit counts once)."""
+        updates = decoded.updates
+        if decoded.rejected:
+            metrics.EVENTS_REJECTED.labels("writer", "", "invalid").inc(len(decoded.rejected))
+        for refusal in report.rejections:
+            metrics.EVENTS_REJECTED.labels("writer", updates[refusal.index].source, "invalid").inc()
+        for index, _name, _why in report.drops:
+            metrics.WRITER_DROPS.labels(updates[index].source, "conflict").inc()
+        for index, why in report.dropped_updates:
+            metrics.WRITER_DROPS.labels(updates[index].source, why).inc()
+        if report.merges:
+            metrics.PROFILE_MERGES.inc(len(report.merges))
         now = self._clock()
         per_source: dict[str, int] = {}
         for update in updates:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Final
 
 from confluent_kafka import Consumer, Producer
 
 from services.core.config import Settings
 from services.core.contracts import WireContracts, load_contracts
-from services.core.kafka import TopicNames, consumer_config, producer_config
+from services.core.kafka import PREFETCH_KBYTES, TopicNames, consumer_config, producer_config
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.runtime import (
     HealthEndpoints,
@@ -30,9 +29,6 @@ from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore
 
 log = logging.getLogger(__name__)
-
-
-PREFETCH_KBYTES: Final = 8 * 1024
 
 
 class NotReady(Exception):
@@ -50,8 +46,6 @@ def writer_loop(
         consumer=Consumer(
             {
                 **consumer_config(kafka, client_id="crmsync-writer", group_id=group),
-                # librdkafka prefetches up to 64 MB per partition by default: a long
-                # backlog would then sit in memory. A few batches ahead is plenty.
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
             }
         ),

@@ -446,11 +446,6 @@ def identities_of(update: ProfileUpdate) -> list[Identity]:
     return [match, *(i for i in update.identities if i != match)]
 
 
-def batch_identities(updates: Iterable[ProfileUpdate]) -> set[Identity]:
-    """Every identity a batch carries: the profiles a store loads for it."""
-    return {identity for update in updates for identity in identities_of(update)}
-
-
 def batch_attribute_names(updates: Iterable[ProfileUpdate]) -> set[str]:
     """Every attribute a batch writes or clears: the stored versions its writes need."""
     names: set[str] = set()

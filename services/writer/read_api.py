@@ -11,11 +11,11 @@ of its own, on a worker thread.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable
 
 from aiohttp import web
 
+from services.core.bearer import bearer_matches
 from services.core.contracts import Identity
 from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores.base import ProfileStore, StoredProfile
@@ -33,9 +33,7 @@ class ReadApi:
     async def get_profile(self, request: web.Request) -> web.Response:
         if self._token is None:
             return _error(403, "read API disabled: set services.writer.read_token")
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        presented = credential.strip().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, self._token.encode()):
+        if not bearer_matches(request.headers.get("Authorization", ""), self._token):
             return _error(401, "invalid or missing bearer token")
         try:
             identity = identity_of(email=request.query.get("email"), crm_id=request.query.get("id"))

@@ -24,7 +24,7 @@ from services.writer.profiles import (
     Profile,
     ProfileBook,
     Version,
-    batch_identities,
+    identities_of,
     update_problem,
 )
 from services.writer.stores.base import stored_profile
@@ -82,7 +82,7 @@ class FakeCdp:
         }
 
     def _book(self, updates: list[ProfileUpdate]) -> ProfileBook:
-        touched = {self.owner[i] for i in batch_identities(updates) if i in self.owner}
+        touched = {self.owner[i] for u in updates for i in identities_of(u) if i in self.owner}
         return ProfileBook(
             profiles=[self.profiles[pid] for pid in touched],
             tombstones=self.tombstones,

@@ -63,9 +63,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
 from services.core.sources.s360 import PRIMARY_EMAIL, S360Deletion, S360Source
-from services.ingest.auth import header, same
+from services.ingest.auth import header
 from services.ingest.connectors.base import (
     AuthError,
     InboundRequest,

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate
 from services.core.versions import from_micros
-from services.writer.profiles import Merge, Profile, ValueNotLoaded
+from services.writer.profiles import Merge, Profile
 
 TopicPartitionKey = tuple[str, int]
 
@@ -125,16 +125,14 @@ def stored_profile(profile: Profile) -> StoredProfile:
 
     The profile must have been loaded with its values.
     """
-    if profile.partial or any(
-        isinstance(v.value, ValueNotLoaded) for v in profile.attributes.values()
-    ):
+    if profile.partial:
         raise ValueError(f"profile {profile.id} was loaded without its values")
     return StoredProfile(
         profile_id=profile.id,
         identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
         attributes={
             name: StoredAttribute(
-                value=value.value,  # type: ignore[arg-type]  # checked above
+                value=value.value,  # type: ignore[arg-type]  # whole: no NOT_LOADED
                 source=value.source,
                 source_modified_at=from_micros(value.version[0]),
                 mapping_version=value.mapping_version,

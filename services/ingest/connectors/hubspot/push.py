@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
 from services.core.sources import HubSpotSource
-from services.ingest.auth import check_timestamp, header, hmac_sha256, same
+from services.ingest.auth import check_timestamp, header, hmac_sha256
 from services.ingest.connectors.base import (
     AuthError,
     InboundRequest,

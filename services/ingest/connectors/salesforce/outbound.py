@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
 from services.core.sources.salesforce import (
     DEFAULT_FIELD_TYPES,
     FieldType,
     SalesforceOutboundMessages,
 )
-from services.ingest.auth import same
 from services.ingest.connectors.base import (
     AuthError,
     InboundRequest,
