@@ -86,6 +86,13 @@ def is_blank(value: object) -> bool:
     """None, text of whitespace only, or a list without a non-blank item."""
     if value is None:
         return True
+    # Exact type checks first: the mapper asks this dozens of times per change, and
+    # decoded values are plain str, int, float, bool or list.
+    kind = type(value)
+    if kind is str:
+        return not value.strip()  # type: ignore[attr-defined]
+    if kind is int or kind is float or kind is bool:
+        return False
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, list):

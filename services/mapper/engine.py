@@ -28,7 +28,6 @@ The life of a batch (one Kafka transaction):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import socket
 import threading
@@ -338,14 +337,14 @@ class MapperEngine:
     ) -> None:
         key = RECORD + change.key
         raw = state.get(key)
-        record = RecordState.from_json(json.loads(raw)) if raw is not None else None
+        record = RecordState.decode(raw) if raw is not None else None
         try:
             step = apply_change(record, change, source=source, profile=self._profile)
         except (RuleError, ExpressionError) as exc:
             self._reject(origin, reason=str(exc), change=change)
             return
         if step.state is not None:
-            encoded = json.dumps(step.state.to_json(), separators=(",", ":")).encode()
+            encoded = step.state.encode()
             if encoded != raw:
                 self._write(state, key, encoded)
         for drop in step.drops:

@@ -5,6 +5,12 @@ The life of a message here:
 1. On assignment, each partition starts at the position the *store* holds for it
    (committed with the data), falling back to Kafka's committed offset, then the
    earliest. Kafka's committed offsets are only a mirror for lag monitoring.
+   The store is asked only between batches. When it cannot answer, or a batch is in
+   hand whose commit will move those positions, the partitions are left out of the
+   assignment, their start unknown; before consuming again the loop asks the store
+   with backoff (polling meanwhile, so the group keeps this member), then assigns them
+   at its positions. No partition is fetched before the store has answered for it,
+   and one revoked before that is forgotten.
 2. A batch is consumed: up to ``batch_max_records`` messages or ``batch_max_wait_ms``.
 3. Each message is decoded; an undecodable one becomes a RejectedEvent (poison: its
    offset still moves on).
@@ -13,8 +19,9 @@ The life of a message here:
    audit event for every merge and store-side drop, is flushed to Kafka before that
    transaction commits (so a crash can repeat them, never lose them).
 5. Only after the store commit are the offsets committed to Kafka (asynchronously).
-6. A transient store failure retries the same batch with backoff; nothing is skipped.
-   A stop request is honoured between batches, so no batch is ever half-applied.
+6. A transient store failure retries the same batch with backoff, consumption paused
+   (polling goes on); nothing is skipped. A stop request is honoured between batches
+   and while waiting for the store, so no batch is ever half-applied.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from services.core import metrics
 from services.core.contracts import (
@@ -106,16 +121,30 @@ class WriterLoop:
         self._stop = stop
         self._clock = clock
         self.batches_applied = 0
+        # Partitions the group gave this member that wait for the store to say where
+        # they start (step 1, deferred); None when none wait.
+        self._unpositioned: list[TopicPartition] | None = None
+        # True only inside the main loop's consume(): no batch in hand, no wait under way.
+        self._between_batches = False
 
     def run(self) -> None:
-        self._consumer.subscribe([self._settings.topic], on_assign=self._on_assign)
+        self._consumer.subscribe(
+            [self._settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         try:
             while not self._stop.is_set():
+                # Step 1, deferred
+                if self._unpositioned is not None and not self._position_unpositioned():
+                    break
                 # Step 2
-                messages = self._consumer.consume(
-                    num_messages=self._settings.batch_max_records,
-                    timeout=self._settings.batch_max_wait_ms / 1000,
-                )
+                self._between_batches = True
+                try:
+                    messages = self._consumer.consume(
+                        num_messages=self._settings.batch_max_records,
+                        timeout=self._settings.batch_max_wait_ms / 1000,
+                    )
+                finally:
+                    self._between_batches = False
                 batch = [m for m in messages if not self._is_error(m)]
                 if batch:
                     self._process(batch)
@@ -125,16 +154,81 @@ class WriterLoop:
             log.info("writer loop stopped batches=%s", self.batches_applied)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Step 1
-        stored = self._store.stored_offsets(self._settings.topic)
-        for partition in partitions:
-            if partition.partition in stored:
-                partition.offset = stored[partition.partition]
-        consumer.assign(partitions)
+        # Step 1. Rebalance callbacks run inside consume() and poll(), so this is either
+        # the main loop between batches, or a wait for the store (a batch retried, or
+        # earlier partitions waiting for their start).
+        if self._between_batches:
+            try:
+                positioned = self._at_stored_positions(partitions)
+            except TransientStoreError as exc:
+                log.warning("store unavailable at assignment, consumption waits: %s", exc)
+                metrics.STORE_UNAVAILABLE.set(1)
+            else:
+                # Assigned with explicit offsets inside the callback: the fetch starts
+                # right there, with no window at Kafka's committed offset.
+                self._assign_at(positioned, "assigned")
+                return
+        # The store is away, or this is a wait, where the batch in hand may yet move the
+        # store's positions: they are read once the wait is over. Until then the
+        # partitions stay out of the assignment. Assigned (even paused), they would
+        # start fetching at Kafka's committed offset, and a seek to the store's position
+        # fails on a partition that has not started fetching yet. assign([]), because
+        # without an assign() call the binding would assign them itself, and unassign()
+        # would leave the rebalance waiting for one.
+        self._unpositioned = [TopicPartition(p.topic, p.partition) for p in partitions]
+        consumer.assign([])
         log.info(
-            "assigned partitions=%s resume=%s",
+            "assigned partitions=%s, start deferred until the store answers",
             [p.partition for p in partitions],
-            {p.partition: p.offset for p in partitions},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Also called for partitions lost (no on_lost given). Partitions still waiting
+        # for their start are forgotten: the next assignment says what is ours.
+        self._unpositioned = None
+        consumer.unassign()
+        log.info("revoked partitions=%s", [p.partition for p in partitions])
+
+    def _at_stored_positions(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
+        """Step 1: ``partitions`` at the store's positions; OFFSET_INVALID where the store
+        holds none, so librdkafka takes Kafka's committed offset, then the earliest
+        (auto.offset.reset). Raises TransientStoreError while the store is away."""
+        stored = self._store.stored_offsets(self._settings.topic) if partitions else {}
+        return [
+            TopicPartition(p.topic, p.partition, stored.get(p.partition, OFFSET_INVALID))
+            for p in partitions
+        ]
+
+    def _position_unpositioned(self) -> bool:
+        """Step 1 for partitions assigned without a start: ask the store, with backoff,
+        polling meanwhile; then assign them there. False when asked to stop first."""
+        delay = FIRST_RETRY_S
+        # A rebalance during the wait replaces the partitions waiting, or (revoked)
+        # leaves none.
+        while (partitions := self._unpositioned) is not None:
+            try:
+                positioned = self._at_stored_positions(partitions)
+            except TransientStoreError as exc:
+                log.warning("start positions unknown, retrying in %.1fs: %s", delay, exc)
+                metrics.STORE_UNAVAILABLE.set(1)
+                if self._wait_polling(delay):
+                    return False
+                delay = min(delay * 2, MAX_RETRY_S)
+                continue
+            # Outside the rebalance callback: the eager protocol takes a whole new
+            # assignment at any time. Nothing of these partitions was fetched before.
+            self._assign_at(positioned, "store answered, assigned")
+        return True
+
+    def _assign_at(self, positioned: list[TopicPartition], what: str) -> None:
+        self._consumer.assign(positioned)
+        self._unpositioned = None
+        metrics.STORE_UNAVAILABLE.set(0)
+        log.info(
+            "%s partitions=%s resume=%s",
+            what,
+            [p.partition for p in positioned],
+            {p.partition: p.offset for p in positioned},
         )
 
     def _is_error(self, message: Message) -> bool:
@@ -194,7 +288,7 @@ class WriterLoop:
                     # group keeps this member (max.poll.interval.ms) and nothing is skipped.
                     paused = self._consumer.assignment()
                     self._consumer.pause(paused)
-                if self._wait_polling(delay, paused):
+                if self._wait_polling(delay):
                     return None
                 delay = min(delay * 2, MAX_RETRY_S)
         finally:
@@ -203,20 +297,23 @@ class WriterLoop:
                 metrics.STORE_UNAVAILABLE.set(0)
                 log.info("store back, consumption resumed")
 
-    def _wait_polling(self, delay: float, paused: list[TopicPartition]) -> bool:
-        """Wait ``delay`` seconds while polling the paused consumer; True on stop."""
+    def _wait_polling(self, delay: float) -> bool:
+        """Wait ``delay`` seconds while polling; True on stop.
+
+        Every assigned partition is paused during a wait, and partitions assigned
+        meanwhile stay out of the assignment until it ends (step 1, deferred), so no
+        message can arrive: one would be a bug (it would have been skipped).
+        """
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
             if self._stop.is_set():
                 return True
             message = self._consumer.poll(min(left, 0.5))
             if message is not None and message.error() is None:
-                # A partition assigned during the pause is not paused: put its message
-                # back so it is consumed after the batch in hand.
                 topic, partition, offset = position_of(message)
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-                paused.append(TopicPartition(topic, partition))
-                self._consumer.pause(paused[-1:])
+                raise RuntimeError(
+                    f"message consumed while waiting for the store: {topic}[{partition}]@{offset}"
+                )
         return self._stop.is_set()
 
     def _decode(self, batch: Sequence[Message]) -> _Decoded:

@@ -1,8 +1,8 @@
 """The writer service: the consumer loop on its own thread, HTTP health on the event loop.
 
-The loop thread migrates the store, then applies batches. Stop (SIGTERM): the loop
-finishes the batch in hand (applied and committed, or not applied at all), closes its
-consumer, and exits.
+The loop thread migrates the store (waiting, with backoff, while it is unreachable),
+then applies batches. Stop (SIGTERM): the loop finishes the batch in hand (applied and
+committed, or not applied at all), closes its consumer, and exits.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 
 from confluent_kafka import Consumer, Producer
 
+from services.core import metrics
 from services.core.config import Settings
 from services.core.contracts import WireContracts, load_contracts
 from services.core.kafka import PREFETCH_KBYTES, TopicNames, consumer_config, producer_config
@@ -23,10 +24,10 @@ from services.core.runtime import (
     service_settings,
 )
 from services.core.schema_topic import schema_resolver
-from services.writer.loop import LoopSettings, WriterLoop
+from services.writer.loop import FIRST_RETRY_S, MAX_RETRY_S, LoopSettings, WriterLoop
 from services.writer.read_api import ReadApi
 from services.writer.stores import open_store
-from services.writer.stores.base import ProfileStore
+from services.writer.stores.base import ProfileStore, TransientStoreError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ def writer_loop(
             {
                 **consumer_config(kafka, client_id="crmsync-writer", group_id=group),
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
+                # An eager protocol: the loop replaces its whole assignment, in the
+                # rebalance callback or later once the store says where partitions
+                # start (assign()); a cooperative one would refuse assign().
+                "partition.assignment.strategy": "range",
             }
         ),
         producer=Producer(producer_config(kafka, client_id="crmsync-writer")),
@@ -65,6 +70,27 @@ def writer_loop(
     )
 
 
+def migrate_when_reachable(store: ProfileStore, *, stop: threading.Event) -> bool:
+    """Migrate the store, waiting with backoff while it is unreachable; False on stop.
+
+    Only then does the writer join its consumer group: partitions given to a member
+    that cannot write would wait, where another member could take them.
+    """
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            store.migrate()
+        except TransientStoreError as exc:
+            log.warning("store unavailable at start, retrying in %.1fs: %s", delay, exc)
+            metrics.STORE_UNAVAILABLE.set(1)
+            if stop.wait(delay):
+                return False
+            delay = min(delay * 2, MAX_RETRY_S)
+            continue
+        metrics.STORE_UNAVAILABLE.set(0)
+        return True
+
+
 async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     contracts = load_contracts()
     contracts.catalog.add_resolver(
@@ -75,7 +101,8 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     def body(stop_loop: threading.Event) -> None:
         store = open_store(settings.store, profile=settings.profile)
         try:
-            store.migrate()
+            if not migrate_when_reachable(store, stop=stop_loop):
+                return
             started.set()
             writer_loop(settings, contracts=contracts, store=store, stop=stop_loop).run()
         finally:

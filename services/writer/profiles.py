@@ -158,6 +158,8 @@ class ConflictRules:
         self._profile = profile
         # Asked for every attribute of every update; the answers never change.
         self._refusals: dict[tuple[str, str], str | None] = {}
+        self.restricted = frozenset(profile.attributes)
+        """The attributes with a policy: any other one every source may write."""
 
     def consent_source(self, subscription: str, channel: str) -> str | None:
         settings = self._profile.subscriptions.get(subscription)
@@ -243,8 +245,7 @@ class ProfileBook:
         if self._tombstones and self._erased(identities, version[0]):
             return Result(Outcome.DROPPED, reason="erased")
         # Step 2
-        owner = self._owner.get
-        found = list(dict.fromkeys(o for i in identities if (o := owner(i)) is not None))
+        found = self._owners_of(identities)
         if update.operation is UpdateOperation.ERASE:
             # Step 3
             if any(self._profiles[profile_id].partial for profile_id in found):
@@ -285,6 +286,16 @@ class ProfileBook:
         return self._result(profile, changed, merges, drops)
 
     # --- the steps --------------------------------------------------------------
+
+    def _owners_of(self, identities: Iterable[Identity]) -> list[int]:
+        """The profiles owning ``identities``, each once, in identity order."""
+        owner = self._owner.get
+        found: list[int] = []
+        for identity in identities:
+            profile_id = owner(identity)
+            if profile_id is not None and profile_id not in found:
+                found.append(profile_id)
+        return found
 
     def _erased(self, identities: Iterable[Identity], moment: int) -> bool:
         """Whether one of ``identities`` was erased at or after ``moment``."""
@@ -349,8 +360,9 @@ class ProfileBook:
             (name, value) for name, value in update.attributes.items() if value is not None
         ]
         writes += [(name, None) for name in update.cleared]
+        restricted = rules.restricted
         for name, value in writes:
-            refusal = rules.refusal(name, source)
+            refusal = rules.refusal(name, source) if name in restricted else None
             if refusal is not None:
                 drops.append((name, refusal))
                 continue

@@ -3,22 +3,25 @@
 ProfileUpdates are put straight on the profile-updates topic (the mapper is not
 needed to test the sink), and the real writer process applies them to SQLite or to
 PostgreSQL, through a kill -9 between store commit and offset commit, a PostgreSQL
-restart, a replay of the whole topic and an erasure.
+restart, PostgreSQL down at start-up and at a rebalance, a replay of the whole topic
+and an erasure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from services.core.config import PostgresStoreSettings, SqliteStoreSettings
 from services.core.contracts import ProfileUpdate, load_contracts
@@ -28,7 +31,7 @@ from tests.integration.conftest import ReadAll, end_offsets
 from tests.stores.changes import update
 from tests.support.polling import wait_for
 from tests.support.postgres import LocalPostgres, fresh_database
-from tests.support.services import REPO_ROOT, SECRETS_ENV, Stack
+from tests.support.services import REPO_ROOT, SECRETS_ENV, ServiceProcess, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -214,6 +217,89 @@ def test_postgres_restarted_mid_run_pauses_and_resumes_with_nothing_skipped(
     assert stack["writer"].process is not None and stack["writer"].process.poll() is None
     restartable_postgres.start()
     assert wait_for(lambda: caught_up(stack), timeout_s=120), stack["writer"].log_tail()
+    assert not store_unavailable(stack)
+    assert_final_round(stack, 4)
+
+
+def alive(writer: ServiceProcess) -> bool:
+    return writer.process is not None and writer.process.poll() is None
+
+
+def reports_store_unavailable_or_exited(stack: Stack) -> bool:
+    """True once the writer's gauge says its store is away, or once the writer exited."""
+    if not alive(stack["writer"]):
+        return True
+    try:
+        return store_unavailable(stack)
+    except OSError:  # not listening yet
+        return False
+
+
+def test_writer_started_while_postgres_is_down_waits_and_then_applies_everything(
+    stack: Stack, restartable_postgres: LocalPostgres
+) -> None:
+    writer = stack["writer"]
+    restartable_postgres.stop()
+    writer.start()  # not stack.start(), which waits for readiness: that needs the store
+    assert wait_for(lambda: reports_store_unavailable_or_exited(stack), timeout_s=90)
+    assert alive(writer), f"the writer died:\n{writer.log_tail()}"
+    produce(stack, rounds([1, 2]))  # the writer created the topics before its store
+    time.sleep(2)  # the writer keeps waiting for its store
+    assert alive(writer), f"the writer died:\n{writer.log_tail()}"
+    assert store_unavailable(stack)
+    restartable_postgres.start()
+    assert wait_for(lambda: caught_up(stack), timeout_s=120), writer.log_tail()
+    assert not store_unavailable(stack)
+    assert_final_round(stack, 2)
+
+
+@contextlib.contextmanager
+def another_member_of_the_writers_group(stack: Stack) -> Iterator[None]:
+    """A consumer that joins the writer's group (a rebalance) and leaves it (another).
+
+    It commits nothing, so the positions the writer resumes from stay its own.
+    """
+    assigned = threading.Event()
+    member = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": f"{stack.prefix}writer",
+            "enable.auto.commit": False,
+            "partition.assignment.strategy": "range",
+        }
+    )
+    member.subscribe(
+        [stack.topic("profile-updates")], on_assign=lambda _consumer, _parts: assigned.set()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not assigned.is_set() and time.monotonic() < deadline:
+            member.poll(0.2)  # the rebalance callback runs in here
+        assert assigned.is_set(), "the other member was never given partitions"
+        yield
+    finally:
+        member.close()
+
+
+def test_a_rebalance_while_postgres_is_down_waits_for_the_start_positions(
+    stack: Stack, restartable_postgres: LocalPostgres
+) -> None:
+    writer = stack["writer"]
+    stack.start("writer")
+    produce(stack, rounds([1, 2]))
+    assert wait_for(lambda: caught_up(stack), timeout_s=120), writer.log_tail()
+    restartable_postgres.stop()
+    with another_member_of_the_writers_group(stack):
+        # The writer is idle: only the assignment asks the store anything.
+        assert wait_for(lambda: reports_store_unavailable_or_exited(stack), timeout_s=60)
+        assert alive(writer), f"the writer died:\n{writer.log_tail()}"
+    # The member left: the writer is given every partition again, the store still away.
+    produce(stack, rounds([3, 4]))
+    time.sleep(2)
+    assert alive(writer), f"the writer died:\n{writer.log_tail()}"
+    assert store_unavailable(stack)
+    restartable_postgres.start()
+    assert wait_for(lambda: caught_up(stack), timeout_s=120), writer.log_tail()
     assert not store_unavailable(stack)
     assert_final_round(stack, 4)
 

@@ -12,6 +12,9 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from services.core.contracts import FieldValue
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.normalise import (
+    _detailed_email_problem,
+    _email_problem,
+    _is_plain_address,
     normalise_currency,
     normalise_email,
     normalise_phone,
@@ -118,6 +121,26 @@ def test_any_text_is_a_fixed_point_or_refused(value: str) -> None:
     except RuleError:
         return
     assert normalise_email(email, where="email") == email
+
+
+ADDRESS_LIKE = st.one_of(
+    EMAILS.map(lambda value: value.strip().lower()),
+    st.text(alphabet="ab9.-_@+é ", max_size=30),
+    st.builds(
+        lambda local, domain: f"{local}@{domain}",
+        st.text(alphabet="a.-+_", min_size=0, max_size=70),
+        st.text(alphabet="a1.-", min_size=0, max_size=80),
+    ),
+)
+
+
+@given(ADDRESS_LIKE)
+def test_the_fast_path_agrees_with_the_detailed_checks(email: str) -> None:
+    # The pattern only ever says yes for what the detailed checks accept; everything
+    # else goes to them, so the two paths decide alike.
+    if _is_plain_address(email):
+        assert _detailed_email_problem(email) is None
+    assert _email_problem(email) == _detailed_email_problem(email)
 
 
 # --- phone ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ it again gives it back unchanged.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import phonenumbers
@@ -35,6 +36,11 @@ MAX_EMAIL_LENGTH: Final = 254
 MAX_LOCAL_PART_LENGTH: Final = 64
 MAX_LABEL_LENGTH: Final = 63
 LOCAL_PART_SPECIALS: Final = frozenset("!#$%&'*+/=?^_`{|}~-")
+
+_ATEXT: Final = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL: Final = rf"[a-z0-9](?:[a-z0-9-]{{0,{MAX_LABEL_LENGTH - 2}}}[a-z0-9])?"
+# Lower-case ASCII: addresses are lower-cased before they are checked.
+_PLAIN_ADDRESS: Final = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@(?:{_LABEL}\.)+{_LABEL}")
 
 _PARSE_PROBLEMS: Final = {
     NumberParseException.INVALID_COUNTRY_CODE: "not a phone number: unknown country code",
@@ -57,6 +63,22 @@ def normalise_email(value: FieldValue, *, where: str) -> str:
 
 
 def _email_problem(email: str) -> str | None:
+    if _is_plain_address(email):
+        return None
+    return _detailed_email_problem(email)
+
+
+def _is_plain_address(email: str) -> bool:
+    """The common case, decided by one compiled pattern: an ASCII address that the
+    detailed checks below accept too (they run only for what this does not accept,
+    to name the problem, or to judge a non-ASCII address)."""
+    if len(email) > MAX_EMAIL_LENGTH or _PLAIN_ADDRESS.fullmatch(email) is None:
+        return False
+    local, _at, domain = email.partition("@")
+    return len(local) <= MAX_LOCAL_PART_LENGTH and not domain.rpartition(".")[2].isdigit()
+
+
+def _detailed_email_problem(email: str) -> str | None:
     if not email:
         return "empty"
     if len(email) > MAX_EMAIL_LENGTH:

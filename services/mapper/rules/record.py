@@ -28,8 +28,11 @@ only stores and sends what it returns:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
+
+import orjson
 
 from services.core import versions
 from services.core.contracts import (
@@ -48,6 +51,8 @@ from services.mapper.rules.mapping import CompiledSource, Drop, map_change
 
 OLDEST: Final[Version] = (-(2**63), -(2**63))
 STATE_FORMAT: Final = 1
+# The default of a state's mappings: shared, so read-only.
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 def version_of(change: ContactChange) -> Version:
@@ -55,50 +60,44 @@ def version_of(change: ContactChange) -> Version:
     return versions.version_of(change.source_modified_at, change.sequence)
 
 
-@dataclass(frozen=True)
-class RecordState:
-    """What the mapper remembers of one source record (JSON-serialisable)."""
+class RecordState(NamedTuple):
+    """What the mapper remembers of one source record (JSON-serialisable).
 
-    fields: Mapping[str, FieldValue] = field(default_factory=dict)
-    versions: Mapping[str, Version] = field(default_factory=dict)
+    A NamedTuple rather than a frozen dataclass: one is read, copied and written per
+    change, and a tuple is built several times faster.
+    """
+
+    fields: Mapping[str, FieldValue] = _EMPTY
+    versions: Mapping[str, Version] = _EMPTY
     """Per field, the newest version applied."""
-    valued: Mapping[str, Version] = field(default_factory=dict)
+    valued: Mapping[str, Version] = _EMPTY
     """Per field, the version of the newest non-blank value applied."""
     deleted: Version | None = None
-    attributes: Mapping[str, FieldValue] = field(default_factory=dict)
-    consents: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, FieldValue] = _EMPTY
+    consents: Mapping[str, str] = _EMPTY
     identities: tuple[Identity, ...] = ()
     mapping_version: int = 0
 
     def but(self, **changes: Any) -> RecordState:
-        """A copy with ``changes`` (cheaper than dataclasses.replace on the hot path)."""
-        values: dict[str, Any] = {
-            "fields": self.fields,
-            "versions": self.versions,
-            "valued": self.valued,
-            "deleted": self.deleted,
-            "attributes": self.attributes,
-            "consents": self.consents,
-            "identities": self.identities,
-            "mapping_version": self.mapping_version,
-        }
-        values.update(changes)
-        return RecordState(**values)
+        """A copy with ``changes``."""
+        return self._replace(**changes)
 
     def newest(self) -> Version:
         candidates = [*self.versions.values(), self.deleted or OLDEST]
         return max(candidates)
 
     def to_json(self) -> dict[str, Any]:
+        # Versions are tuples, which are JSON arrays; the mappings are dicts already on
+        # the hot path, copied only when they are not.
         return {
             "v": STATE_FORMAT,
-            "f": dict(self.fields),
-            "fv": {name: list(version) for name, version in self.versions.items()},
-            "vv": {name: list(version) for name, version in self.valued.items()},
-            "d": list(self.deleted) if self.deleted is not None else None,
-            "a": dict(self.attributes),
-            "c": dict(self.consents),
-            "i": [[identity.kind, identity.value] for identity in self.identities],
+            "f": _plain(self.fields),
+            "fv": _plain(self.versions),
+            "vv": _plain(self.valued),
+            "d": self.deleted,
+            "a": _plain(self.attributes),
+            "c": _plain(self.consents),
+            "i": [tuple(identity) for identity in self.identities],
             "m": self.mapping_version,
         }
 
@@ -109,14 +108,23 @@ class RecordState:
         deleted = data["d"]
         return cls(
             fields=data["f"],
-            versions={name: (int(v[0]), int(v[1])) for name, v in data["fv"].items()},
-            valued={name: (int(v[0]), int(v[1])) for name, v in data["vv"].items()},
-            deleted=(int(deleted[0]), int(deleted[1])) if deleted is not None else None,
+            versions={name: (v[0], v[1]) for name, v in data["fv"].items()},
+            valued={name: (v[0], v[1]) for name, v in data["vv"].items()},
+            deleted=(deleted[0], deleted[1]) if deleted is not None else None,
             attributes=data["a"],
             consents=data["c"],
             identities=tuple(Identity(kind, value) for kind, value in data["i"]),
-            mapping_version=int(data["m"]),
+            mapping_version=data["m"],
         )
+
+    def encode(self) -> bytes:
+        """The state as compact JSON (orjson: the state is read and written once per
+        change, and the standard library's encoder was a tenth of the mapper's time)."""
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RecordState:
+        return cls.from_json(orjson.loads(raw))
 
 
 @dataclass(frozen=True)
@@ -304,6 +312,10 @@ def _changed_consents(
     before: Mapping[str, str], consents: tuple[ConsentChange, ...]
 ) -> tuple[ConsentChange, ...]:
     return tuple(c for c in consents if before.get(c.subscription) != c.status.value)
+
+
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return mapping if type(mapping) is dict else dict(mapping)
 
 
 def _same(old: FieldValue, new: FieldValue) -> bool:

@@ -93,16 +93,14 @@ def apply_rule(
     target = _Target(rule, where, default_region)
     if rule.values is not None:
         value = _map_values(value, target)
-    if rule.split is not None and not is_blank(value):
+        if is_blank(value):
+            return None
+    if rule.split is not None:
         value = _split(value, target)
-    if is_blank(value):
-        return None
-    coerced = _coerce(value, target)
+        if is_blank(value):
+            return None
+    coerced = _COERCIONS[rule.type](value, target)
     return None if is_blank(coerced) else coerced
-
-
-def _coerce(value: FieldValue, target: _Target) -> FieldValue:
-    return _COERCIONS[target.rule.type](value, target)
 
 
 def _shown(value: FieldValue) -> str:

@@ -109,11 +109,28 @@ DELETE_IDENTITIES: Final = """
 DELETE FROM identities i USING unnest(%s::text[], %s::text[]) AS gone (kind, value)
 WHERE i.kind = gone.kind AND i.value = gone.value
 """
+# A batch's reads probe the primary keys once per key: LATERAL (...) LIMIT 1 keeps the
+# planner from answering with a hash join over the whole table, whose cost grows with
+# the store instead of the batch (54 ms against 24 ms for a batch of 2,000 in a store
+# of 50,000 profiles, and ten times worse at ten times the profiles).
 # %b: arrays go in binary, which spares quoting thousands of strings per batch.
 OWNERS_OF_IDENTITIES: Final = """
-SELECT i.kind, i.value, i.profile_id FROM identities i
-JOIN unnest(%b::text[], %b::text[]) AS b (kind, value) ON i.kind = b.kind AND i.value = b.value
+SELECT b.kind, b.value, i.profile_id FROM unnest(%b::text[], %b::text[]) AS b (kind, value)
+JOIN LATERAL (
+    SELECT profile_id FROM identities i WHERE i.kind = b.kind AND i.value = b.value LIMIT 1
+) i ON true
 """
+PROFILES_BY_ID: Final = """
+SELECT p.id, p.created_at, p.updated_at FROM unnest(%b::bigint[]) AS b (id)
+JOIN LATERAL (SELECT * FROM profiles p WHERE p.id = b.id LIMIT 1) p ON true
+"""
+ATTRIBUTE_VERSIONS: Final = f"""
+SELECT a.* FROM unnest(%b::bigint[]) AS b (id) CROSS JOIN unnest(%b::text[]) AS n (name)
+JOIN LATERAL (
+    SELECT {VERSION_COLUMNS} FROM attributes a
+    WHERE a.profile_id = b.id AND a.name = n.name LIMIT 1
+) a ON true
+"""  # noqa: S608 (constant column lists, no input)
 ANY_TOMBSTONES_OR_DETACHMENTS: Final = """
 SELECT EXISTS (SELECT 1 FROM erased_identities) OR EXISTS (SELECT 1 FROM detached_identities)
 """
@@ -451,16 +468,10 @@ def _load_profiles(
             ids,
         )
     else:
-        attributes = conn.execute(
-            f"SELECT {VERSION_COLUMNS} FROM attributes "  # noqa: S608
-            "WHERE profile_id = ANY(%b::bigint[]) AND name = ANY(%b::text[])",
-            (list(profile_ids), sorted(only)),
-        )
+        attributes = conn.execute(ATTRIBUTE_VERSIONS, (list(profile_ids), sorted(only)))
     return assemble_profiles(
         profile_ids,
-        profiles=conn.execute(
-            "SELECT id, created_at, updated_at FROM profiles WHERE id = ANY(%b::bigint[])", ids
-        ),
+        profiles=conn.execute(PROFILES_BY_ID, ids),
         identities=conn.execute(
             "SELECT profile_id, kind, value FROM identities WHERE profile_id = ANY(%b::bigint[])",
             ids,

@@ -12,12 +12,13 @@ identities and writes back the rows the book changed.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
@@ -244,9 +245,8 @@ class _Session:
         db = self._db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_identities (kind TEXT, value TEXT)")
         db.execute("DELETE FROM batch_identities")
-        db.executemany(
-            "INSERT INTO batch_identities VALUES (?, ?)", [(i.kind, i.value) for i in identities]
-        )
+        # An Identity is a (kind, value) tuple: a row as it is.
+        db.executemany("INSERT INTO batch_identities VALUES (?, ?)", identities)
         return {
             Identity(kind, value): int(owner)
             for kind, value, owner in db.execute(
@@ -385,7 +385,7 @@ def _load_profiles(
         else owned_identities(owners),
         attributes=_attribute_rows(db, in_batch, only),
         consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
-        decode_value=json.loads if only is None else not_loaded,
+        decode_value=orjson.loads if only is None else not_loaded,
         partial=only is not None,
     )
 
