@@ -193,6 +193,15 @@ class PostgresProfileStore:
 
     def migrate(self) -> None:
         conn = self._connection()
+        try:
+            self._migrate(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # The server went away mid-migration: the transaction rolled back with it,
+            # and migrating again once it answers is safe (as for a batch).
+            self._disconnect()
+            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(
