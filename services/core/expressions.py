@@ -82,16 +82,18 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_NEVER_BLANK: Final = frozenset((int, float, bool))
+
+
 def is_blank(value: object) -> bool:
     """None, text of whitespace only, or a list without a non-blank item."""
     if value is None:
         return True
     # Exact type checks first: the mapper asks this dozens of times per change, and
     # decoded values are plain str, int, float, bool or list.
-    kind = type(value)
-    if kind is str:
-        return not value.strip()  # type: ignore[attr-defined]
-    if kind is int or kind is float or kind is bool:
+    if type(value) is str:
+        return not value.strip()
+    if type(value) in _NEVER_BLANK:
         return False
     if isinstance(value, str):
         return not value.strip()

@@ -97,6 +97,26 @@ def position_of(message: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
+class StoreBackoff:
+    """The wait between attempts at a store that is away: FIRST_RETRY_S, doubling up to
+    MAX_RETRY_S, with ``crmsync_store_unavailable`` at 1 meanwhile (whoever sees the
+    store answer sets it back)."""
+
+    def __init__(self, wait: Callable[[float], bool]) -> None:
+        # wait(seconds) waits, and says True when the writer is asked to stop.
+        self._wait = wait
+        self._delay = FIRST_RETRY_S
+
+    def failed(self, what: str, exc: Exception) -> bool:
+        """Report a failed attempt and wait before the next; True when asked to stop."""
+        log.warning("%s, retrying in %.1fs: %s", what, self._delay, exc)
+        metrics.STORE_UNAVAILABLE.set(1)
+        if self._wait(self._delay):
+            return True
+        self._delay = min(self._delay * 2, MAX_RETRY_S)
+        return False
+
+
 class WriterLoop:
     def __init__(
         self,
@@ -202,18 +222,15 @@ class WriterLoop:
     def _position_unpositioned(self) -> bool:
         """Step 1 for partitions assigned without a start: ask the store, with backoff,
         polling meanwhile; then assign them there. False when asked to stop first."""
-        delay = FIRST_RETRY_S
+        backoff = StoreBackoff(self._wait_polling)
         # A rebalance during the wait replaces the partitions waiting, or (revoked)
         # leaves none.
         while (partitions := self._unpositioned) is not None:
             try:
                 positioned = self._at_stored_positions(partitions)
             except TransientStoreError as exc:
-                log.warning("start positions unknown, retrying in %.1fs: %s", delay, exc)
-                metrics.STORE_UNAVAILABLE.set(1)
-                if self._wait_polling(delay):
+                if backoff.failed("start positions unknown", exc):
                     return False
-                delay = min(delay * 2, MAX_RETRY_S)
                 continue
             # Outside the rebalance callback: the eager protocol takes a whole new
             # assignment at any time. Nothing of these partitions was fetched before.
@@ -269,7 +286,7 @@ class WriterLoop:
         self, decoded: _Decoded, next_offsets: dict[TopicPartitionKey, int]
     ) -> BatchReport | None:
         """The committed batch's report, or None when asked to stop before it committed."""
-        delay = FIRST_RETRY_S
+        backoff = StoreBackoff(self._wait_polling)
         paused: list[TopicPartition] = []
         try:
             while True:
@@ -281,16 +298,14 @@ class WriterLoop:
                         before_commit=lambda report: self._report(decoded, report),
                     )
                 except (TransientStoreError, RejectsNotDurable) as exc:
-                    log.warning("batch not applied, retrying in %.1fs: %s", delay, exc)
-                    metrics.STORE_UNAVAILABLE.set(1)
-                if not paused:
-                    # Consumption pauses while the store is away; polling goes on so the
-                    # group keeps this member (max.poll.interval.ms) and nothing is skipped.
-                    paused = self._consumer.assignment()
-                    self._consumer.pause(paused)
-                if self._wait_polling(delay):
-                    return None
-                delay = min(delay * 2, MAX_RETRY_S)
+                    if not paused:
+                        # Consumption pauses while the store is away; polling goes on so
+                        # the group keeps this member (max.poll.interval.ms) and nothing
+                        # is skipped.
+                        paused = self._consumer.assignment()
+                        self._consumer.pause(paused)
+                    if backoff.failed("batch not applied", exc):
+                        return None
         finally:
             if paused:
                 self._consumer.resume(paused)

@@ -24,7 +24,7 @@ from services.core.runtime import (
     service_settings,
 )
 from services.core.schema_topic import schema_resolver
-from services.writer.loop import FIRST_RETRY_S, MAX_RETRY_S, LoopSettings, WriterLoop
+from services.writer.loop import LoopSettings, StoreBackoff, WriterLoop
 from services.writer.read_api import ReadApi
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, TransientStoreError
@@ -76,16 +76,13 @@ def migrate_when_reachable(store: ProfileStore, *, stop: threading.Event) -> boo
     Only then does the writer join its consumer group: partitions given to a member
     that cannot write would wait, where another member could take them.
     """
-    delay = FIRST_RETRY_S
+    backoff = StoreBackoff(stop.wait)
     while True:
         try:
             store.migrate()
         except TransientStoreError as exc:
-            log.warning("store unavailable at start, retrying in %.1fs: %s", delay, exc)
-            metrics.STORE_UNAVAILABLE.set(1)
-            if stop.wait(delay):
+            if backoff.failed("store unavailable at start", exc):
                 return False
-            delay = min(delay * 2, MAX_RETRY_S)
             continue
         metrics.STORE_UNAVAILABLE.set(0)
         return True

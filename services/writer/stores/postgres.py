@@ -20,7 +20,8 @@ update at a time and the refused update rejected).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Final
 
@@ -191,18 +192,20 @@ class PostgresProfileStore:
 
     # --- schema and health --------------------------------------------------------
 
-    def migrate(self) -> None:
-        conn = self._connection()
+    @contextmanager
+    def _outage_is_transient(self) -> Iterator[None]:
+        """A lost connection or an outage inside is a TransientStoreError: the
+        transaction rolled back with it, and doing it again once the server answers
+        is safe."""
         try:
-            self._migrate(conn)
+            yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            # The server went away mid-migration: the transaction rolled back with it,
-            # and migrating again once it answers is safe (as for a batch).
             self._disconnect()
             raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
 
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
+    def migrate(self) -> None:
+        conn = self._connection()
+        with self._outage_is_transient(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -266,12 +269,8 @@ class PostgresProfileStore:
 
     def _read(self, query: Any) -> Any:
         conn = self._connection()
-        try:
-            with conn.transaction():
-                return query(conn)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._disconnect()
-            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+        with self._outage_is_transient(), conn.transaction():
+            return query(conn)
 
     # --- the batch --------------------------------------------------------------------
 
