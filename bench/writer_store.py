@@ -12,9 +12,12 @@
    to another fresh database with the same schema by nothing but psycopg: per batch,
    one transaction with a COPY of each non-empty row set into a temporary staging
    table and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` per table. Only the
-   per-batch work is timed. Reported: baseline upserts/s per phase, and store/baseline
-   (targets: store >= 0.5 x baseline and >= 15,000/s per phase). Both databases'
-   tables are then compared row for row, so the baseline did the store's writes.
+   per-batch work is timed. Store and baseline take turns, a batch each, on the same
+   server: this machine's speed drifts by up to a fifth within minutes, and taking
+   turns puts both under the same conditions, so their ratio holds. Reported: baseline
+   upserts/s per phase, and store/baseline (targets: store >= 0.5 x baseline and
+   >= 15,000/s per phase). Both databases' tables are then compared row for row, so
+   the baseline did the store's writes.
 3. SQLite store: the same workload on a file in a temporary directory (target
    >= 10,000/s per phase).
 4. Writer memory (``--skip-memory`` leaves it out): a Kafka broker (bench_broker) and
@@ -161,23 +164,40 @@ def no_report(_report: BatchReport) -> None:
     pass
 
 
-def run_store(store: ProfileStore, work: Workload, batch: int) -> PhaseTimes:
-    times = PhaseTimes()
+TimedBatches = Iterator[tuple[str, int, float]]
+"""Per batch as it is applied: its phase, its updates and the seconds it took."""
+
+
+def store_batches(store: ProfileStore, work: Workload, batch: int) -> TimedBatches:
     offset = 0
     for phase in PHASES:
-        started = time.perf_counter()
         for chunk in batches(work[phase], batch):
             offset += len(chunk)
+            started = time.perf_counter()
             report = store.apply_batch(
                 updates=chunk,
                 next_offsets={(OFFSETS_TOPIC, 0): offset},
                 written_at=WRITTEN_AT[phase],
                 before_commit=no_report,
             )
+            yield phase, len(chunk), time.perf_counter() - started
             if report.rejections or report.dropped_updates or report.merges or report.drops:
                 raise RuntimeError(f"the store did more than upsert: {report}")
-        times.seconds[phase] = time.perf_counter() - started
-        times.upserts[phase] = len(work[phase])
+
+
+def total(timed: TimedBatches) -> PhaseTimes:
+    return interleaved(timed)[0]
+
+
+def interleaved(*runs: TimedBatches) -> list[PhaseTimes]:
+    """Runs of the same batches, a batch of each in turn: every run meets the same
+    moments of the machine (its speed drifts by a fifth within minutes), so their
+    ratio holds even when the absolute figures move."""
+    times = [PhaseTimes() for _ in runs]
+    for steps in zip(*runs, strict=True):
+        for run_times, (phase, upserts, seconds) in zip(times, steps, strict=True):
+            run_times.seconds[phase] = run_times.seconds.get(phase, 0.0) + seconds
+            run_times.upserts[phase] = run_times.upserts.get(phase, 0) + upserts
     return times
 
 
@@ -193,6 +213,7 @@ class BatchRows:
     """The rows the store writes for one batch, per table, in the table's column order."""
 
     rows: dict[str, list[tuple[Any, ...]]]
+    updates: int
 
 
 BASELINE_TABLES: Final = {
@@ -247,36 +268,32 @@ def baseline_rows(work: Workload, batch: int) -> dict[str, list[BatchRows]]:
                 )
             offset += len(chunk)
             rows["consumer_offsets"].append((OFFSETS_TOPIC, 0, offset))
-            planned[phase].append(BatchRows(rows))
+            planned[phase].append(BatchRows(rows, len(chunk)))
     return planned
 
 
-def run_baseline(dsn: str, planned: dict[str, list[BatchRows]], work: Workload) -> PhaseTimes:
-    times = PhaseTimes()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in BASELINE_TABLES:
-            conn.execute(
-                f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS"
-            )
-        merges = {table: merge_statement(table) for table in BASELINE_TABLES}
-        for phase in PHASES:
-            elapsed = 0.0
-            for batch in planned[phase]:
-                started = time.perf_counter()
-                with conn.transaction(), conn.cursor() as cursor:
-                    for table, rows in batch.rows.items():
-                        if not rows:
-                            continue
-                        columns = BASELINE_TABLES[table][0]
-                        with cursor.copy(f"COPY stage_{table} ({columns}) FROM STDIN") as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                        cursor.execute(merges[table])
-                elapsed += time.perf_counter() - started
-            times.seconds[phase] = elapsed
-            times.upserts[phase] = len(work[phase])
-    return times
+def baseline_batches(
+    conn: psycopg.Connection[Any], planned: dict[str, list[BatchRows]]
+) -> TimedBatches:
+    for table in BASELINE_TABLES:
+        conn.execute(
+            f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS"
+        )
+    merges = {table: merge_statement(table) for table in BASELINE_TABLES}
+    for phase in PHASES:
+        for batch in planned[phase]:
+            started = time.perf_counter()
+            with conn.transaction(), conn.cursor() as cursor:
+                for table, rows in batch.rows.items():
+                    if not rows:
+                        continue
+                    columns = BASELINE_TABLES[table][0]
+                    with cursor.copy(f"COPY stage_{table} ({columns}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                    cursor.execute(merges[table])
+            yield phase, batch.updates, time.perf_counter() - started
 
 
 def checkpoint(dsn: str) -> None:
@@ -318,21 +335,20 @@ def postgres_figures(work: Workload, batch: int) -> dict[str, Any]:
     with bench_postgres() as server_dsn:
         version = server_version(server_dsn)
         store_dsn = fresh_database(server_dsn, "bench_store")
-        store = PostgresProfileStore(postgres_settings(store_dsn), profile=ProfileSettings())
-        try:
-            store.migrate()
-            checkpoint(store_dsn)
-            store_times = run_store(store, work, batch)
-        finally:
-            store.close()
         baseline_dsn = fresh_database(server_dsn, "bench_baseline")
+        store = PostgresProfileStore(postgres_settings(store_dsn), profile=ProfileSettings())
         schema = PostgresProfileStore(postgres_settings(baseline_dsn), profile=ProfileSettings())
         try:
+            store.migrate()
             schema.migrate()
+            checkpoint(server_dsn)
+            with psycopg.connect(baseline_dsn, autocommit=True) as baseline:
+                store_times, baseline_times = interleaved(
+                    store_batches(store, work, batch), baseline_batches(baseline, planned)
+                )
         finally:
+            store.close()
             schema.close()
-        checkpoint(baseline_dsn)
-        baseline_times = run_baseline(baseline_dsn, planned, work)
         same_rows = table_digests(store_dsn) == table_digests(baseline_dsn)
 
     figures: dict[str, Any] = {
@@ -380,7 +396,7 @@ def sqlite_figures(work: Workload, batch: int) -> dict[str, Any]:
         store = SqliteProfileStore(Path(workdir) / "profiles.db", profile=ProfileSettings())
         try:
             store.migrate()
-            times = run_store(store, work, batch)
+            times = total(store_batches(store, work, batch))
         finally:
             store.close()
     figures: dict[str, Any] = {}

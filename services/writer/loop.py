@@ -21,7 +21,10 @@ The life of a message here:
 5. Only after the store commit are the offsets committed to Kafka (asynchronously).
 6. A transient store failure retries the same batch with backoff, consumption paused
    (polling goes on); nothing is skipped. A stop request is honoured between batches
-   and while waiting for the store, so no batch is ever half-applied.
+   and while waiting for the store, so no batch is ever half-applied. Should the
+   partitions be revoked during that wait (the eager protocol revokes them all), the
+   batch is dropped unapplied: their next owner, perhaps this member again, starts
+   them at the store's positions and applies those messages once.
 """
 
 from __future__ import annotations
@@ -146,6 +149,9 @@ class WriterLoop:
         self._unpositioned: list[TopicPartition] | None = None
         # True only inside the main loop's consume(): no batch in hand, no wait under way.
         self._between_batches = False
+        # Revocations so far: a batch waiting for the store sees whether its partitions
+        # went meanwhile.
+        self._revocations = 0
 
     def run(self) -> None:
         self._consumer.subscribe(
@@ -206,6 +212,7 @@ class WriterLoop:
         # Also called for partitions lost (no on_lost given). Partitions still waiting
         # for their start are forgotten: the next assignment says what is ours.
         self._unpositioned = None
+        self._revocations += 1
         consumer.unassign()
         log.info("revoked partitions=%s", [p.partition for p in partitions])
 
@@ -270,7 +277,6 @@ class WriterLoop:
         started = time.perf_counter()
         report = self._apply_with_retry(decoded, next_offsets)
         if report is None:
-            log.warning("stopping with an unapplied batch; it is consumed again on restart")
             return
         metrics.STORE_BATCHES.observe(time.perf_counter() - started)
         crash_point("writer-after-store-commit")
@@ -285,9 +291,11 @@ class WriterLoop:
     def _apply_with_retry(
         self, decoded: _Decoded, next_offsets: dict[TopicPartitionKey, int]
     ) -> BatchReport | None:
-        """The committed batch's report, or None when asked to stop before it committed."""
+        """The committed batch's report; None when it was dropped unapplied (a stop
+        request, or its partitions revoked while it waited for the store)."""
         backoff = StoreBackoff(self._wait_polling)
         paused: list[TopicPartition] = []
+        revocations = self._revocations
         try:
             while True:
                 try:
@@ -305,6 +313,14 @@ class WriterLoop:
                         paused = self._consumer.assignment()
                         self._consumer.pause(paused)
                     if backoff.failed("batch not applied", exc):
+                        log.warning("stopping with an unapplied batch; consumed again on restart")
+                        return None
+                    if self._revocations != revocations:
+                        # Applied now, it could race its partitions' next owner, which
+                        # may already have read the store's positions: its messages
+                        # would be applied twice (the store would not change, but its
+                        # rejections and audit events would repeat).
+                        log.info("partitions revoked while their batch waited; batch dropped")
                         return None
         finally:
             if paused:

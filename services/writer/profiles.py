@@ -52,6 +52,12 @@ def identity_hash(identity: Identity) -> str:
     return hashlib.sha256(f"{identity.kind}:{identity.value}".encode()).hexdigest()
 
 
+TIME_NOT_LOADED: Final = 2**63 - 1
+"""The created and updated times of a partial profile whose store did not read them.
+Such a store writes only the updated time of a partial profile it writes (the book
+sets it anew), never its created time."""
+
+
 class ValueNotLoaded:
     """Stands for a stored non-blank value a store did not read: deciding a write needs
     only versions, so a batch without merges skips decoding every stored value."""
@@ -102,8 +108,9 @@ class Profile:
     attributes: dict[str, StoredValue] = field(default_factory=dict)
     consents: dict[ConsentKey, StoredConsent] = field(default_factory=dict)
     partial: bool = False
-    """Loaded with only some attributes, as versions: enough to decide writes, not to
-    merge or show."""
+    """Loaded with only what its batch writes (see BatchWrites), attributes as versions,
+    its times perhaps TIME_NOT_LOADED: enough to decide those writes, not to merge or
+    show."""
 
 
 class Outcome(StrEnum):
@@ -120,8 +127,9 @@ class Merge:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
+    """What one update did (a NamedTuple: one is built per update)."""
+
     outcome: Outcome
     profile_id: int | None = None
     reason: str = ""
@@ -158,6 +166,7 @@ class ConflictRules:
         self._profile = profile
         # Asked for every attribute of every update; the answers never change.
         self._refusals: dict[tuple[str, str], str | None] = {}
+        self._policies = dict(profile.attributes)
         self.restricted = frozenset(profile.attributes)
         """The attributes with a policy: any other one every source may write."""
 
@@ -185,7 +194,7 @@ class ConflictRules:
     def wins(self, attribute: str, incoming: StoredValue, stored: StoredValue | None) -> bool:
         if stored is None:
             return True
-        policy = self._profile.attributes.get(attribute)
+        policy = self._policies.get(attribute)
         if policy is not None and policy.policy == "source_priority" and stored.value is not None:
             rank_in = policy.priority.index(incoming.source)
             rank_stored = (
@@ -458,28 +467,46 @@ def identities_of(update: ProfileUpdate) -> list[Identity]:
     return [match, *(i for i in update.identities if i != match)]
 
 
-def batch_attribute_names(updates: Iterable[ProfileUpdate]) -> set[str]:
-    """Every attribute a batch writes or clears: the stored versions its writes need."""
+class BatchWrites(NamedTuple):
+    """What a batch writes, so what its decisions need of the stored profiles: the
+    versions of these attributes, and the stored consents only if it writes any."""
+
+    attributes: frozenset[str]
+    consents: bool
+
+
+def batch_writes(updates: Iterable[ProfileUpdate]) -> BatchWrites:
     names: set[str] = set()
+    consents = False
     for update in updates:
         names.update(update.attributes)
         names.update(update.cleared)
-    return names
+        consents = consents or bool(update.consents)
+    return BatchWrites(frozenset(names), consents)
 
 
 MAX_TEXT: Final = 65_536
+SMALL_INT: Final = 2**53
 
 
 def update_problem(update: ProfileUpdate) -> str | None:
     """Why no store can hold ``update`` (a poison change), or None."""
-    for identity in (match_identity(update), *update.identities):
-        if not identity.kind or not identity.value:
-            return f"empty identity {identity.kind}:{identity.value}"
-        if _bad_text(identity.value):
-            return f"identity of kind {identity.kind} is not storable text"
+    match_kind, _, match_value = update.match_key.partition(":")
+    for kind, text in ((match_kind, match_value), *update.identities):
+        if not kind or not text:
+            return f"empty identity {kind}:{text}"
+        if _bad_text(text):
+            return f"identity of kind {kind} is not storable text"
     for name, value in update.attributes.items():
         # Short clean strings and small integers are nearly every value: decided here.
-        if isinstance(value, str) and len(value) < 256 and "\x00" not in value and len(name) < 256:
+        if (
+            len(name) < 256
+            and "\x00" not in name
+            and (
+                (isinstance(value, str) and len(value) < 256 and "\x00" not in value)
+                or (type(value) is int and -SMALL_INT < value < SMALL_INT)
+            )
+        ):
             continue
         problem = _value_problem(value)
         if problem is not None or _bad_text(name):

@@ -108,6 +108,34 @@ def test_a_change_joining_two_profiles_merges_them_by_default(open_store: StoreF
     assert apply(store, [joining], now=5).merges == []
 
 
+def test_a_profile_keeps_its_creation_time_and_shows_its_last_write(
+    open_store: StoreFactory,
+) -> None:
+    # Times as the store tells them (a CDP keeps its own clock): compared, not given.
+    store = open_store(settings())
+    ada = "ada@example.com"
+    apply(store, [update("sfdc", "A1", t=1, attributes={"company": "Analytical"})], now=0)
+    older = profile(store, "crm", "sfdc:A1")
+    apply(store, [update("hubspot", "1", t=1, email=ada, attributes={"city": "Paris"})], now=10)
+    created = profile(store, "email", ada)
+    apply(store, [update("hubspot", "1", t=2, email=ada, attributes={"city": "London"})], now=20)
+    changed = profile(store, "email", ada)
+    assert older is not None and created is not None and changed is not None
+    assert older.created_at < created.created_at
+    assert changed.created_at == created.created_at
+    assert changed.updated_at > created.updated_at
+    # Nothing new: nothing written, the times stay.
+    apply(store, [update("hubspot", "1", t=2, email=ada, attributes={"city": "London"})], now=30)
+    assert profile(store, "email", ada) == changed
+    # A merge into the younger profile (the email's, the match key) takes the earlier
+    # creation time of the two.
+    apply(store, [update("sfdc", "A1", t=3, email=ada)], now=40)
+    merged = profile(store, "crm", "sfdc:A1")
+    assert merged is not None and merged.profile_id == changed.profile_id
+    assert merged.created_at == older.created_at
+    assert merged.updated_at > changed.updated_at
+
+
 def test_a_change_joining_two_profiles_is_rejected_under_reject(open_store: StoreFactory) -> None:
     store = open_store(settings(on_identity_conflict="reject"))
     apply(store, conflicting_pair())

@@ -59,6 +59,7 @@ class FakeConsumer:
         self.rebalances: list[list[int]] = [list(first_assignment)]
         self.assign_calls: list[dict[int, int]] = []
         self.closed = False
+        self.on_consume: Callable[[], None] = lambda: None
         self._on_assign: Callable[[Any, list[TopicPartition]], None] | None = None
         self._on_revoke: Callable[[Any, list[TopicPartition]], None] | None = None
         self._assigned_in_callback = False
@@ -147,6 +148,7 @@ class FakeConsumer:
         return fetched
 
     def consume(self, *, num_messages: int, timeout: float) -> list[Message]:
+        self.on_consume()
         self._serve_rebalance()
         return self._fetch(num_messages)
 
@@ -287,20 +289,51 @@ def test_partitions_revoked_before_their_start_is_known_are_forgotten() -> None:
     assert store.applied == records(1, range(3))
 
 
-def test_an_assignment_during_a_batch_retry_waits_for_that_batch() -> None:
-    """A rebalance while the batch in hand is retried: the positions are read only once
-    that batch is in the store, so none of its messages is applied twice."""
+def test_partitions_given_back_during_a_batch_retry_start_again_at_the_store() -> None:
+    """A rebalance while the batch in hand is retried, handing this member the same
+    partition: the batch is dropped, and the partition starts where the store says
+    once the store answers, so each message is applied once."""
     stop = threading.Event()
     consumer = FakeConsumer({0: 4}, first_assignment=[0])
-    store = FakeStore({}, expected=4, stop=stop)
+    consumer.committed = {0: 0}
+    store = FakeStore({0: 1}, expected=3, stop=stop)
     store.failing_applies = 2
     store.on_failed_apply = lambda: consumer.rebalance([0])
 
     run_loop(consumer, store, stop, batch=2)
 
-    assert store.applied == records(0, range(4))
-    assert consumer.assign_calls[-1] == {0: 2}
+    assert store.applied == records(0, range(1, 4))
+    assert consumer.assign_calls[-1] == {0: 1}
     assert gauge() == 0.0
+
+
+def test_a_batch_whose_partitions_went_to_another_member_during_a_retry_is_dropped() -> None:
+    """The partition is revoked while its batch waits for the store, and its new owner
+    applies it (from the store's positions, as it read them). Applying the batch once
+    the store answers would apply those messages a second time."""
+    stop = threading.Event()
+    consumer = FakeConsumer({0: 4}, first_assignment=[0])
+    store = FakeStore({}, expected=1_000, stop=stop)
+    store.failing_applies = 2
+
+    def handed_to_another_member() -> None:
+        if store.failing_applies == 1:  # the first failure
+            consumer.rebalance([])
+            store.applied.extend(records(0, range(4)))
+            store.offsets[0] = 4
+
+    store.on_failed_apply = handed_to_another_member
+
+    def stop_once_idle() -> None:
+        if not consumer.owned and len(consumer.rebalances) == 0:
+            stop.set()
+
+    consumer.on_consume = stop_once_idle
+
+    run_loop(consumer, store, stop, batch=2)
+
+    assert store.applied == records(0, range(4)), "the batch in hand was applied again"
+    assert 0 not in consumer.committed or consumer.committed[0] == 0
 
 
 def test_stop_while_waiting_for_the_store_applies_nothing() -> None:

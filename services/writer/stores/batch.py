@@ -5,8 +5,9 @@ Every SQL store applies a batch the same way:
 1. Updates no store can hold (``update_problem``) are refused up front.
 2. The store finds the profiles owning the batch's identities and loads them, with
    the tombstones and detachments of those identities and the highest profile id.
-   Only the attributes the batch writes are read, and only their versions: that is
-   all the book needs to decide writes. A merge needs every value it moves; it
+   Only the attributes the batch writes are read, and only their versions, and the
+   consents only if the batch writes any: that is all the book needs to decide
+   writes. A merge needs every value it moves; it
    raises NeedsValues, and the batch starts again from here with whole profiles
    loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
@@ -28,6 +29,7 @@ from typing import Protocol
 
 from services.core.contracts import Identity, ProfileUpdate
 from services.writer.profiles import (
+    BatchWrites,
     BookChanges,
     ConflictRules,
     IdentityConflictPolicy,
@@ -36,7 +38,7 @@ from services.writer.profiles import (
     Profile,
     ProfileBook,
     Version,
-    batch_attribute_names,
+    batch_writes,
     identities_of,
     update_problem,
 )
@@ -62,14 +64,15 @@ class BookSession(Protocol):
         """The profile owning each of ``identities`` that has one."""
 
     def load(
-        self, owners: dict[Identity, int], identities: set[Identity], *, only: set[str] | None
+        self, owners: dict[Identity, int], identities: set[Identity], *, only: BatchWrites | None
     ) -> Loaded:
         """The profiles ``owners`` names, the tombstones and detachments of
         ``identities``, and the highest profile id ever given.
 
-        With ``only``, a profile is partial: its attributes are just those named there,
-        each with its version and NOT_LOADED for a value, and its identities just those
-        in ``owners``. Without, profiles are whole."""
+        With ``only``, a profile is partial: its attributes are just those the batch
+        writes, each with its version and NOT_LOADED for a value; its consents none
+        unless the batch writes some; its identities just those in ``owners``.
+        Without, profiles are whole."""
 
     def write(self, changes: BookChanges) -> None: ...
 
@@ -133,10 +136,10 @@ def _apply(
     carried = [identities_of(update) for _index, update in updates]
     identities = {identity for one in carried for identity in one}
     owners = session.owners(identities)
-    names = batch_attribute_names(update for _index, update in updates)
+    writes = batch_writes(update for _index, update in updates)
     attempt = BatchReport()
     try:
-        loaded = session.load(owners, identities, only=names)
+        loaded = session.load(owners, identities, only=writes)
         _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
         attempt = BatchReport()

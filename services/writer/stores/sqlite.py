@@ -23,7 +23,13 @@ import orjson
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping import ProfileSettings
 from services.core.versions import to_micros
-from services.writer.profiles import BookChanges, ConflictRules, Profile, identity_hash
+from services.writer.profiles import (
+    BatchWrites,
+    BookChanges,
+    ConflictRules,
+    Profile,
+    identity_hash,
+)
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
@@ -256,7 +262,7 @@ class _Session:
         }
 
     def load(
-        self, owners: dict[Identity, int], identities: set[Identity], *, only: set[str] | None
+        self, owners: dict[Identity, int], identities: set[Identity], *, only: BatchWrites | None
     ) -> Loaded:
         profile_ids = sorted(set(owners.values()))
         db = self._db
@@ -342,16 +348,16 @@ class _Session:
 
 
 def _attribute_rows(
-    db: sqlite3.Connection, in_batch: str, only: set[str] | None
+    db: sqlite3.Connection, in_batch: str, only: BatchWrites | None
 ) -> list[tuple[Any, ...]]:
     if only is None:
         query = f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch}"  # noqa: S608
         return db.execute(query).fetchall()
-    if not only:
+    if not only.attributes:
         return []
-    names = ", ".join("?" * len(only))
+    names = ", ".join("?" * len(only.attributes))
     query = f"SELECT {VERSION_COLUMNS} FROM attributes {in_batch} AND name IN ({names})"  # noqa: S608
-    return db.execute(query, sorted(only)).fetchall()
+    return db.execute(query, sorted(only.attributes)).fetchall()
 
 
 def _any_rows(db: sqlite3.Connection, table: str) -> bool:
@@ -363,10 +369,10 @@ def _load_profiles(
     db: sqlite3.Connection,
     profile_ids: Sequence[int],
     *,
-    only: set[str] | None = None,
+    only: BatchWrites | None = None,
     owners: dict[Identity, int] | None = None,
 ) -> list[Profile]:
-    """Whole profiles, or with ``only`` the named attributes' versions (see BookSession)."""
+    """Whole profiles, or with ``only`` what the batch's decisions need (see BookSession)."""
     if not profile_ids:
         return []
     db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_profiles (id INTEGER PRIMARY KEY)")
@@ -384,7 +390,9 @@ def _load_profiles(
         if only is None or owners is None
         else owned_identities(owners),
         attributes=_attribute_rows(db, in_batch, only),
-        consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}"),  # noqa: S608
+        consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}")  # noqa: S608
+        if only is None or only.consents
+        else (),
         decode_value=orjson.loads if only is None else not_loaded,
         partial=only is not None,
     )
