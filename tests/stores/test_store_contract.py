@@ -136,6 +136,28 @@ def test_a_profile_keeps_its_creation_time_and_shows_its_last_write(
     assert merged.updated_at > changed.updated_at
 
 
+ODD_TEXTS = ['o"brien\\x@example.com', "zoë 🙂 @example.com", " spaced ", "tab\there", "[1, 2]"]
+
+
+def test_identities_and_values_of_any_text_come_back_as_they_went_in(
+    open_store: StoreFactory,
+) -> None:
+    # Text travels as COPY rows, array and JSON parameters and JSON values: quotes,
+    # backslashes, non-ASCII and whitespace must survive every one of them.
+    store = open_store(settings())
+    first = [
+        update("hubspot", text, t=1, email=text, attributes={"note": text}) for text in ODD_TEXTS
+    ]
+    apply(store, first)
+    again = [update("hubspot", text, t=2, email=text, attributes={"n": 2}) for text in ODD_TEXTS]
+    apply(store, again)
+    assert len(snapshot(store)) == len(ODD_TEXTS)
+    for text in ODD_TEXTS:
+        found = profile(store, "email", text)
+        assert found is not None and profile(store, "crm", f"hubspot:{text}") == found
+        assert values(found) == {"note": text, "n": 2}
+
+
 def test_a_change_joining_two_profiles_is_rejected_under_reject(open_store: StoreFactory) -> None:
     store = open_store(settings(on_identity_conflict="reject"))
     apply(store, conflicting_pair())
