@@ -162,7 +162,9 @@ class WriterLoop:
                 # Step 1, deferred
                 if self._unpositioned is not None and not self._position_unpositioned():
                     break
-                # Step 2
+                # Step 2. A rebalance served inside consume() leaves no message of a
+                # revoked partition in the batch: librdkafka drops from the batch what
+                # was fetched before the new assignment's barrier.
                 self._between_batches = True
                 try:
                     messages = self._consumer.consume(
