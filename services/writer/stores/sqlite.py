@@ -46,6 +46,7 @@ from services.writer.stores.rows import (
     assemble_profiles,
     attribute_row,
     consent_row,
+    identity_rows,
     not_loaded,
     owned_identities,
 )
@@ -386,7 +387,9 @@ def _load_profiles(
             "WHERE id IN (SELECT id FROM batch_profiles)"
         ).fetchall(),
         # Constant SQL put together from constants: nothing from input.
-        identities=db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}")  # noqa: S608
+        identities=identity_rows(
+            db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}")  # noqa: S608
+        )
         if only is None or owners is None
         else owned_identities(owners),
         attributes=_attribute_rows(db, in_batch, only),
