@@ -166,7 +166,7 @@ class ConflictRules:
         self._profile = profile
         # Asked for every attribute of every update; the answers never change.
         self._refusals: dict[tuple[str, str], str | None] = {}
-        self._policies = dict(profile.attributes)
+        self._policies = profile.attributes
         self.restricted = frozenset(profile.attributes)
         """The attributes with a policy: any other one every source may write."""
 
@@ -184,7 +184,7 @@ class ConflictRules:
         return self._refusals[key]
 
     def _refusal(self, attribute: str, source: str) -> str | None:
-        policy = self._profile.attributes.get(attribute)
+        policy = self._policies.get(attribute)
         if policy is None or policy.may_write(source):
             return None
         if policy.policy == "owner_only":

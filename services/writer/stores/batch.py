@@ -7,9 +7,8 @@ Every SQL store applies a batch the same way:
    the tombstones and detachments of those identities and the highest profile id.
    Only the attributes the batch writes are read, and only their versions, and the
    consents only if the batch writes any: that is all the book needs to decide
-   writes. A merge needs every value it moves; it
-   raises NeedsValues, and the batch starts again from here with whole profiles
-   loaded (merges are rare).
+   writes. A merge needs every value it moves; it raises NeedsValues, and the batch
+   starts again from here with whole profiles loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
    conflicts, merges, drops) goes into the batch report.
 4. The store writes back what the book changed.

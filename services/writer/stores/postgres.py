@@ -127,34 +127,31 @@ DELETE_IDENTITIES: Final = """
 DELETE FROM identities i USING unnest(%s::text[], %s::text[]) AS gone (kind, value)
 WHERE i.kind = gone.kind AND i.value = gone.value
 """
-# A batch's reads probe the primary keys once per key: LATERAL (...) LIMIT 1 keeps the
-# planner from answering with a hash join over the whole table, whose cost grows with
-# the store instead of the batch (54 ms against 24 ms for a batch of 2,000 in a store
-# of 50,000 profiles, and ten times worse at ten times the profiles).
-# Their arrays of thousands (identities, profile ids) go in as JSON text, written by
-# orjson in C: psycopg dumps a list parameter element by element in Python, about
-# 1.5 µs each, which was a quarter of the owners lookup. Short or rare arrays go as
-# arrays (%b: binary, which spares quoting).
+# A batch's reads probe the primary keys once per key, so their cost follows the batch,
+# not the store. Their arrays of thousands (identities, profile ids) go in as JSON text,
+# written by orjson in C (psycopg dumps a list parameter element by element in Python,
+# about 1.5 µs each, a quarter of the owners lookup), and the planner takes
+# json_array_elements_text for 100 rows (its prorows) whatever the batch: against a
+# table of any size a nested loop over the primary key is then its cheapest plan. (With
+# arrays, whose length it knows, it chose hash joins over whole tables: 54 ms against
+# 24 ms for a batch of 2,000 in a store of 50,000 profiles, ten times worse at ten times
+# the profiles.) Short or rare arrays go as arrays (%b: binary, which spares quoting).
+#
 # The owners come back by the identity's position in the arrays (from 0), not by its
 # text: less to send back, and the caller keeps the identities it already has.
 OWNERS_OF_IDENTITIES: Final = """
 SELECT b.position - 1, i.profile_id
 FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json))
     WITH ORDINALITY AS b (kind, value, position)
-JOIN LATERAL (
-    SELECT profile_id FROM identities i WHERE i.kind = b.kind AND i.value = b.value LIMIT 1
-) i ON true
+JOIN identities i ON i.kind = b.kind AND i.value = b.value
 """
 PROFILES_BY_ID: Final = """
 SELECT p.id, p.created_at, p.updated_at FROM json_array_elements_text(%s::json) AS b (id)
-JOIN LATERAL (SELECT * FROM profiles p WHERE p.id = b.id::bigint LIMIT 1) p ON true
+JOIN profiles p ON p.id = b.id::bigint
 """
 # One index scan per profile for all the names: a batch writing 30 attribute names
 # costs what one writing 2 does (7 ms for 2,000 profiles, against 139 ms for a probe
-# per profile and name). A plain join, as the planner takes json_array_elements_text
-# for 100 rows (its prorows) whatever the batch: against a table of any size a nested
-# loop over the primary key is then its cheapest plan. (LATERAL, as above, took 13 ms
-# with a bitmap scan per profile.)
+# per profile and name).
 ATTRIBUTE_VERSIONS: Final = f"""
 SELECT {VERSION_COLUMNS} FROM json_array_elements_text(%s::json) AS b (id)
 JOIN attributes a ON a.profile_id = b.id::bigint AND a.name = ANY(%b::text[])
