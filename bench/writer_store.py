@@ -46,7 +46,7 @@ import gc
 import json
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +234,28 @@ def merge_statement(table: str) -> str:
     )
 
 
-def baseline_rows(work: Workload, batch: int) -> dict[str, list[BatchRows]]:
-    """Per phase and batch, the rows the store writes (checked after the run)."""
+@dataclass(frozen=True)
+class Placed:
+    """An update and where it lands: its profile (created by it, or earlier) and the
+    write time of its batch."""
+
+    update: ProfileUpdate
+    profile_id: int
+    created: int
+    now: int
+    new: bool
+
+
+RowsOf = Callable[[dict[str, list[tuple[Any, ...]]], Placed], None]
+"""Adds to a batch's rows, per table, those of one placed update."""
+
+
+def planned_rows(
+    work: Workload, batch: int, tables: Iterable[str], rows_of: RowsOf
+) -> dict[str, list[BatchRows]]:
+    """Per phase and batch, the rows ``rows_of`` gives for each update (profiles
+    numbered from 1 in the order they are created, as the store numbers them) and the
+    next offset."""
     profile_ids: dict[str, int] = {}
     created: dict[int, int] = {}
     offset = 0
@@ -244,43 +264,60 @@ def baseline_rows(work: Workload, batch: int) -> dict[str, list[BatchRows]]:
         now = to_micros(WRITTEN_AT[phase])
         planned[phase] = []
         for chunk in batches(work[phase], batch):
-            rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in BASELINE_TABLES}
+            rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in tables}
             for one in chunk:
                 profile_id = profile_ids.get(one.match_key)
+                new = profile_id is None
                 if profile_id is None:
                     profile_id = profile_ids[one.match_key] = len(profile_ids) + 1
                     created[profile_id] = now
-                    rows["identities"].extend((i.kind, i.value, profile_id) for i in one.identities)
-                rows["profiles"].append((profile_id, created[profile_id], now))
-                rows["attributes"].extend(
-                    (
-                        profile_id,
-                        name,
-                        json.dumps(value),
-                        one.source,
-                        one.record_id,
-                        to_micros(one.source_modified_at),
-                        one.sequence,
-                        one.mapping_version,
-                        now,
-                    )
-                    for name, value in one.attributes.items()
-                )
+                rows_of(rows, Placed(one, profile_id, created[profile_id], now, new))
             offset += len(chunk)
             rows["consumer_offsets"].append((OFFSETS_TOPIC, 0, offset))
             planned[phase].append(BatchRows(rows, len(chunk)))
     return planned
 
 
-def baseline_batches(
-    conn: psycopg.Connection[Any], planned: dict[str, list[BatchRows]]
+def store_rows(rows: dict[str, list[tuple[Any, ...]]], placed: Placed) -> None:
+    """The rows the store writes for an update (RowsOf)."""
+    one, profile_id, now = placed.update, placed.profile_id, placed.now
+    if placed.new:
+        rows["identities"].extend((i.kind, i.value, profile_id) for i in one.identities)
+    rows["profiles"].append((profile_id, placed.created, now))
+    rows["attributes"].extend(
+        (
+            profile_id,
+            name,
+            json.dumps(value),
+            one.source,
+            one.record_id,
+            to_micros(one.source_modified_at),
+            one.sequence,
+            one.mapping_version,
+            now,
+        )
+        for name, value in one.attributes.items()
+    )
+
+
+def baseline_rows(work: Workload, batch: int) -> dict[str, list[BatchRows]]:
+    """Per phase and batch, the rows the store writes (checked after the run)."""
+    return planned_rows(work, batch, BASELINE_TABLES, store_rows)
+
+
+def bare_batches(
+    conn: psycopg.Connection[Any],
+    planned: dict[str, list[BatchRows]],
+    tables: Mapping[str, tuple[str, str]],
 ) -> TimedBatches:
-    for table in BASELINE_TABLES:
+    """``planned`` written by nothing but psycopg: per batch one transaction, and per
+    table with rows a COPY into a temporary staging table ``stage_<table>`` and its
+    merge. ``tables`` gives per table the columns copied and the merge statement."""
+    for table in tables:
         conn.execute(
             f"CREATE TEMP TABLE stage_{table} (LIKE {table} INCLUDING DEFAULTS) "
             "ON COMMIT DELETE ROWS"
         )
-    merges = {table: merge_statement(table) for table in BASELINE_TABLES}
     for phase in PHASES:
         for batch in planned[phase]:
             started = time.perf_counter()
@@ -288,12 +325,21 @@ def baseline_batches(
                 for table, rows in batch.rows.items():
                     if not rows:
                         continue
-                    columns = BASELINE_TABLES[table][0]
+                    columns, merge = tables[table]
                     with cursor.copy(f"COPY stage_{table} ({columns}) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
-                    cursor.execute(merges[table])
+                    cursor.execute(merge)
             yield phase, batch.updates, time.perf_counter() - started
+
+
+def baseline_batches(
+    conn: psycopg.Connection[Any], planned: dict[str, list[BatchRows]]
+) -> TimedBatches:
+    tables = {
+        table: (BASELINE_TABLES[table][0], merge_statement(table)) for table in BASELINE_TABLES
+    }
+    return bare_batches(conn, planned, tables)
 
 
 def checkpoint(dsn: str) -> None:

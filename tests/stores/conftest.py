@@ -4,16 +4,22 @@ SQLite needs nothing running; PostgreSQL is a real server the suite starts
 (tests/support/postgres.py) with a fresh database per test; the HTTP store talks to
 a fake CDP that follows docs/cdp-http-api.md (tests/fakes/cdp.py), served on
 loopback.
+
+After every test, the SQL stores' tables are checked for rows naming a profile that is
+not there: the PostgreSQL store has no foreign keys (see its schema) and keeps its
+tables consistent itself, which this holds it to.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
 import pytest
 
 from services.core.config import HttpStoreSettings, PostgresStoreSettings
@@ -25,6 +31,17 @@ from services.writer.stores.sqlite import SqliteProfileStore
 from tests.fakes import cdp
 from tests.fakes.server import ServerThread
 from tests.support.postgres import fresh_database
+
+# Per table with a profile_id column, how many of its rows name no profile.
+ORPHAN_ROWS = " UNION ALL ".join(
+    f"SELECT '{table}', count(*) FROM {table} t "  # noqa: S608 (constant names)
+    "WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = t.profile_id)"
+    for table in ("identities", "attributes", "consents")
+)
+
+
+def orphans(rows: list[tuple[str, int]]) -> dict[str, int]:
+    return {table: count for table, count in rows if count}
 
 
 class StoreFactory(Protocol):
@@ -77,3 +94,11 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         yield factory
         for store in opened:
             store.close()  # closing twice is harmless for every store
+        if kind == "postgres":
+            for dsn in servers.values():
+                with psycopg.connect(dsn) as conn:
+                    assert orphans(conn.execute(ORPHAN_ROWS).fetchall()) == {}
+        elif kind == "sqlite":
+            for path in tmp_path.glob("*.db"):
+                with sqlite3.connect(path) as db:
+                    assert orphans(db.execute(ORPHAN_ROWS).fetchall()) == {}

@@ -3,6 +3,15 @@
 It has the SQLite store's shape, so both stores hold the same profile model: times
 are bigint microseconds since the Unix epoch (UTC), so versions compare as integers;
 attribute values are jsonb (NULL marks a clear, kept for its version).
+
+Migration 2 drops the foreign keys from identities, attributes and consents to
+profiles. The writer is the only one to write these tables, one batch at a time under
+an advisory lock, and keeps them consistent itself: a profile's rows are written with
+it and deleted before it, in one transaction (the store tests check after every test
+that no row names a profile that is not there). A foreign key cost every row inserted
+a lookup of its profile and a row lock on it, logged to the WAL: a third of the time
+of a batch of new profiles (bench/postgres_ceiling.py: 6,100 against 9,700 new
+profiles/s for the bare merge of the same rows).
 """
 
 from __future__ import annotations
@@ -71,6 +80,14 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
             next_offset  bigint  NOT NULL,
             PRIMARY KEY (topic, partition)
         );
+        """,
+    ),
+    (
+        2,
+        """
+        ALTER TABLE identities DROP CONSTRAINT IF EXISTS identities_profile_id_fkey;
+        ALTER TABLE attributes DROP CONSTRAINT IF EXISTS attributes_profile_id_fkey;
+        ALTER TABLE consents DROP CONSTRAINT IF EXISTS consents_profile_id_fkey
         """,
     ),
 )
