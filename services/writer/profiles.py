@@ -242,6 +242,16 @@ class ProfileBook:
         self._now = now
         self.changes = BookChanges()
 
+    def take_changes(self) -> BookChanges:
+        """What changed since the last take; the book goes on deciding from here.
+
+        A store may write a batch's changes in parts (see BookSession.write_every):
+        a part holds each row in its state when taken, and a row changed again later
+        comes again in a later part, so writing the parts in order leaves every row
+        in its final state."""
+        changes, self.changes = self.changes, BookChanges()
+        return changes
+
     def profile_of(self, identity: Identity) -> Profile | None:
         owner = self._owner.get(identity)
         return None if owner is None else self._profiles[owner]

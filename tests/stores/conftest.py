@@ -5,6 +5,9 @@ SQLite needs nothing running; PostgreSQL is a real server the suite starts
 a fake CDP that follows docs/cdp-http-api.md (tests/fakes/cdp.py), served on
 loopback.
 
+The PostgreSQL store writes every batch in parts of one update (WRITE_EVERY in
+production), so that the tests cover its parts and their undoing.
+
 After every test, the SQL stores' tables are checked for rows naming a profile that is
 not there: the PostgreSQL store has no foreign keys (see its schema) and keeps its
 tables consistent itself, which this holds it to.
@@ -72,7 +75,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
                     server_dsn = request.getfixturevalue("postgres_dsn")
                     servers[name] = fresh_database(server_dsn, f"t_{os.urandom(6).hex()}")
                 settings = PostgresStoreSettings(kind="postgres", dsn=servers[name])
-                store = PostgresProfileStore(settings, profile=profile)
+                # A batch written in parts of one update: every batch of several
+                # updates then goes through the parts and, for a merge of profiles
+                # loaded in part, their undoing.
+                store = PostgresProfileStore(settings, profile=profile, write_every=1)
             else:
                 if name not in servers:
                     fake = cdp.server(cdp.FakeCdp(profile))

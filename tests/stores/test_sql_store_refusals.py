@@ -19,7 +19,7 @@ import pytest
 from services.core.config import PostgresStoreSettings
 from services.core.mapping import ProfileSettings
 from services.writer.stores.base import ProfileStore
-from services.writer.stores.postgres import PostgresProfileStore
+from services.writer.stores.postgres import WRITE_EVERY, PostgresProfileStore
 from services.writer.stores.sqlite import SqliteProfileStore
 from tests.stores.changes import apply, profile, update, values
 from tests.support.postgres import fresh_database
@@ -27,10 +27,12 @@ from tests.support.postgres import fresh_database
 Refusing = Callable[[], ProfileStore]
 
 
-def _postgres(request: pytest.FixtureRequest) -> ProfileStore:
+def _postgres(request: pytest.FixtureRequest, *, write_every: int) -> ProfileStore:
     dsn = fresh_database(request.getfixturevalue("postgres_dsn"), f"t_{os.urandom(6).hex()}")
     store = PostgresProfileStore(
-        PostgresStoreSettings(kind="postgres", dsn=dsn), profile=ProfileSettings()
+        PostgresStoreSettings(kind="postgres", dsn=dsn),
+        profile=ProfileSettings(),
+        write_every=write_every,
     )
     store.migrate()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -56,6 +58,8 @@ def _sqlite(path: Path) -> ProfileStore:
     params=[
         pytest.param("sqlite", marks=pytest.mark.unit),
         pytest.param("postgres", marks=pytest.mark.integration),
+        # Written in parts of one update: the refusal is told while later parts go out.
+        pytest.param("postgres_in_parts", marks=pytest.mark.integration),
     ]
 )
 def refusing_store(request: pytest.FixtureRequest, tmp_path: Path) -> Refusing:
@@ -66,7 +70,8 @@ def refusing_store(request: pytest.FixtureRequest, tmp_path: Path) -> Refusing:
         if request.param == "sqlite":
             store = _sqlite(tmp_path / "profiles.db")
         else:
-            store = _postgres(request)
+            parts = request.param == "postgres_in_parts"
+            store = _postgres(request, write_every=1 if parts else WRITE_EVERY)
         opened.append(store)
         return store
 

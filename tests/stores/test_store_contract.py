@@ -108,6 +108,40 @@ def test_a_change_joining_two_profiles_merges_them_by_default(open_store: StoreF
     assert apply(store, [joining], now=5).merges == []
 
 
+def test_a_merge_late_in_a_batch_after_a_part_of_it_was_written(
+    open_store: StoreFactory,
+) -> None:
+    # The PostgreSQL store under test writes a batch in parts of one update (see
+    # conftest): the first two updates are written before the third finds that it
+    # must merge two profiles loaded in part, and the batch starts again on whole ones.
+    store = open_store(settings())
+    apply(store, conflicting_pair())
+    lead = profile(store, "email", "ada@example.com")
+    other = profile(store, "crm", "sfdc:A1")
+    assert lead is not None and other is not None
+    report = apply(
+        store,
+        [
+            update("hubspot", "1", t=3, email="ada@example.com", attributes={"city": "Paris"}),
+            update("hubspot", "2", t=3, email="bob@example.com", attributes={"city": "Oslo"}),
+            update("sfdc", "A1", t=4, email="ada@example.com", attributes={"country": "UK"}),
+        ],
+    )
+    assert [(m.merged_id, m.into_id) for _i, m in report.merges] == [
+        (other.profile_id, lead.profile_id)
+    ]
+    merged = profile(store, "crm", "sfdc:A1")
+    assert merged is not None and merged.profile_id == lead.profile_id
+    assert values(merged) == {
+        "first_name": "A.",
+        "company": "Analytical",
+        "city": "Paris",
+        "country": "UK",
+    }
+    assert values(profile(store, "email", "bob@example.com")) == {"city": "Oslo"}
+    assert len(snapshot(store)) == 2
+
+
 def test_a_profile_keeps_its_creation_time_and_shows_its_last_write(
     open_store: StoreFactory,
 ) -> None:
@@ -142,7 +176,7 @@ ODD_TEXTS = ['o"brien\\x@example.com', "zoë 🙂 @example.com", " spaced ", "ta
 def test_identities_and_values_of_any_text_come_back_as_they_went_in(
     open_store: StoreFactory,
 ) -> None:
-    # Text travels as COPY rows, array and JSON parameters and JSON values: quotes,
+    # Text travels as array parameters, rows in JSON parameters and JSON values: quotes,
     # backslashes, non-ASCII and whitespace must survive every one of them.
     store = open_store(settings())
     first = [

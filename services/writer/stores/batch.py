@@ -11,7 +11,10 @@ Every SQL store applies a batch the same way:
    starts again from here with whole profiles loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
    conflicts, merges, drops) goes into the batch report.
-4. The store writes back what the book changed.
+4. The store writes back what the book changed: once the batch is decided or, for a
+   store that can write while the book decides (``write_every``), in parts as it goes.
+   Should a merge raise NeedsValues after a part was written, the store undoes the
+   attempt's writes before the batch starts again.
 
 Should the store still refuse a write (a constraint or data error: poison the checks
 did not foresee), the store rolls back and calls again with ``isolate=True``: each
@@ -59,6 +62,12 @@ class Loaded:
 class BookSession(Protocol):
     """An open store transaction, as the batch applier drives it."""
 
+    write_every: int
+    """Updates decided between two writes of the book's changes; 0 for a single write
+    once the batch is decided. A store that sends its writes without waiting for them
+    (PostgreSQL, in pipeline mode) has the server write one part while the book
+    decides the next."""
+
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         """The profile owning each of ``identities`` that has one."""
 
@@ -73,7 +82,11 @@ class BookSession(Protocol):
         unless the batch writes some; its identities just those in ``owners``.
         Without, profiles are whole."""
 
-    def write(self, changes: BookChanges) -> None: ...
+    def write(self, changes: BookChanges, *, more: bool) -> None:
+        """Write ``changes``; ``more`` when further parts of this attempt follow."""
+
+    def discard_writes(self) -> None:
+        """Undo what this attempt wrote (the batch starts again on whole profiles)."""
 
     def savepoint(self) -> None: ...
 
@@ -141,6 +154,7 @@ def _apply(
         loaded = session.load(owners, identities, only=writes)
         _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
+        session.discard_writes()
         attempt = BatchReport()
         loaded = session.load(owners, identities, only=None)
         _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
@@ -167,8 +181,9 @@ def _decide(
         next_id=lambda: next(ids),
         now=now,
     )
+    every, last = session.write_every, len(updates)
     # Step 3
-    for (index, update), identities in zip(updates, carried, strict=True):
+    for position, ((index, update), identities) in enumerate(zip(updates, carried, strict=True), 1):
         result = book.apply(update, identities)
         if result.outcome is Outcome.REJECTED:
             report.rejections.append(StoreRejection(index, result.reason))
@@ -180,8 +195,11 @@ def _decide(
             report.merges.extend((index, merge) for merge in result.merges)
         if result.drops:
             report.drops.extend((index, name, why) for name, why in result.drops)
+        if every and position % every == 0 and position < last:
+            # Step 4, a part
+            session.write(book.take_changes(), more=True)
     # Step 4
-    session.write(book.changes)
+    session.write(book.take_changes(), more=False)
 
 
 def _extend(report: BatchReport, partial: BatchReport) -> None:

@@ -8,21 +8,26 @@ they came from:
    before this transaction commits. (Batching keeps the lock's cost per row small.)
 2. The profiles the batch touches are loaded with a handful of queries over arrays of
    the batch's identities (services/writer/stores/batch.py drives steps 2 to 4).
-3. What the book changed is COPYed into temporary staging tables (created once per
-   connection), then merged into the real ones with one ``INSERT ... ON CONFLICT``
-   per table.
+3. What the book changed goes back with one ``INSERT ... ON CONFLICT`` per table, its
+   rows a JSON parameter. The transaction runs in pipeline mode: statements go out
+   without waiting for their results, so the server writes what the book decided of
+   the first WRITE_EVERY updates while the book decides the next ones (a parameter
+   rather than COPY, which a pipeline cannot carry). A savepoint before the first
+   part lets an attempt that turns out to need whole profiles (a merge) undo its
+   writes.
 4. The next offsets go in with the data; COMMIT.
 
 A lost connection or an outage is transient (the writer retries the batch with
 backoff, reconnecting); a data or constraint error is poison (the batch is redone an
-update at a time and the refused update rejected).
+update at a time, without a pipeline, each update in a savepoint that an error can be
+rolled back to, and the refused update rejected).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, Final
 
@@ -56,7 +61,6 @@ from services.writer.stores.rows import (
     CONSENT_COLUMNS,
     VERSION_COLUMNS,
     assemble_profiles,
-    attribute_row,
     consent_row,
     identity_rows,
     not_loaded,
@@ -69,10 +73,19 @@ log = logging.getLogger(__name__)
 BATCH_LOCK: Final = 0x63726D73
 MIGRATION_LOCK: Final = BATCH_LOCK + 1
 
-STAGING_TABLES: Final = ("profiles", "identities", "attributes", "consents")
+# Updates the book decides between two writes of its changes (BookSession.write_every):
+# the server writes one part while the book decides the next, and only the last part
+# is waited for. Small enough that the writer's default batches of 500 come in three
+# parts; 200 and 500 did as well in batches of 2,000 (bench/writer_store.py).
+WRITE_EVERY: Final = 200
 
-MERGE_PROFILES: Final = """
-INSERT INTO profiles SELECT * FROM staged_profiles
+# The rows of a write go as one JSON array (a row an array, in column order), encoded
+# by orjson in C and expanded by the server: a parameter, so they go out in pipeline
+# mode. (COPY into staging tables, which a pipeline cannot carry, took as long.)
+UPSERT_PROFILES: Final = """
+INSERT INTO profiles (id, created_at, updated_at)
+SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS b (r)
 ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, updated_at = excluded.updated_at
 """
 # A profile loaded partially (its times not read) only has its updated time written.
@@ -82,20 +95,28 @@ FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s:
     AS b (id, updated_at)
 WHERE p.id = b.id::bigint
 """
-MERGE_IDENTITIES: Final = """
-INSERT INTO identities SELECT * FROM staged_identities
+UPSERT_IDENTITIES: Final = """
+INSERT INTO identities (kind, value, profile_id)
+SELECT r->>0, r->>1, (r->>2)::bigint FROM jsonb_array_elements(%s::jsonb) AS b (r)
 ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id
 """
-MERGE_ATTRIBUTES: Final = f"""
-INSERT INTO attributes ({ATTRIBUTE_COLUMNS}) SELECT {ATTRIBUTE_COLUMNS} FROM staged_attributes
+# A value goes as itself, JSON in the JSON; a clear as JSON null, which no value is
+# (None is a clear), and is stored as SQL NULL.
+UPSERT_ATTRIBUTES: Final = f"""
+INSERT INTO attributes ({ATTRIBUTE_COLUMNS})
+SELECT (r->>0)::bigint, r->>1, NULLIF(r->2, 'null'::jsonb), r->>3, r->>4, (r->>5)::bigint,
+    (r->>6)::bigint, (r->>7)::integer, (r->>8)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS b (r)
 ON CONFLICT (profile_id, name) DO UPDATE SET
     value = excluded.value, source = excluded.source,
     source_record_id = excluded.source_record_id,
     source_modified_at = excluded.source_modified_at, sequence = excluded.sequence,
     mapping_version = excluded.mapping_version, written_at = excluded.written_at
 """  # noqa: S608 (constant column lists, no input)
-MERGE_CONSENTS: Final = f"""
-INSERT INTO consents ({CONSENT_COLUMNS}) SELECT {CONSENT_COLUMNS} FROM staged_consents
+UPSERT_CONSENTS: Final = f"""
+INSERT INTO consents ({CONSENT_COLUMNS})
+SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, (r->>4)::bigint, r->>5, (r->>6)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS b (r)
 ON CONFLICT (profile_id, subscription, channel) DO UPDATE SET
     status = excluded.status, changed_at = excluded.changed_at,
     source = excluded.source, written_at = excluded.written_at
@@ -176,6 +197,7 @@ class PostgresProfileStore:
         *,
         profile: ProfileSettings | None = None,
         read_only: bool = False,
+        write_every: int = WRITE_EVERY,
     ) -> None:
         self._settings = settings
         self._read_only = read_only
@@ -184,8 +206,7 @@ class PostgresProfileStore:
             rules=ConflictRules(profile), on_identity_conflict=profile.on_identity_conflict
         )
         self._conn: psycopg.Connection[Any] | None = None
-        self._staged_on: psycopg.Connection[Any] | None = None
-        """The connection whose staging tables exist."""
+        self._write_every = write_every
 
     # --- connection -------------------------------------------------------------
 
@@ -208,7 +229,6 @@ class PostgresProfileStore:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
-        self._staged_on = None
 
     def close(self) -> None:
         self._disconnect()
@@ -308,7 +328,6 @@ class PostgresProfileStore:
         now = to_micros(written_at)
         conn = self._connection()
         try:
-            self._create_staging(conn)
             try:
                 report = self._transaction(conn, updates, next_offsets, now, isolate=False)
             except StorePoison:
@@ -336,43 +355,37 @@ class PostgresProfileStore:
         *,
         isolate: bool,
     ) -> BatchReport:
-        # Step 1
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BATCH_LOCK,))
-        # Steps 2 and 3
-        report = apply_updates(
-            _Session(conn), updates, settings=self._book, now=now, isolate=isolate
-        )
-        # Step 4
+        session = _Session(conn, write_every=0 if isolate else self._write_every)
         topics, partitions, offsets = _columns(
             [(topic, partition, offset) for (topic, partition), offset in next_offsets.items()], 3
         )
-        conn.execute(UPSERT_OFFSETS, (topics, partitions, offsets))
+        # An update redone alone stands in a savepoint to roll back to should the store
+        # refuse it, which a pipeline cannot do past an error: redoing goes statement
+        # by statement.
+        try:
+            with nullcontext() if isolate else conn.pipeline():
+                # Step 1
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (BATCH_LOCK,))
+                # Steps 2 and 3
+                report = apply_updates(
+                    session, updates, settings=self._book, now=now, isolate=isolate
+                )
+                # Step 4
+                conn.execute(UPSERT_OFFSETS, (topics, partitions, offsets))
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # In a pipeline, a refused write is told when a later result is read.
+            raise StorePoison(str(exc).strip()) from exc
         return report
-
-    def _create_staging(self, conn: psycopg.Connection[Any]) -> None:
-        """The staging tables, once per connection, committed on their own: created
-        inside a batch, they would vanish with the batch's first rollback."""
-        if self._staged_on is conn:
-            return
-        # Temporary tables live as long as the connection; ON COMMIT DELETE ROWS empties
-        # them at every commit and a rollback takes their rows with it.
-        for table in STAGING_TABLES:
-            conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS staged_{table} "
-                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-        conn.commit()
-        self._staged_on = conn
 
 
 class _Session:
     """The BookSession of one PostgreSQL transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, write_every: int) -> None:
         self._conn = conn
-        self._staged = False
-        """Whether staging tables may hold rows of an earlier write in this transaction
-        (a batch redone an update at a time writes once per update)."""
+        self.write_every = write_every
+        self._savepoint = False
+        """Whether this batch's savepoint before its first part was taken."""
 
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         asked = list(identities)
@@ -416,20 +429,20 @@ class _Session:
             max_profile_id=int(highest[0]) if highest is not None else 0,
         )
 
-    def write(self, changes: BookChanges) -> None:
+    def write(self, changes: BookChanges, *, more: bool) -> None:
         conn = self._conn
         try:
-            if self._staged:
-                conn.execute("TRUNCATE " + ", ".join(f"staged_{t}" for t in STAGING_TABLES))
-            self._staged = True
-            whole = [p for p in changes.profiles.values() if not p.partial]
+            if more and not self._savepoint:
+                conn.execute("SAVEPOINT batch_writes")
+                self._savepoint = True
+            whole = [
+                (p.id, p.created_at, p.updated_at)
+                for p in changes.profiles.values()
+                if not p.partial
+            ]
+            if whole:
+                conn.execute(UPSERT_PROFILES, (_json(whole),))
             touched = [p for p in changes.profiles.values() if p.partial]
-            _stage_and_merge(
-                conn,
-                "staged_profiles (id, created_at, updated_at)",
-                [(p.id, p.created_at, p.updated_at) for p in whole],
-                MERGE_PROFILES,
-            )
             if touched:
                 ids, times = _json([p.id for p in touched]), _json([p.updated_at for p in touched])
                 conn.execute(TOUCH_PROFILES, (ids, times))
@@ -443,29 +456,36 @@ class _Session:
             gone = [(i.kind, i.value) for i, owner in changes.identities.items() if owner is None]
             if gone:
                 conn.execute(DELETE_IDENTITIES, _columns(gone, 2))
-            _stage_and_merge(
-                conn,
-                "staged_identities (kind, value, profile_id)",
-                [(i.kind, i.value, o) for i, o in changes.identities.items() if o is not None],
-                MERGE_IDENTITIES,
-            )
+            owned = [(i.kind, i.value, o) for i, o in changes.identities.items() if o is not None]
+            if owned:
+                conn.execute(UPSERT_IDENTITIES, (_json(owned),))
             if removed:
                 conn.execute("DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,))
-            _stage_and_merge(
-                conn,
-                f"staged_attributes ({ATTRIBUTE_COLUMNS})",
-                [attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()],
-                MERGE_ATTRIBUTES,
-            )
-            _stage_and_merge(
-                conn,
-                f"staged_consents ({CONSENT_COLUMNS})",
-                [consent_row(key, c) for key, c in changes.consents.items()],
-                MERGE_CONSENTS,
-            )
+            if changes.attributes:
+                rows = [
+                    (
+                        pid,
+                        name,
+                        v.value,
+                        v.source,
+                        v.record_id,
+                        *v.version,
+                        v.mapping_version,
+                        v.written_at,
+                    )
+                    for (pid, name), v in changes.attributes.items()
+                ]
+                conn.execute(UPSERT_ATTRIBUTES, (_json(rows),))
+            if changes.consents:
+                consents = [consent_row(key, c) for key, c in changes.consents.items()]
+                conn.execute(UPSERT_CONSENTS, (_json(consents),))
             self._rare(changes)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise StorePoison(str(exc).strip()) from exc
+
+    def discard_writes(self) -> None:
+        if self._savepoint:
+            self._conn.execute("ROLLBACK TO SAVEPOINT batch_writes")
 
     def _rare(self, changes: BookChanges) -> None:
         """Rows few batches have: detachments, tombstones, merges, erasures."""
@@ -491,21 +511,9 @@ class _Session:
         self._conn.execute("RELEASE SAVEPOINT one_update")
 
 
-def _stage_and_merge(
-    conn: psycopg.Connection[Any], target: str, rows: Sequence[tuple[Any, ...]], merge: str
-) -> None:
-    """COPY ``rows`` into the staging table ``target`` names, then ``merge`` them; two
-    statements spared when there are none."""
-    if not rows:
-        return
-    with conn.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-    conn.execute(merge)
-
-
 def _json(values: list[Any]) -> str:
-    """A long array parameter as JSON text (see OWNERS_OF_IDENTITIES)."""
+    """A long array parameter as JSON text (see OWNERS_OF_IDENTITIES and
+    UPSERT_PROFILES)."""
     return orjson.dumps(values).decode()
 
 

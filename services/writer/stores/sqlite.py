@@ -245,6 +245,9 @@ class SqliteProfileStore:
 class _Session:
     """The BookSession of one SQLite transaction."""
 
+    # sqlite3 works in this thread: nothing to gain from writing in parts.
+    write_every = 0
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
@@ -295,7 +298,7 @@ class _Session:
             max_profile_id=int(max_id),
         )
 
-    def write(self, changes: BookChanges) -> None:
+    def write(self, changes: BookChanges, *, more: bool) -> None:
         db = self._db
         try:
             db.executemany(
@@ -337,6 +340,9 @@ class _Session:
             )
         except (sqlite3.IntegrityError, sqlite3.DataError, ValueError, OverflowError) as exc:
             raise StorePoison(str(exc)) from exc
+
+    def discard_writes(self) -> None:
+        """Nothing to undo: with write_every 0, the one write ends the attempt."""
 
     def savepoint(self) -> None:
         self._db.execute("SAVEPOINT one_update")
