@@ -63,6 +63,7 @@ from bench.writer_store import (
 )
 from services.core.mapping import ProfileSettings
 from services.core.versions import to_micros
+from services.writer.stores.base import script_statements
 from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.postgres_schema import MIGRATIONS
 from tests.support.postgres import fresh_database, server_version
@@ -121,9 +122,8 @@ def schema_version_1(dsn: str) -> None:
     """The store's first migration alone, foreign keys included."""
     _version, script = MIGRATIONS[0]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in (part.strip() for part in script.split(";")):
-            if statement:
-                conn.execute(statement.encode())
+        for statement in script_statements(script):
+            conn.execute(statement.encode())
 
 
 def one_row_of(rows: dict[str, list[tuple[Any, ...]]], placed: Placed) -> None:

@@ -154,3 +154,9 @@ def stored_profile(profile: Profile) -> StoredProfile:
         created_at=from_micros(profile.created_at),
         updated_at=from_micros(profile.updated_at),
     )
+
+
+def script_statements(script: str) -> list[str]:
+    """The statements of a migration script, split at its semicolons (the schema
+    scripts hold no semicolon inside a statement)."""
+    return [statement for part in script.split(";") if (statement := part.strip())]

@@ -52,6 +52,7 @@ from services.writer.stores.base import (
     StoredProfile,
     TopicPartitionKey,
     TransientStoreError,
+    script_statements,
     stored_profile,
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
@@ -61,6 +62,7 @@ from services.writer.stores.rows import (
     CONSENT_COLUMNS,
     VERSION_COLUMNS,
     assemble_profiles,
+    attribute_row,
     consent_row,
     identity_rows,
     not_loaded,
@@ -259,9 +261,8 @@ class PostgresProfileStore:
                 if version in applied:
                     continue
                 log.info("applying PostgreSQL migration version=%s", version)
-                for statement in (part.strip() for part in script.split(";")):
-                    if statement:
-                        conn.execute(statement.encode())
+                for statement in script_statements(script):
+                    conn.execute(statement.encode())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
 
     def ping(self) -> None:
@@ -463,16 +464,7 @@ class _Session:
                 conn.execute("DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,))
             if changes.attributes:
                 rows = [
-                    (
-                        pid,
-                        name,
-                        v.value,
-                        v.source,
-                        v.record_id,
-                        *v.version,
-                        v.mapping_version,
-                        v.written_at,
-                    )
+                    attribute_row(pid, name, v, encoded=False)
                     for (pid, name), v in changes.attributes.items()
                 ]
                 conn.execute(UPSERT_ATTRIBUTES, (_json(rows),))

@@ -57,13 +57,18 @@ def identity_rows(rows: Iterable[Row]) -> list[tuple[int, Identity]]:
     return [(pid, Identity(kind, value)) for pid, kind, value in rows]
 
 
-def attribute_row(profile_id: int, name: str, value: StoredValue) -> tuple[Any, ...]:
-    """In ATTRIBUTE_COLUMNS order; the value as JSON text, None for a clear."""
-    encoded = None if value.value is None else encode_value(value.value)
+def attribute_row(
+    profile_id: int, name: str, value: StoredValue, *, encoded: bool = True
+) -> tuple[Any, ...]:
+    """In ATTRIBUTE_COLUMNS order; the value as JSON text (or, not ``encoded``, as it
+    is, for a row that travels inside JSON), None for a clear."""
+    stored = value.value
+    if encoded and stored is not None:
+        stored = encode_value(stored)
     return (
         profile_id,
         name,
-        encoded,
+        stored,
         value.source,
         value.record_id,
         value.version[0],

@@ -36,6 +36,7 @@ from services.writer.stores.base import (
     StoredProfile,
     TopicPartitionKey,
     TransientStoreError,
+    script_statements,
     stored_profile,
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
@@ -143,7 +144,7 @@ class SqliteProfileStore:
             for version, script in MIGRATIONS:
                 if version in applied:
                     continue
-                for statement in _statements(script):
+                for statement in script_statements(script):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
             db.execute("COMMIT")
@@ -405,7 +406,3 @@ def _load_profiles(
         decode_value=orjson.loads if only is None else not_loaded,
         partial=only is not None,
     )
-
-
-def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
