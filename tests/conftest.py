@@ -22,6 +22,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crmsync"))
 
+# The broker fixtures serve both tests/integration and tests/faults: one session broker.
+pytest_plugins = ("tests.support.broker_fixtures",)
+
 BROKER_KEY = pytest.StashKey[str]()
 POSTGRES_KEY = pytest.StashKey[str]()
 # Below the kernel's ephemeral range, like the test brokers' ports.

@@ -211,7 +211,13 @@ class MapperSettings(Strict):
         description="stable name of this instance, for its Kafka transactional id "
         "(default: host name and data_dir); a restarted instance must keep it",
     )
-    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_records: int = Field(
+        default=2000,
+        ge=1,
+        le=20_000,
+        description="messages a transaction maps, and held changes it releases, at most: "
+        "a transaction must commit well within its 60 s timeout",
+    )
     batch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
 
 

@@ -74,6 +74,7 @@ async def serve_loop(
     if routes is not None:
         routes(app)
     runner = await start_http(app, host=http.host, port=http.port)
+    watcher = asyncio.create_task(health.watch())
     try:
         if await prepare_kafka_with_retry(
             kafka, catalog=catalog, client_id=f"crmsync-{service}", stop=stop
@@ -86,6 +87,7 @@ async def serve_loop(
             )
             stopping.cancel()
     finally:
+        watcher.cancel()
         loop.stop.set()
         await loop.join()
         await runner.cleanup()

@@ -54,6 +54,16 @@ MAPPER_HELD: Final = Gauge(
 MAPPER_BATCHES: Final = Histogram(
     "crmsync_mapper_batch_seconds", "Time to map and commit one transaction of changes"
 )
+MAPPER_ABORTS: Final = Counter(
+    "crmsync_mapper_aborted_transactions_total",
+    "Transactions aborted and consumed again (a Kafka failure, never a bad input)",
+)
+LOOP_STALLED: Final = Gauge(
+    "crmsync_loop_stalled",
+    "1 while a service's stream loop has made no progress for longer than its limit",
+    ["service"],
+    multiprocess_mode="max",
+)
 WRITER_DROPS: Final = Counter(
     "crmsync_writer_drops_total",
     "Updates or attributes the store left out (conflict policy, consent source, erased)",

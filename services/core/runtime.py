@@ -1,6 +1,8 @@
 """What every service runs besides its own work: health, readiness, metrics, signals.
 
-``/healthz`` answers 200 while the process runs; ``/readyz`` runs the service's
+``/healthz`` answers 200 while the process runs and its stream loop, if it has one,
+makes progress (503 naming the stalled loop, so that an orchestrator restarts it);
+``/readyz`` runs the service's
 readiness checks (its Kafka and store connections) and answers 503 naming what fails;
 ``/metrics`` serves Prometheus. SIGTERM and SIGINT set a stop event that the service's
 main coroutine waits on, so shutdown runs the service's own clean-stop steps.
@@ -21,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.logs import configure_logging
 from services.core.metrics import scrape_registry
+from services.core.progress import LoopStalled, Progress
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +35,14 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 class HealthEndpoints:
     service: str
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    liveness: dict[str, Progress] = field(default_factory=dict)
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         self.checks[name] = check
+
+    def add_liveness(self, name: str, progress: Progress) -> None:
+        """A loop whose stall fails /healthz (and is logged while it lasts)."""
+        self.liveness[name] = progress
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
@@ -42,7 +50,28 @@ class HealthEndpoints:
         app.router.add_get("/metrics", metrics)
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        failures = self.stalled()
+        if failures:
+            body = {"service": self.service, "status": "stalled", "failures": failures}
+            return web.json_response(body, status=503)
         return web.json_response({"service": self.service, "status": "ok"})
+
+    def stalled(self) -> dict[str, str]:
+        failures: dict[str, str] = {}
+        for name, progress in self.liveness.items():
+            try:
+                progress.check()
+            except LoopStalled as exc:
+                failures[name] = str(exc)
+        return failures
+
+    async def watch(self, interval_s: float = 15.0) -> None:
+        """Log a stalled loop every ``interval_s`` (and keep its metric current), whether
+        or not anyone asks /healthz."""
+        while True:
+            for name, why in self.stalled().items():
+                log.warning("%s loop stalled: %s", name, why)
+            await asyncio.sleep(interval_s)
 
     async def readyz(self, _request: web.Request) -> web.Response:
         failures: dict[str, str] = {}

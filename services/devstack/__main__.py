@@ -122,7 +122,8 @@ def _answers(url: str, *, ready: bool) -> bool:
 def up(stack: list[Process], *, config: Path, var: Path) -> int:
     (var / "run").mkdir(parents=True, exist_ok=True)
     (var / "log").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CRMSYNC_CONFIG": str(config.resolve())}
+    # CRMSYNC_DEVSTACK: a local stack, where host-derived instance ids are fine.
+    env = {**os.environ, "CRMSYNC_CONFIG": str(config.resolve()), "CRMSYNC_DEVSTACK": "1"}
     for process in stack:
         if process.running_pid(var) is not None:
             print(f"{process.name}: already running")

@@ -10,25 +10,35 @@ The life of a batch (one Kafka transaction):
 
 1. New SyncControls are read from the barrier topic.
 2. Up to ``batch_max_records`` messages are consumed and, in order, each is:
-   rejected (undecodable, unknown source, a value the rules refuse); held (a
-   real-time change of a source whose full sync is running: stored as it came, under
-   its offset, in the partition's state); or applied (``apply_change`` against the
-   record's state).
+   rejected (undecodable, unknown source, a value the rules refuse, an output larger
+   than the broker takes, any other failure of that one message); held (a real-time
+   change of a source whose full sync is running: stored as it came, under its
+   offset, in the partition's state); or applied (``apply_change`` against the
+   record's state). A message's outputs are all built and checked before the first
+   is sent, so a rejected message leaves nothing behind.
 3. Holds that are due (the sync completed and this partition's fullsync position
-   reached what COMPLETED names, or it was cancelled or failed) are released:
-   applied in their original order, after the full sync's records and subject to
-   the stale rule, then deleted.
+   reached what COMPLETED names, or it was cancelled or failed) are released in
+   chunks of at most ``batch_max_records`` a transaction, in their original order,
+   after the full sync's records and subject to the stale rule; a partition is
+   marked released only with its last chunk, and changes arriving meanwhile are held
+   behind the ones being released.
 4. Updates, audit events, rejections, the state's changelog writes and the consumed
    offsets are committed in one transaction; only then is the state written to the
-   local RocksDB. A crash anywhere repeats the batch from the last commit with the
-   state as of that commit, so nothing is lost and nothing applied twice
-   (``read_committed`` readers never see an aborted batch).
+   local RocksDB. A failed transaction is aborted and every assigned partition goes
+   back to its last committed position, with the state as of that commit; a crash
+   anywhere repeats the batch the same way. So nothing is lost and nothing applied
+   twice (``read_committed`` readers never see an aborted batch).
+
+On assignment the group's committed offsets are read first, then each partition's
+state is restored from its changelog up to the end that follows them
+(``services.mapper.restore``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -36,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -59,6 +69,7 @@ from services.core.contracts import (
     RejectedEvent,
     WireContracts,
 )
+from services.core.crash_points import crash_point
 from services.core.expressions import ExpressionError
 from services.core.kafka import (
     PREFETCH_KBYTES,
@@ -68,12 +79,24 @@ from services.core.kafka import (
     reader_config,
     watermarks,
 )
+from services.core.progress import Progress
+from services.core.rejections import (
+    DEFAULT_MESSAGE_MAX_BYTES,
+    producible_rejection,
+    rejection_message_limit,
+)
 from services.core.serde import DecodeError
 from services.mapper.barrier import Barriers
+from services.mapper.restore import DEFAULT_DELETE_RETENTION_MS, Changelog, open_states, restore
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.mapping import CompiledSource
 from services.mapper.rules.record import RecordState, Step, apply_change
 from services.mapper.state import PartitionState
+from services.mapper.transaction import (
+    OutputTooLarge,
+    TransactionAborted,
+    TransactionalProducer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +105,32 @@ RECORD: Final = b"r"
 HELD: Final = b"h"
 RELEASED: Final = b"b"
 OFFSET_DIGITS: Final = 20
-RESTORE_BATCH: Final = 5_000
 TRANSACTION_TIMEOUT_MS: Final = 60_000
 # How long a vanished instance's partitions wait before others take them over.
 SESSION_TIMEOUT_MS: Final = 15_000
+# A loop that has not moved on for this long is stalled (/healthz fails): twice what
+# the longest healthy wait (a transaction's timeout) may take.
+STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000
+# How long the barrier's history may take to read at start-up before each warning.
+BARRIER_WARN_S: Final = 30.0
+# Waits between attempts after an aborted transaction: a failing broker is not hammered.
+FIRST_RETRY_S: Final = 0.1
+MAX_RETRY_S: Final = 5.0
+INSTANCE_ID_ENV: Final = "CRMSYNC_MAPPER_INSTANCE_ID"
+DATA_DIR_ENV: Final = "CRMSYNC_MAPPER_DATA_DIR"
+# Set by `make run` (services.devstack), where the default instance id is fine.
+DEVSTACK_ENV: Final = "CRMSYNC_DEVSTACK"
+# The named moments a fault test may kill the mapper at (CRMSYNC_CRASH_AT).
+CRASH_POINTS: Final = (
+    "mapper-before-produce",
+    "mapper-after-produce",
+    "mapper-before-commit",
+    "mapper-after-commit",
+    "mapper-mid-release",
+)
+
+Origin = tuple[bytes | None, bytes | None, tuple[str, int, int]]
+"""Where a rejected input came from: key, value, (topic, partition, offset)."""
 
 
 def held_prefix(source: str) -> bytes:
@@ -110,24 +155,49 @@ class EngineSettings:
     data_dir: Path
     batch_max_records: int
     batch_max_wait_ms: int
+    message_max_bytes: int
+    changelog_delete_retention_ms: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EngineSettings:
+    def from_settings(
+        cls, settings: Settings, environ: dict[str, str] | None = None
+    ) -> EngineSettings:
+        """The config's values, with this process's own identity from the environment
+        (one config file can serve several mapper processes)."""
+        env = os.environ if environ is None else environ
         mapper = settings.services.mapper
         prefix = settings.kafka.topics.prefix
-        instance = mapper.instance_id or default_instance_id(mapper.data_dir)
+        data_dir = Path(env[DATA_DIR_ENV]) if env.get(DATA_DIR_ENV) else mapper.data_dir
+        instance = env.get(INSTANCE_ID_ENV) or mapper.instance_id
+        if instance is None:
+            instance = default_instance_id(data_dir)
+            if not env.get(DEVSTACK_ENV):
+                log.warning(
+                    "mapper instance_id not set, using %s from the host name: set "
+                    "services.mapper.instance_id or %s so that a restarted container "
+                    "fences its former self",
+                    instance,
+                    INSTANCE_ID_ENV,
+                )
+        state_config = settings.kafka.topics.mapper_state.config
         return cls(
             group_id=f"{prefix}mapper",
             instance_id=instance,
             transactional_id=f"{prefix}mapper-{instance}",
-            data_dir=mapper.data_dir,
+            data_dir=data_dir,
             batch_max_records=mapper.batch_max_records,
             batch_max_wait_ms=mapper.batch_max_wait_ms,
+            message_max_bytes=int(
+                settings.kafka.client.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+            ),
+            changelog_delete_retention_ms=int(
+                state_config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS)
+            ),
         )
 
 
-class TransactionAborted(Exception):
-    """The batch was rolled back; it is consumed again from the last commit."""
+class Refused(Exception):
+    """This one input cannot be mapped; the reason goes to ``rejected``."""
 
 
 class MapperEngine:
@@ -138,11 +208,19 @@ class MapperEngine:
         contracts: WireContracts,
         stop: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wrap_producer: Callable[[Producer], Producer] | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        """``wrap_producer`` lets a fault test put its hand between the engine and its
+        producer (to fail a send on purpose); production never passes one."""
         self._settings = settings
         self._engine = EngineSettings.from_settings(settings)
         self._topics = TopicNames.from_settings(settings.kafka)
+        self._changelog = Changelog(
+            self._topics.mapper_state, self._engine.changelog_delete_retention_ms
+        )
         self._contracts = contracts
+        self._rejection_limit = rejection_message_limit(settings.kafka)
         self._stop = stop
         self._clock = clock
         self._sources = {
@@ -157,13 +235,13 @@ class MapperEngine:
         self._committed: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}
         self._changelog_offsets: dict[int, int] = {}
-        self._delivery_error: KafkaError | None = None
         # What the batch in hand counts: held changes gained (or released) per source,
         # and counter increments. Metrics move only when the batch commits, so a batch
         # that aborts and is mapped again is counted once.
         self._held_change: dict[str, int] = {}
         self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self.assigned = threading.Event()
+        self.progress = progress or Progress("mapper", stall_after_s=STALL_AFTER_S)
         kafka = settings.kafka
         self._consumer = Consumer(
             {
@@ -179,15 +257,23 @@ class MapperEngine:
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
             }
         )
-        self._producer = Producer(
+        producer = Producer(
             {
                 **producer_config(kafka, client_id="crmsync-mapper"),
                 "transactional.id": self._engine.transactional_id,
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             }
         )
+        self._out = TransactionalProducer(
+            wrap_producer(producer) if wrap_producer is not None else producer,
+            transaction_timeout_s=TRANSACTION_TIMEOUT_MS / 1000,
+            message_max_bytes=self._engine.message_max_bytes,
+        )
         self._barrier_reader = Consumer(
-            reader_config(settings.kafka, client_id="crmsync-mapper-barrier")
+            {
+                **reader_config(settings.kafka, client_id="crmsync-mapper-barrier"),
+                "enable.partition.eof": True,
+            }
         )
         self._restorer = Consumer(
             {
@@ -200,16 +286,21 @@ class MapperEngine:
     # --- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        # Fences an earlier incarnation of this instance and aborts its open transaction.
-        self._producer.init_transactions(TRANSACTION_TIMEOUT_MS / 1000)
-        self._start_barrier_reader()
-        self._consumer.subscribe(
-            [self._topics.changes, self._topics.fullsync],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
         try:
+            # Fences an earlier incarnation of this instance and aborts its open
+            # transaction.
+            if not self._out.init(self._stop):
+                return
+            self.progress.beat("transactions initialised")
+            if not self._start_barrier_reader():
+                return
+            self._consumer.subscribe(
+                [self._topics.changes, self._topics.fullsync],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            retry_s = FIRST_RETRY_S
             while not self._stop.is_set():
                 self._read_barrier()
                 messages = self._consumer.consume(
@@ -218,7 +309,13 @@ class MapperEngine:
                 try:
                     self._batch(messages)
                 except TransactionAborted:
+                    metrics.MAPPER_ABORTS.inc()
                     self._rewind()
+                    self._stop.wait(retry_s)
+                    retry_s = min(retry_s * 2, MAX_RETRY_S)
+                    continue
+                retry_s = FIRST_RETRY_S
+                self.progress.beat("batch committed" if messages else "polled, nothing new")
         finally:
             self._close()
 
@@ -233,17 +330,22 @@ class MapperEngine:
             self._transaction(live, due)
 
     def _transaction(self, live: list[Message], due: list[tuple[int, str, str]]) -> None:
-        self._producer.begin_transaction()
+        self._out.begin()
         try:
+            crash_point("mapper-before-produce")
             for message in live:
                 self._handle(message)
+            budget = self._engine.batch_max_records
             for partition, source, sync_id in due:
-                self._release(partition, source, sync_id)
-            self._commit()
-        except TransactionAborted:
-            raise
+                if budget <= 0:
+                    break
+                budget -= self._release(partition, source, sync_id, budget)
+            crash_point("mapper-after-produce")
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+            self._out.commit(offsets, self._consumer.consumer_group_metadata())
         except KafkaException as exc:
-            self._abort(exc)
+            self._out.abort(exc)
+        crash_point("mapper-after-commit")
         for state in self._states.values():
             if state.staged:
                 state.commit(self._changelog_offsets[state.partition])
@@ -267,42 +369,22 @@ class MapperEngine:
             log.warning("consumer error: %s", error)
         return True
 
-    def _commit(self) -> None:
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
-        self._producer.send_offsets_to_transaction(
-            offsets, self._consumer.consumer_group_metadata()
-        )
-        # flush() serves the changelog's delivery reports before the commit, so their
-        # offsets are known when RocksDB is written.
-        self._producer.flush()
-        if self._delivery_error is not None:
-            raise KafkaException(self._delivery_error)
-        for attempt in range(5):
-            try:
-                self._producer.commit_transaction()
-                return
-            except KafkaException as exc:
-                if exc.args[0].retriable() and attempt < 4:
-                    continue
-                raise
-
-    def _abort(self, exc: KafkaException) -> None:
-        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        if error is not None and error.fatal():
-            raise exc
-        log.warning("transaction aborted, the batch is consumed again: %s", exc)
-        self._producer.abort_transaction()
-        raise TransactionAborted from exc
-
     def _rewind(self) -> None:
-        self._delivery_error = None
+        """Every assigned partition back to its last committed position, whether or not
+        the failed batch had reached its messages: a batch is redone whole."""
         self._held_change = {}
         self._counts = {}
         for state in self._states.values():
             state.abort()
         for (topic, partition), offset in self._committed.items():
-            if self._positions.get((topic, partition)) != offset:
+            try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                # A partition not fetching yet has delivered nothing: it starts at its
+                # committed offset anyway. One that delivered must go back.
+                if self._positions.get((topic, partition), offset) != offset:
+                    raise
+                log.info("%s[%d] not fetching yet, no seek needed: %s", topic, partition, exc)
         self._positions = dict(self._committed)
 
     # --- one message ----------------------------------------------------------------
@@ -312,54 +394,72 @@ class MapperEngine:
         assert topic is not None and partition is not None and offset is not None
         self._positions[(topic, partition)] = offset + 1
         state = self._states[partition]
-        value = message.value()
-        if value is None:
-            self._reject(message, reason="empty message value")
-            return
+        key, value = message.key(), message.value()
+        origin: Origin = (key, value, (topic, partition, offset))
+        change: ContactChange | None = None
         try:
-            change = self._contracts.contact_change.decode(value)
-        except DecodeError as exc:
-            self._reject(message, reason=f"undecodable ContactChange: {exc}")
-            return
-        source = self._sources.get(change.source)
-        if source is None:
-            reason = f"source {change.source!r} is not configured"
-            self._reject(message, reason=reason, change=change)
-            return
-        if topic == self._topics.changes and self._holding(state, change.source, offset):
-            self._write(state, held_key(change.source, offset), value)
-            self._held_change[change.source] = self._held_change.get(change.source, 0) + 1
-            return
-        self._apply(change, source, state, message)
+            if value is None:
+                raise Refused("empty message value")
+            change = self._decode(value)
+            source = self._source(change.source)
+            if topic == self._topics.changes and self._holding(state, change.source, offset):
+                self._write(state, held_key(change.source, offset), value)
+                self._held_change[change.source] = self._held_change.get(change.source, 0) + 1
+                return
+            self._apply(change, source, state)
+        except KafkaException:
+            raise
+        except Exception as exc:  # one bad message never stops the stream
+            self._reject(origin, reason=_reason(exc), change=change)
 
-    def _apply(
-        self, change: ContactChange, source: CompiledSource, state: PartitionState, origin: Any
-    ) -> None:
+    def _decode(self, value: bytes) -> ContactChange:
+        try:
+            return self._contracts.contact_change.decode(value)
+        except DecodeError as exc:
+            raise Refused(f"undecodable ContactChange: {exc}") from exc
+
+    def _source(self, name: str) -> CompiledSource:
+        source = self._sources.get(name)
+        if source is None:
+            raise Refused(f"source {name!r} is not configured")
+        return source
+
+    def _apply(self, change: ContactChange, source: CompiledSource, state: PartitionState) -> None:
+        """Map one change; every output is built and size-checked before any is sent."""
         key = RECORD + change.key
         raw = state.get(key)
         record = RecordState.decode(raw) if raw is not None else None
-        try:
-            step = apply_change(record, change, source=source, profile=self._profile)
-        except (RuleError, ExpressionError) as exc:
-            self._reject(origin, reason=str(exc), change=change)
-            return
-        if step.state is not None:
-            encoded = step.state.encode()
-            if encoded != raw:
-                self._write(state, key, encoded)
+        step = apply_change(record, change, source=source, profile=self._profile)
+        encoded = step.state.encode() if step.state is not None else None
+        new_state = encoded if encoded is not None and encoded != raw else None
+        outputs: list[tuple[str, bytes, bytes]] = []
+        if step.update is not None:
+            update = self._contracts.profile_update.encode(step.update)
+            outputs.append((self._topics.profile_updates, step.update.key, update))
+        if step.changes or step.drops:
+            outputs.append(self._audit(change, step))
+        if new_state is not None:
+            self._check_size(self._topics.mapper_state, key, new_state)
+        for topic, out_key, value in outputs:
+            self._check_size(topic, out_key, value)
+        if new_state is not None:
+            self._write(state, key, new_state)
+        for topic, out_key, value in outputs:
+            self._out.send(topic, key=out_key, value=value)
         for drop in step.drops:
             self._count(metrics.MAPPER_DROPS, change.source, drop.code)
         if step.update is not None:
             self._count(metrics.PROFILE_UPDATES, change.source)
-            self._producer.produce(
-                self._topics.profile_updates,
-                key=step.update.key,
-                value=self._contracts.profile_update.encode(step.update),
-            )
-        if step.changes or step.drops:
-            self._audit(change, step)
 
-    def _audit(self, change: ContactChange, step: Step) -> None:
+    def _check_size(self, topic: str, key: bytes, value: bytes) -> None:
+        size = len(key) + len(value)
+        if size > self._out.max_value_bytes:
+            raise OutputTooLarge(
+                f"its {topic} message would be {size} bytes, over the "
+                f"{self._out.max_value_bytes} the broker takes"
+            )
+
+    def _audit(self, change: ContactChange, step: Step) -> tuple[str, bytes, bytes]:
         update = step.update
         event = AuditEvent(
             match_key=update.match_key if update is not None else f"crm:{change.key.decode()}",
@@ -371,13 +471,11 @@ class MapperEngine:
             changes=tuple(FieldChange(c.attribute, c.old, c.new, c.rule) for c in step.changes),
             dropped=tuple(FieldDrop(d.attribute, d.code, d.reason) for d in step.drops),
         )
-        self._producer.produce(
-            self._topics.audit, key=event.key, value=self._contracts.audit_event.encode(event)
-        )
+        return self._topics.audit, event.key, self._contracts.audit_event.encode(event)
 
     def _write(self, state: PartitionState, key: bytes, value: bytes | None) -> None:
         state.put(key, value)
-        self._producer.produce(
+        self._out.send(
             self._topics.mapper_state,
             key=key,
             value=value,
@@ -387,21 +485,16 @@ class MapperEngine:
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
-            self._delivery_error = error
             return
         partition, offset = message.partition(), message.offset()
         if partition is not None and offset is not None:
             previous = self._changelog_offsets.get(partition, -1)
             self._changelog_offsets[partition] = max(previous, offset)
 
-    def _reject(self, origin: Any, *, reason: str, change: ContactChange | None = None) -> None:
+    def _reject(self, origin: Origin, *, reason: str, change: ContactChange | None) -> None:
         source = change.source if change is not None else None
         self._count(metrics.EVENTS_REJECTED, "mapper", source or "", "invalid")
-        if isinstance(origin, Message):
-            key, value = origin.key(), origin.value()
-            topic, partition, offset = origin.topic(), origin.partition(), origin.offset()
-        else:
-            key, value, (topic, partition, offset) = origin
+        key, value, (topic, partition, offset) = origin
         rejected = RejectedEvent(
             stage="mapper",
             reason=reason,
@@ -414,33 +507,43 @@ class MapperEngine:
             origin_partition=partition,
             origin_offset=offset,
         )
-        self._producer.produce(
-            self._topics.rejected,
-            key=key or b"",
-            value=self._contracts.rejected_event.encode(rejected),
+        producible = producible_rejection(
+            rejected,
+            codec=self._contracts.rejected_event,
+            max_message_bytes=self._rejection_limit,
         )
+        self._out.send(self._topics.rejected, key=producible.key or b"", value=producible.value)
 
     # --- the barrier ----------------------------------------------------------------
 
-    def _start_barrier_reader(self) -> None:
+    def _start_barrier_reader(self) -> bool:
+        """Read everything already on the barrier before the first change is mapped;
+        False when stopped first. It never gives up: until it is done the loop makes
+        no progress, which /healthz shows."""
         topic = self._topics.barrier
         metadata = self._barrier_reader.list_topics(topic, timeout=30)
         partitions = metadata.topics[topic].partitions
         self._barrier_reader.assign([TopicPartition(topic, p, 0) for p in partitions])
         self._barrier_positions = dict.fromkeys(partitions, 0)
-        # Everything already on the barrier is known before the first change is mapped.
-        ends = {
-            p: watermarks(self._barrier_reader, TopicPartition(topic, p))[1] for p in partitions
-        }
-        deadline = time.monotonic() + 60
-        while any(end > 0 for end in ends.values()) and time.monotonic() < deadline:
+        # The end of what is committed is where the reader says EOF (a transaction
+        # marker at the end of a partition is no message to read up to).
+        reading = set(partitions)
+        warn_at = time.monotonic() + BARRIER_WARN_S
+        while reading:
+            if self._stop.is_set():
+                return False
             message = self._barrier_reader.poll(0.2)
-            if message is None or message.error():
-                continue
-            self._observe(message)
-            partition, offset = message.partition(), message.offset()
-            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
-                ends[partition] = 0
+            if message is not None:
+                error = message.error()
+                if error is None:
+                    self._observe(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    reading.discard(message.partition() or 0)
+            if time.monotonic() > warn_at:
+                log.warning("barrier partitions %s not read to their end yet", sorted(reading))
+                warn_at = time.monotonic() + BARRIER_WARN_S
+        self.progress.beat("barrier read")
+        return True
 
     def _read_barrier(self) -> None:
         for message in self._barrier_reader.consume(100, 0):
@@ -526,47 +629,66 @@ class MapperEngine:
                     due.append((partition, source, sync_id))
         return due
 
-    def _release(self, partition: int, source_name: str, sync_id: str) -> None:
+    def _release(self, partition: int, source_name: str, sync_id: str, budget: int) -> int:
+        """Release up to ``budget`` of what ``partition`` holds for the source, oldest
+        first; the partition is marked released with the last of them. Returns how many
+        were released."""
         state = self._states[partition]
-        source = self._sources.get(source_name)
         released = 0
-        for key, value in list(state.items(held_prefix(source_name))):
-            # Held changes were decoded before they were held.
-            change = self._contracts.contact_change.decode(value)
-            origin = (
-                change.key,
-                value,
-                (self._topics.changes, partition, int(key[-OFFSET_DIGITS:])),
-            )
-            if source is None:
-                self._reject(
-                    origin, reason=f"source {source_name!r} is not configured", change=change
-                )
-            else:
-                self._apply(change, source, state, origin)
+        finished = True
+        for key, value in state.items(held_prefix(source_name)):
+            if released >= budget:
+                finished = False
+                break
+            crash_point("mapper-mid-release")
+            origin: Origin = (None, value, (self._topics.changes, partition, _held_offset(key)))
+            change: ContactChange | None = None
+            try:
+                change = self._decode(value)
+                self._apply(change, self._source(source_name), state)
+            except KafkaException:
+                raise
+            except Exception as exc:  # nor one bad held change a release
+                self._reject(origin, reason=_reason(exc), change=change)
             self._write(state, key, None)
             released += 1
-        self._write(state, RELEASED + source_name.encode(), sync_id.encode())
+        if finished:
+            self._write(state, RELEASED + source_name.encode(), sync_id.encode())
         if released:
             self._held_change[source_name] = self._held_change.get(source_name, 0) - released
         log.info(
-            "full sync %s of %s: released %d held changes on partition %d",
+            "full sync %s of %s: released %d held changes on partition %d%s",
             sync_id,
             source_name,
             released,
             partition,
+            "" if finished else " (more in the next transaction)",
         )
+        return released
 
     # --- partitions -----------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions})
         started = time.monotonic()
-        for state in self._restore([n for n in numbers if n not in self._states]):
+        # Committed offsets first: the restore then reads the changelog up to an end
+        # that includes every transaction those offsets include.
+        committed = consumer.committed(partitions, timeout=30)
+        new = [n for n in numbers if n not in self._states]
+        states = open_states(self._restorer, self._changelog, self._engine.data_dir / "state", new)
+        restored = restore(
+            self._restorer,
+            self._changelog,
+            states,
+            deadline_s=2 * TRANSACTION_TIMEOUT_MS / 1000,
+            beat=self.progress.beat,
+        )
+        if restored:
+            log.info("restored state records from the changelog: %s", restored)
+        for state in states.values():
             self._states[state.partition] = state
             for key, _value in state.items(HELD):
                 metrics.MAPPER_HELD.labels(_held_source(key)).inc()
-        committed = consumer.committed(partitions, timeout=30)
         for tp in committed:
             offset = tp.offset
             if offset == OFFSET_INVALID or offset < 0:
@@ -590,53 +712,6 @@ class MapperEngine:
         if not self._states:
             self.assigned.clear()
 
-    def _restore(self, partitions: list[int]) -> list[PartitionState]:
-        """Open the partitions' local state and catch it up with the changelog, all
-        partitions at once."""
-        topic = self._topics.mapper_state
-        states = {
-            p: PartitionState(self._engine.data_dir / "state" / str(p), partition=p)
-            for p in partitions
-        }
-        starts: dict[int, int] = {}
-        for partition, state in states.items():
-            start = state.applied_offset() + 1
-            low, high = watermarks(self._restorer, TopicPartition(topic, partition))
-            # The last offset of a changelog is often a transaction's commit marker,
-            # which is not a record: reading to the end tells.
-            if high > max(start, low):
-                starts[partition] = max(start, low)
-        if not starts:
-            return list(states.values())
-        self._restorer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-        pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in starts}
-        last = {p: o - 1 for p, o in starts.items()}
-        restored = dict.fromkeys(starts, 0)
-        reading = set(starts)
-        while reading:
-            message = self._restorer.poll(1.0)
-            if message is None:
-                continue
-            number, error = message.partition(), message.error()
-            assert number is not None
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(error)
-                reading.discard(number)
-            else:
-                key, offset = message.key(), message.offset()
-                if key is not None and offset is not None:
-                    pending[number].append((key, message.value()))
-                    last[number] = offset
-            batch = pending[number]
-            if batch and (len(batch) >= RESTORE_BATCH or number not in reading):
-                states[number].restore(batch, last_offset=last[number])
-                restored[number] += len(batch)
-                pending[number] = []
-        self._restorer.unassign()
-        log.info("restored state records from the changelog: %s", restored)
-        return list(states.values())
-
     def _close(self) -> None:
         try:
             self._consumer.close()
@@ -646,7 +721,20 @@ class MapperEngine:
             self._states.clear()
             self._barrier_reader.close()
             self._restorer.close()
-            self._producer.flush(10)
+            self._out.close()
+
+
+def _reason(exc: BaseException) -> str:
+    # Refusals and rule errors say what is wrong in their own words; anything else is
+    # named by its type too, so that a bug is told apart from bad data.
+    if isinstance(exc, (Refused, OutputTooLarge, RuleError, ExpressionError)):
+        return str(exc)
+    name = type(exc).__name__
+    return f"{name}: {exc}" if str(exc) else name
+
+
+def _held_offset(key: bytes) -> int:
+    return int(key[-OFFSET_DIGITS:])
 
 
 def _held_source(key: bytes) -> str:

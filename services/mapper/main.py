@@ -12,9 +12,10 @@ import threading
 from services.core.config import Settings
 from services.core.contracts import load_contracts
 from services.core.loop_service import LoopThread, serve_loop
+from services.core.progress import Progress
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
-from services.mapper.engine import MapperEngine
+from services.mapper.engine import STALL_AFTER_S, MapperEngine
 
 
 class NotReady(Exception):
@@ -27,9 +28,12 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         schema_resolver(settings.kafka, client_id="crmsync-mapper-schemas")
     )
     engines: list[MapperEngine] = []
+    progress = Progress("mapper", stall_after_s=STALL_AFTER_S)
 
     def body(stop_engine: threading.Event) -> None:
-        engines.append(MapperEngine(settings, contracts=contracts, stop=stop_engine))
+        engines.append(
+            MapperEngine(settings, contracts=contracts, stop=stop_engine, progress=progress)
+        )
         engines[0].run()
 
     loop = LoopThread("mapper-engine", body)
@@ -42,6 +46,7 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
 
     health = HealthEndpoints(service="mapper")
     health.add_check("kafka", engine_ready)
+    health.add_liveness("stream", progress)
     await serve_loop(
         service="mapper",
         kafka=settings.kafka,

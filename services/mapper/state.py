@@ -22,6 +22,7 @@ way.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
@@ -30,6 +31,7 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 # Local bookkeeping, never sent to the changelog.
 APPLIED_OFFSET_KEY: Final = b"\xffchangelog-offset"
+APPLIED_AT_KEY: Final = b"\xffchangelog-applied-at"
 # Memory is bounded per process, not per partition: one block cache shared by every
 # partition (recent records stay hot, the rest on disk), and small write buffers.
 BLOCK_CACHE_BYTES: Final = 32 * 1024 * 1024
@@ -73,16 +75,31 @@ class PartitionState:
         self._staged[key] = value
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Every live key starting with ``prefix``, in key order, staged writes included."""
-        merged: dict[bytes, bytes | None] = {}
+        """Every live key starting with ``prefix``, in key order, staged writes included.
+
+        Lazy: RocksDB is read as the caller goes, so a caller that stops after N keys
+        reads about N, however many there are.
+        """
+        staged = sorted((k, v) for k, v in self._staged.items() if k.startswith(prefix))
+        stored = self._stored_items(prefix)
+        pending = next(stored, None)
+        for key, value in staged:
+            while pending is not None and pending[0] < key:
+                yield pending
+                pending = next(stored, None)
+            if pending is not None and pending[0] == key:
+                pending = next(stored, None)
+            if value is not None:
+                yield key, value
+        while pending is not None:
+            yield pending
+            pending = next(stored, None)
+
+    def _stored_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
             if not isinstance(key, bytes) or not key.startswith(prefix):
-                break
-            merged[key] = value
-        merged.update((k, v) for k, v in self._staged.items() if k.startswith(prefix))
-        for key in sorted(merged):
-            value = merged[key]
-            if value is not None:
+                return
+            if isinstance(value, bytes):
                 yield key, value
 
     @property
@@ -102,6 +119,11 @@ class PartitionState:
         value = self._db.get(APPLIED_OFFSET_KEY)
         return int(value) if isinstance(value, bytes) else -1
 
+    def applied_at(self) -> float | None:
+        """When RocksDB last took changelog records (Unix time; None: never)."""
+        value = self._db.get(APPLIED_AT_KEY)
+        return float(value) if isinstance(value, bytes) else None
+
     def restore(self, records: list[tuple[bytes, bytes | None]], *, last_offset: int) -> None:
         """Apply committed changelog records read after ``applied_offset()``."""
         self._write(records, last_offset)
@@ -115,6 +137,7 @@ class PartitionState:
             else:
                 batch.put(key, value)
         batch.put(APPLIED_OFFSET_KEY, str(offset).encode())
+        batch.put(APPLIED_AT_KEY, repr(time.time()).encode())
         self._db.write(batch)
 
     def close(self) -> None:

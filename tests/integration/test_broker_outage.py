@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.kafka import LocalKafka
 from tests.support.polling import wait_for
 from tests.support.services import Stack, http_get

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.core.contracts import ControlKind, Origin, load_contracts
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.services import REPO_ROOT, SECRETS_ENV, Stack
 
 pytestmark = pytest.mark.integration

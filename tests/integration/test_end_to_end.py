@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from services.core.contracts import load_contracts
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import REPO_ROOT, Stack, http_get
 from tests.support.store import attribute, query

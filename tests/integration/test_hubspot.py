@@ -24,7 +24,7 @@ from tests.fakes.hubspot import (
     webhook_request,
 )
 from tests.fakes.server import FakeServer, Faults, ServerThread
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 from tests.support.webhooks import post_webhook

@@ -27,9 +27,9 @@ from services.core.contracts import (
     SyncControl,
     load_contracts,
 )
-from tests.integration.conftest import ReadAll, end_offsets
+from tests.support.broker_fixtures import ReadAll, end_offsets
 from tests.support.polling import wait_for
-from tests.support.services import Stack, http_get
+from tests.support.services import Stack, held_changes
 
 pytestmark = pytest.mark.integration
 
@@ -122,15 +122,6 @@ def story(found: list[ProfileUpdate]) -> dict[str, list[str]]:
 
 def saw(log_path: Path, text: str) -> bool:
     return text in log_path.read_text(errors="replace")
-
-
-def held_changes(stack: Stack) -> float:
-    _status, body = http_get(f"{stack['mapper'].url}/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith("crmsync_mapper_held_changes{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.mark.timeout(300)

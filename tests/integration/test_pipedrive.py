@@ -17,7 +17,7 @@ import pytest
 from services.core.contracts import ControlKind, Operation, Origin, load_contracts
 from tests.fakes.pipedrive import API_TOKEN, WEBHOOK_PASSWORD, WEBHOOK_USER, FakePipedrive
 from tests.fakes.server import FakeServer, Faults, ServerThread
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 from tests.support.webhooks import post_webhook

@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka import Producer
 
 from services.core.contracts import load_contracts
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 from tests.support.store import attribute

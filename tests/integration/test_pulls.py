@@ -19,7 +19,7 @@ import pytest
 from services.core.contracts import ControlKind, Origin, load_contracts
 from tests.fakes.generic_rest import FakeRestCrm
 from tests.fakes.server import FakeServer, Faults, ServerThread
-from tests.integration.conftest import ReadAll, end_offsets
+from tests.support.broker_fixtures import ReadAll, end_offsets
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 

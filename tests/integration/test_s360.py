@@ -16,7 +16,7 @@ import pytest
 from services.core.contracts import ContactChange, Operation, Origin, load_contracts
 from services.ingest.connectors.s360 import basic_authorization
 from tests.fakes.s360 import LOGIN, MAX_SENDS, PASSWORD, FakeS360, http_sender
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 from tests.support.store import query

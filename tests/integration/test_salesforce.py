@@ -28,7 +28,7 @@ from tests.fakes.salesforce import (
     salesforce_id,
 )
 from tests.fakes.server import FakeServer, Faults, ServerThread
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 

@@ -16,7 +16,7 @@ import pytest
 from services.core.contracts import ControlKind, Origin, load_contracts
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.fakes.webcrm import APP_TOKEN, FakeWebCrm
-from tests.integration.conftest import ReadAll
+from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 from tests.support.webhooks import post_webhook

@@ -27,8 +27,8 @@ from services.core.config import PostgresStoreSettings, SqliteStoreSettings
 from services.core.contracts import ProfileUpdate, load_contracts
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, StoredProfile
-from tests.integration.conftest import ReadAll, end_offsets
 from tests.stores.changes import update
+from tests.support.broker_fixtures import ReadAll, end_offsets
 from tests.support.polling import wait_for
 from tests.support.postgres import LocalPostgres, fresh_database
 from tests.support.services import REPO_ROOT, SECRETS_ENV, ServiceProcess, Stack

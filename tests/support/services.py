@@ -238,3 +238,13 @@ def kill_leftovers() -> None:
             process.kill()
             process.wait()
     STARTED.clear()
+
+
+def held_changes(stack: Stack) -> float:
+    """Real-time changes the stack's mapper holds behind full syncs (its metric)."""
+    _status, body = http_get(f"{stack['mapper'].url}/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("crmsync_mapper_held_changes{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -1,4 +1,5 @@
-"""Integration fixtures: the real broker (session-wide), stacks of real services.
+"""Broker fixtures for integration and fault tests: the real broker (session-wide), stacks
+of real services, a topic reader. Loaded for the whole suite by tests/conftest.py.
 
 The broker is the project's own Apache Kafka started for the session, unless
 CRMSYNC_TEST_BOOTSTRAP names an existing cluster to use instead.

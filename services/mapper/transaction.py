@@ -1,0 +1,179 @@
+"""The mapper's transactional producer: every output of a batch in one Kafka
+transaction, with no call that can block for ever and no send that can fail alone.
+
+- ``send`` checks a message's size before it is produced (an output the broker would
+  refuse is the message's own fault, told as ``OutputTooLarge`` so the engine rejects
+  that one input) and, when librdkafka's queue is full, serves it until there is room
+  (inside a transaction the queue drains as the broker acknowledges).
+- ``commit`` flushes and commits within the transaction timeout; a retriable failure
+  is retried, one that needs an abort raises ``TransactionAborted`` after aborting,
+  and a fatal one (this producer was fenced) is raised as it is: the process must
+  end and be restarted.
+- ``init`` retries ``init_transactions`` while the coordinator is busy or unreachable
+  (a restarted broker, the previous incarnation's transaction still being aborted),
+  saying so in the log, until it succeeds or the engine is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from services.core.crash_points import crash_point
+from services.core.rejections import DEFAULT_MESSAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
+
+log = logging.getLogger(__name__)
+
+ABORT_TIMEOUT_S: Final = 30.0
+INIT_TIMEOUT_S: Final = 30.0
+QUEUE_FULL_WAIT_S: Final = 0.05
+
+
+class TransactionAborted(Exception):
+    """The batch was rolled back; it is consumed again from the last commit."""
+
+
+class OutputTooLarge(ValueError):
+    """One output is larger than the broker takes: the input that made it is rejected."""
+
+
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+class TransactionalProducer:
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        transaction_timeout_s: float,
+        message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+    ) -> None:
+        self._producer = producer
+        self._timeout_s = transaction_timeout_s
+        self.max_value_bytes = message_max_bytes - RECORD_OVERHEAD_BYTES
+        self._started = 0.0
+        self._delivery_error: KafkaError | None = None
+
+    # --- the life of a transaction ----------------------------------------------------
+
+    def init(self, stop: threading.Event) -> bool:
+        """Fence earlier incarnations of this transactional id and abort their open
+        transaction; False when stopped first."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                self._producer.init_transactions(INIT_TIMEOUT_S)
+                return True
+            except KafkaException as exc:
+                error = kafka_error(exc)
+                if error is None or error.fatal():
+                    raise
+                attempt += 1
+                log.warning("transactions not initialised yet (attempt %d): %s", attempt, exc)
+                stop.wait(min(0.5 * attempt, 5.0))
+        return False
+
+    def begin(self) -> None:
+        self._delivery_error = None
+        self._started = time.monotonic()
+        self._producer.begin_transaction()
+
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes,
+        value: bytes | None,
+        partition: int | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        size = len(key) + (len(value) if value is not None else 0)
+        if size > self.max_value_bytes:
+            raise OutputTooLarge(
+                f"a {topic} message of {size} bytes is over the {self.max_value_bytes} the "
+                "broker takes"
+            )
+        report = self._delivered if on_delivery is None else self._chain(on_delivery)
+        options: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if partition is not None:
+            options["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **options)
+                return
+            except BufferError:
+                # The local queue is full: serve it (delivery reports) until there is room.
+                self._producer.poll(QUEUE_FULL_WAIT_S)
+
+    def commit(self, offsets: list[Any], group_metadata: Any) -> None:
+        """Commit the transaction with the consumed ``offsets``; raises
+        TransactionAborted when it had to be aborted instead."""
+        try:
+            self._producer.send_offsets_to_transaction(offsets, group_metadata, self._left_s())
+            # Delivery reports are served before the commit, so the changelog's offsets
+            # are known when RocksDB is written.
+            if self._producer.flush(self._left_s()) > 0:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs not delivered"))
+            if self._delivery_error is not None:
+                raise KafkaException(self._delivery_error)
+            crash_point("mapper-before-commit")
+            self._commit_with_retries()
+        except KafkaException as exc:
+            self.abort(exc)
+
+    def _commit_with_retries(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(self._left_s())
+                return
+            except KafkaException as exc:
+                error = kafka_error(exc)
+                if error is not None and error.retriable() and self._left_s() > 1:
+                    continue
+                raise
+
+    def abort(self, exc: BaseException) -> None:
+        """Abort the open transaction because of ``exc``; always raises:
+        TransactionAborted, or ``exc`` itself when it is fatal (fenced)."""
+        error = kafka_error(exc) if isinstance(exc, KafkaException) else None
+        if error is not None and error.fatal():
+            raise exc
+        log.warning("transaction aborted, the batch is consumed again: %s", exc)
+        while True:
+            try:
+                self._producer.abort_transaction(ABORT_TIMEOUT_S)
+                break
+            except KafkaException as abort_exc:
+                abort_error = kafka_error(abort_exc)
+                if abort_error is None or not abort_error.retriable():
+                    raise
+                log.warning("abort not complete yet, retrying: %s", abort_exc)
+        raise TransactionAborted(str(exc)) from exc
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+
+    # --- delivery reports -------------------------------------------------------------
+
+    def _left_s(self) -> float:
+        return max(1.0, self._timeout_s - (time.monotonic() - self._started))
+
+    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._delivery_error = error
+
+    def _chain(
+        self, on_delivery: Callable[[KafkaError | None, Message], None]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        def both(error: KafkaError | None, message: Message) -> None:
+            self._delivered(error, message)
+            on_delivery(error, message)
+
+        return both

@@ -1,0 +1,86 @@
+"""A steady load on a running stack, and the kill -9 moments the fault tests choose."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+from services.mapper.engine import DATA_DIR_ENV, INSTANCE_ID_ENV
+from tests.faults.model import Load
+from tests.support.services import ServiceProcess, Stack, free_port
+
+
+@dataclass
+class SteadyLoad:
+    """Rounds of changes to ``records`` records on a thread, version by version, until
+    ``rounds`` are sent or it is stopped; every change Kafka acknowledged is in
+    ``load.acked``."""
+
+    load: Load
+    records: int
+    rounds: int
+    pause_s: float = 0.05
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> SteadyLoad:
+        self._thread = threading.Thread(target=self._run, name="steady-load")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        for version in range(1, self.rounds + 1):
+            for n in range(self.records):
+                self.load.change(f"r{n}", version)
+            self.load.flush()
+            if self._stop.wait(self.pause_s):
+                return
+
+    def finish(self, timeout_s: float = 300) -> None:
+        """Wait until every round is sent."""
+        assert self._thread is not None
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the load did not finish"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+
+
+def wait_killed(service: ServiceProcess, *, timeout_s: float = 120) -> None:
+    """The service killed itself at its crash point (SIGKILL: exit -9)."""
+    assert service.process is not None
+    code = service.process.wait(timeout=timeout_s)
+    tail = service.log_tail()
+    assert code == -9, f"{service.name} exited {code}, not at its crash point:\n{tail}"
+
+
+def restart(service: ServiceProcess) -> float:
+    """Start ``service`` again without a crash point; the monotonic time it started."""
+    service.env.pop("CRMSYNC_CRASH_AT", None)
+    started = time.monotonic()
+    service.start()
+    service.wait_ready()
+    return started
+
+
+def mapper_instance(stack: Stack, instance_id: str) -> ServiceProcess:
+    """Another mapper process of ``stack``'s group, with its own instance id, data dir,
+    HTTP port and log: the stack's config written again with that port beside it."""
+    config = copy.deepcopy(stack.config)
+    port = free_port()
+    config["services"]["mapper"]["http"]["port"] = port
+    config_path = stack.workdir / f"crmsync-{instance_id}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return ServiceProcess(
+        name="mapper",
+        config_path=config_path,
+        log_path=stack.workdir / f"{instance_id}.log",
+        port=port,
+        env={INSTANCE_ID_ENV: instance_id, DATA_DIR_ENV: str(stack.workdir / instance_id)},
+    )
