@@ -3,8 +3,12 @@
 The life of a message here:
 
 1. On assignment, each partition starts at the position the *store* holds for it
-   (committed with the data), falling back to Kafka's committed offset, then the
-   earliest. Kafka's committed offsets are only a mirror for lag monitoring.
+   (committed with the data). A store that keeps positions and holds none for a
+   partition never applied anything from it (a new or replaced store): the partition
+   starts at its earliest offset, whatever Kafka's committed offset says, with a
+   warning when that offset shows history applied before (replayed now). Kafka's
+   committed offsets are only a mirror for lag monitoring; only a store that cannot
+   keep positions (the CDP over HTTP) starts from them.
    The store is asked only between batches. When it cannot answer, or a batch is in
    hand whose commit will move those positions, the partitions are left out of the
    assignment, their start unknown; before consuming again the loop asks the store
@@ -38,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -57,6 +62,11 @@ from services.core.contracts import (
     RejectedEvent,
 )
 from services.core.crash_points import crash_point
+from services.core.rejections import (
+    DEFAULT_MESSAGE_MAX_BYTES,
+    ProducibleRejection,
+    producible_rejection,
+)
 from services.core.serde import DecodeError
 from services.writer.stores.base import (
     BatchReport,
@@ -70,6 +80,22 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_S: Final = 0.2
 MAX_RETRY_S: Final = 10.0
 REJECT_FLUSH_TIMEOUT_S: Final = 30.0
+# Kafka's committed offsets and earliest offsets, read only to warn (step 1).
+OFFSET_LOOKUP_TIMEOUT_S: Final = 10.0
+
+# Where a kill -9 tests that nothing is lost or applied twice, in the order a batch
+# passes them (services/core/crash_points.py):
+# - before the store commit: rejections and audit events are out, the data is not in;
+# - after the store commit: the data and its positions are in, Kafka's offsets not;
+# - after the offset commit: asked of Kafka (asynchronously), before the next batch.
+CRASH_BEFORE_STORE_COMMIT: Final = "writer-before-store-commit"
+CRASH_AFTER_STORE_COMMIT: Final = "writer-after-store-commit"
+CRASH_AFTER_OFFSET_COMMIT: Final = "writer-after-offset-commit"
+CRASH_POINTS: Final = (
+    CRASH_BEFORE_STORE_COMMIT,
+    CRASH_AFTER_STORE_COMMIT,
+    CRASH_AFTER_OFFSET_COMMIT,
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,9 @@ class LoopSettings:
     audit_topic: str
     batch_max_records: int
     batch_max_wait_ms: int
+    rejected_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
+    """The largest message the producer may put on the rejected topic: a rejection
+    carrying more is cut to fit (services/core/rejections.py)."""
 
 
 @dataclass
@@ -219,14 +248,49 @@ class WriterLoop:
         log.info("revoked partitions=%s", [p.partition for p in partitions])
 
     def _at_stored_positions(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
-        """Step 1: ``partitions`` at the store's positions; OFFSET_INVALID where the store
-        holds none, so librdkafka takes Kafka's committed offset, then the earliest
-        (auto.offset.reset). Raises TransientStoreError while the store is away."""
+        """Step 1: ``partitions`` at the store's positions; where the store holds none,
+        OFFSET_BEGINNING, or for a store that keeps no positions OFFSET_INVALID (Kafka's
+        committed offset, then the earliest). Raises TransientStoreError while the
+        store is away."""
         stored = self._store.stored_offsets(self._settings.topic) if partitions else {}
-        return [
-            TopicPartition(p.topic, p.partition, stored.get(p.partition, OFFSET_INVALID))
+        unknown = OFFSET_BEGINNING if self._store.keeps_offsets else OFFSET_INVALID
+        positioned = [
+            TopicPartition(p.topic, p.partition, stored.get(p.partition, unknown))
             for p in partitions
         ]
+        if self._store.keeps_offsets:
+            self._warn_if_history_replayed([p for p in positioned if p.offset == OFFSET_BEGINNING])
+        return positioned
+
+    def _warn_if_history_replayed(self, from_start: list[TopicPartition]) -> None:
+        """Warn when partitions the store holds no position for have offsets committed
+        in Kafka past their earliest: the group applied them to another store (or to
+        this one before it was emptied), and they are applied again from the start."""
+        if not from_start:
+            return
+        try:
+            committed = self._consumer.committed(from_start, timeout=OFFSET_LOOKUP_TIMEOUT_S)
+            replayed: dict[int, tuple[int, int]] = {}
+            for partition in committed:
+                if partition.offset < 0:
+                    continue  # nothing committed: a new group, nothing to replay
+                low, _high = self._consumer.get_watermark_offsets(
+                    partition, timeout=OFFSET_LOOKUP_TIMEOUT_S, cached=False
+                )
+                if partition.offset > low:
+                    replayed[partition.partition] = (low, partition.offset)
+        except KafkaException as exc:
+            # Only a warning depends on it: the start is decided.
+            log.info("could not compare Kafka's committed offsets with the store: %s", exc)
+            return
+        if replayed:
+            log.warning(
+                "the store holds no position for partitions=%s that Kafka's committed "
+                "offsets show as consumed before (earliest, committed)=%s: an empty or "
+                "replaced store; they are applied again from their earliest offset",
+                sorted(replayed),
+                replayed,
+            )
 
     def _position_unpositioned(self) -> bool:
         """Step 1 for partitions assigned without a start: ask the store, with backoff,
@@ -281,13 +345,14 @@ class WriterLoop:
         if report is None:
             return
         metrics.STORE_BATCHES.observe(time.perf_counter() - started)
-        crash_point("writer-after-store-commit")
+        crash_point(CRASH_AFTER_STORE_COMMIT)
         self._observe(decoded, report)
         # Step 5
         self._consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
             asynchronous=True,
         )
+        crash_point(CRASH_AFTER_OFFSET_COMMIT)
         self.batches_applied += 1
 
     def _apply_with_retry(
@@ -305,7 +370,7 @@ class WriterLoop:
                         updates=decoded.updates,
                         next_offsets=next_offsets,
                         written_at=self._clock(),
-                        before_commit=lambda report: self._report(decoded, report),
+                        before_commit=lambda report: self._before_commit(decoded, report),
                     )
                 except (TransientStoreError, RejectsNotDurable) as exc:
                     if not paused:
@@ -366,6 +431,11 @@ class WriterLoop:
             decoded.update_messages.append(message)
         return decoded
 
+    def _before_commit(self, decoded: _Decoded, report: BatchReport) -> None:
+        # Step 4, inside the store's transaction
+        self._report(decoded, report)
+        crash_point(CRASH_BEFORE_STORE_COMMIT)
+
     def _report(self, decoded: _Decoded, report: BatchReport) -> None:
         rejections = list(decoded.rejected)
         for refusal in report.rejections:
@@ -388,10 +458,11 @@ class WriterLoop:
                 failures.append(str(error))
 
         for rejection in rejections:
+            producible = self._producible(rejection)
             self._producer.produce(
                 self._settings.rejected_topic,
-                key=rejection.key,
-                value=self._rejected.encode(rejection),
+                key=producible.key,
+                value=producible.value,
                 on_delivery=on_delivery,
             )
         for audit in audits:
@@ -404,6 +475,22 @@ class WriterLoop:
         remaining = self._producer.flush(REJECT_FLUSH_TIMEOUT_S)
         if remaining or failures:
             raise RejectsNotDurable(f"rejected events not acknowledged: {failures or remaining}")
+
+    def _producible(self, rejection: RejectedEvent) -> ProducibleRejection:
+        producible = producible_rejection(
+            rejection, codec=self._rejected, max_message_bytes=self._settings.rejected_max_bytes
+        )
+        if producible.truncated:
+            log.warning(
+                "rejection too large for the rejected topic, its value cut "
+                "origin=%s partition=%s offset=%s value_bytes=%s kept=%s",
+                rejection.origin_topic,
+                rejection.origin_partition,
+                rejection.origin_offset,
+                len(rejection.value or b""),
+                len(producible.event.value or b""),
+            )
+        return producible
 
     def _audits(self, updates: Sequence[ProfileUpdate], report: BatchReport) -> list[AuditEvent]:
         """One audit event per merge, and one per update the store left (partly) out."""

@@ -18,6 +18,7 @@ from services.core.config import Settings
 from services.core.contracts import WireContracts, load_contracts
 from services.core.kafka import PREFETCH_KBYTES, TopicNames, consumer_config, producer_config
 from services.core.loop_service import LoopThread, serve_loop
+from services.core.rejections import rejection_message_limit
 from services.core.runtime import (
     HealthEndpoints,
     run_until_signalled,
@@ -65,6 +66,7 @@ def writer_loop(
             audit_topic=topics.audit,
             batch_max_records=writer.batch_max_records,
             batch_max_wait_ms=writer.batch_max_wait_ms,
+            rejected_max_bytes=rejection_message_limit(kafka),
         ),
         stop=stop,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from services.core.contracts import Identity, UpdateOperation
 from services.core.mapping import ProfileSettings
+from services.writer.stores.http import HttpProfileStore
 from tests.stores.changes import apply, erase, profile, snapshot, update, values
 from tests.stores.conftest import StoreFactory
 
@@ -105,7 +106,13 @@ def test_a_change_joining_two_profiles_merges_them_by_default(open_store: StoreF
     # The newer first_name (sfdc at t=2) wins the merge under last-writer-wins.
     assert values(merged) == {"first_name": "A.", "company": "Analytical", "city": "London"}
     assert len(snapshot(store)) == 1
-    assert apply(store, [joining], now=5).merges == []
+    again = apply(store, [joining], now=5)
+    if isinstance(store, HttpProfileStore):
+        # The CDP answers the change from its idempotency ledger, with the first answer:
+        # the merge is reported again (the same event; audit readers deduplicate it).
+        assert again.merges == report.merges
+    else:
+        assert again.merges == []
 
 
 def test_a_merge_late_in_a_batch_after_a_part_of_it_was_written(

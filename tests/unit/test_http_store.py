@@ -92,3 +92,31 @@ def test_a_repeated_change_is_answered_from_the_ledger(
     apply(store(server, []), [change])
     assert state.applied == 1
     assert len(state.ledger) == 1
+
+
+@pytest.mark.parametrize("endpoint", ["single", "batch"])
+def test_a_replayed_batch_reports_its_merges_and_drops_again(endpoint: str) -> None:
+    """A writer that crashed after the CDP applied a batch, before its audit events
+    were durable, gets the batch again: answered from the ledger, it must report the
+    same merges and drops, or their audit events are lost."""
+    subscriptions = {"newsletter": {"channel": "email", "source": "demo"}}
+    state = cdp.FakeCdp(ProfileSettings.model_validate({"subscriptions": subscriptions}))
+    joining = update(
+        "sfdc",
+        "A1",
+        t=3,
+        email="ada@example.com",
+        consents=[("newsletter", "email", "opt_in", 3)],
+    )
+    batch = [joining] if endpoint == "single" else [update("hubspot", "9", t=3), joining]
+    with ServerThread(cdp.server(state)) as server:
+        apply(
+            store(server, []),
+            [update("hubspot", "1", t=1, email="ada@example.com"), update("sfdc", "A1", t=2)],
+        )
+        first = apply(store(server, []), batch)
+        replayed = apply(store(server, []), batch)
+    assert first.merges and first.drops, "the batch neither merged nor dropped"
+    assert replayed.merges == first.merges
+    assert replayed.drops == first.drops
+    assert state.applied == 2 + len(batch), "the replay was applied again"

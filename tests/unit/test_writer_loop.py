@@ -1,11 +1,12 @@
-"""The writer loop's step 1 without a broker: where partitions start when the store is away.
+"""The writer loop's step 1 without a broker: where partitions start when the store is away
+or holds no position for them.
 
 A fake consumer plays librdkafka's part as far as the loop can tell: eager rebalances
 (revoke everything, then assign) served inside consume() and poll(), assign() with an
-explicit offset or OFFSET_INVALID (Kafka's committed offset, else the earliest), and a
-pause that survives a new assignment. A fake store holds positions and records which
-messages reached it, so a message fetched from the wrong position shows up as one
-applied twice or one that should not have been applied at all.
+explicit offset, OFFSET_BEGINNING or OFFSET_INVALID (Kafka's committed offset, else the
+earliest), and a pause that survives a new assignment. A fake store holds positions and
+records which messages reached it, so a message fetched from the wrong position shows up
+as one applied twice or one that should not have been applied at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Message, TopicPartition
 from prometheus_client.registry import REGISTRY
 
 from services.core import metrics
@@ -52,7 +53,8 @@ class FakeConsumer:
             partition: [self._message(partition, offset) for offset in range(length)]
             for partition, length in lengths.items()
         }
-        self.committed: dict[int, int] = {}
+        self.kafka_offsets: dict[int, int] = {}
+        """Kafka's committed offsets of the group."""
         self.positions: dict[int, int] = {}
         self.paused: set[int] = set()
         self.owned: list[int] = []
@@ -119,10 +121,25 @@ class FakeConsumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         self._assigned_in_callback = True
         self.assign_calls.append({p.partition: p.offset for p in partitions})
-        self.positions = {
-            p.partition: p.offset if p.offset >= 0 else self.committed.get(p.partition, 0)
+        self.positions = {p.partition: self._start(p.offset, p.partition) for p in partitions}
+
+    def _start(self, offset: int, partition: int) -> int:
+        if offset >= 0:
+            return offset
+        if offset == OFFSET_BEGINNING:
+            return 0
+        return self.kafka_offsets.get(partition, 0)
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(TOPIC, p.partition, self.kafka_offsets.get(p.partition, OFFSET_INVALID))
             for p in partitions
-        }
+        ]
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float, cached: bool
+    ) -> tuple[int, int]:
+        return 0, len(self.log[partition.partition])
 
     def unassign(self) -> None:
         self._assigned_in_callback = True
@@ -161,7 +178,7 @@ class FakeConsumer:
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
         for p in offsets:
-            self.committed[p.partition] = p.offset
+            self.kafka_offsets[p.partition] = p.offset
 
     def close(self) -> None:
         if self.owned:
@@ -264,7 +281,7 @@ def test_store_down_at_assignment_defers_the_start_until_the_store_answers() -> 
     run_loop(consumer, store, stop, batch=10)
 
     assert consumer.assign_calls[0] == {}, "partitions were assigned before their start was known"
-    assert consumer.assign_calls[-1] == {0: 2, 1: OFFSET_INVALID}
+    assert consumer.assign_calls[-1] == {0: 2, 1: OFFSET_BEGINNING}
     assert sorted(store.applied) == records(0, range(2, 4)) + records(1, range(3))
     assert store.gauge_at_reads[1:4] == [1.0, 1.0, 1.0], "the gauge did not say the store is away"
     assert gauge() == 0.0
@@ -285,8 +302,40 @@ def test_partitions_revoked_before_their_start_is_known_are_forgotten() -> None:
 
     run_loop(consumer, store, stop, batch=10)
 
-    assert consumer.assign_calls[-1] == {1: OFFSET_INVALID}
+    assert consumer.assign_calls[-1] == {1: OFFSET_BEGINNING}
     assert store.applied == records(1, range(3))
+
+
+def test_a_partition_the_store_holds_no_position_for_starts_at_its_earliest_offset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty (or replaced) store behind a group whose offsets Kafka kept: the store
+    never applied the history, so it is applied from the start, with a warning."""
+    stop = threading.Event()
+    consumer = FakeConsumer({0: 4, 1: 2}, first_assignment=[0, 1])
+    consumer.kafka_offsets = {0: 3}
+    store = FakeStore({}, expected=6, stop=stop)
+
+    with caplog.at_level("WARNING", logger=writer_loop.__name__):
+        run_loop(consumer, store, stop, batch=10)
+
+    assert consumer.assign_calls[0] == {0: OFFSET_BEGINNING, 1: OFFSET_BEGINNING}
+    assert sorted(store.applied) == records(0, range(4)) + records(1, range(2))
+    [warning] = [r for r in caplog.records if "holds no position" in r.getMessage()]
+    assert "partitions=[0]" in warning.getMessage(), "partition 1 had nothing committed"
+
+
+def test_a_store_that_keeps_no_positions_starts_at_kafkas_committed_offsets() -> None:
+    stop = threading.Event()
+    consumer = FakeConsumer({0: 4}, first_assignment=[0])
+    consumer.kafka_offsets = {0: 3}
+    store = FakeStore({}, expected=1, stop=stop)
+    store.keeps_offsets = False
+
+    run_loop(consumer, store, stop, batch=10)
+
+    assert consumer.assign_calls[0] == {0: OFFSET_INVALID}
+    assert store.applied == records(0, range(3, 4))
 
 
 def test_partitions_given_back_during_a_batch_retry_start_again_at_the_store() -> None:
@@ -295,7 +344,7 @@ def test_partitions_given_back_during_a_batch_retry_start_again_at_the_store() -
     once the store answers, so each message is applied once."""
     stop = threading.Event()
     consumer = FakeConsumer({0: 4}, first_assignment=[0])
-    consumer.committed = {0: 0}
+    consumer.kafka_offsets = {0: 0}
     store = FakeStore({0: 1}, expected=3, stop=stop)
     store.failing_applies = 2
     store.on_failed_apply = lambda: consumer.rebalance([0])
@@ -333,7 +382,7 @@ def test_a_batch_whose_partitions_went_to_another_member_during_a_retry_is_dropp
     run_loop(consumer, store, stop, batch=2)
 
     assert store.applied == records(0, range(4)), "the batch in hand was applied again"
-    assert 0 not in consumer.committed or consumer.committed[0] == 0
+    assert 0 not in consumer.kafka_offsets or consumer.kafka_offsets[0] == 0
 
 
 def test_stop_while_waiting_for_the_store_applies_nothing() -> None:

@@ -12,6 +12,10 @@ store's job is delivery, effectively once:
    ``max_attempts``; then the batch fails as transient and the writer retries it
    later, paused. Nothing was skipped.
 4. Per change, a 4xx answer is a rejection whose reason is the CDP's response body.
+   A replayed answer (from the ledger) is reported like the first: its merges and
+   drops become audit events again. A batch replayed after a crash must repeat the
+   events the crash may have lost; readers of the audit topic deduplicate them by
+   event id.
 5. The CDP cannot store Kafka positions with the data, so ``stored_offsets`` is
    empty: the writer resumes from Kafka's committed offsets, committed only after the
    CDP answered, and whatever it consumes again is deduplicated by step 1.
@@ -144,8 +148,7 @@ class HttpProfileStore:
             return
         if status != 200 or not isinstance(body, dict):
             raise TransientStoreError(f"CDP answered {status} for one change")
-        if body.get("replayed"):
-            return  # reported when it was applied; a replay changed nothing
+        # A replay ("replayed": true) carries the first answer: reported again (step 4).
         for merge in body.get("merges", []):
             report.merges.append(
                 (index, Merge(merge["merged_profile_id"], merge["into_profile_id"], ""))

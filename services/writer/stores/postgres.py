@@ -17,10 +17,12 @@ they came from:
    writes.
 4. The next offsets go in with the data; COMMIT.
 
-A lost connection or an outage is transient (the writer retries the batch with
-backoff, reconnecting); a data or constraint error is poison (the batch is redone an
-update at a time, without a pipeline, each update in a savepoint that an error can be
-rolled back to, and the refused update rejected).
+Errors are classified by their SQLSTATE (services/writer/stores/failures.py). A lost
+connection or an outage is transient (the writer retries the batch with backoff,
+reconnecting); any other error of a write is poison (the batch is redone an update at
+a time, without a pipeline, each update in a savepoint that an error can be rolled
+back to, and the refused update rejected: a data or constraint error, or a program
+limit such as an identity too long for the identities index).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from services.writer.stores.base import (
     stored_profile,
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
+from services.writer.stores.failures import postgres_is_transient, postgres_reason
 from services.writer.stores.postgres_schema import MIGRATIONS
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
@@ -241,10 +244,12 @@ class PostgresProfileStore:
     def _outage_is_transient(self) -> Iterator[None]:
         """A lost connection or an outage inside is a TransientStoreError: the
         transaction rolled back with it, and doing it again once the server answers
-        is safe."""
+        is safe. Any other error goes on as it is."""
         try:
             yield
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.Error as exc:
+            if not postgres_is_transient(exc):
+                raise
             self._disconnect()
             raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
 
@@ -329,18 +334,15 @@ class PostgresProfileStore:
         now = to_micros(written_at)
         conn = self._connection()
         try:
-            try:
-                report = self._transaction(conn, updates, next_offsets, now, isolate=False)
-            except StorePoison:
-                conn.rollback()
-                # Rare: redo the batch an update at a time to find the culprits.
-                report = self._transaction(conn, updates, next_offsets, now, isolate=True)
-            before_commit(report)
-            conn.commit()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            # Serialization failures and deadlocks are OperationalErrors too: retried.
-            self._disconnect()
-            raise TransientStoreError(f"PostgreSQL store: {exc}") from exc
+            with self._outage_is_transient():
+                try:
+                    report = self._transaction(conn, updates, next_offsets, now, isolate=False)
+                except StorePoison:
+                    conn.rollback()
+                    # Rare: redo the batch an update at a time to find the culprits.
+                    report = self._transaction(conn, updates, next_offsets, now, isolate=True)
+                before_commit(report)
+                conn.commit()
         except BaseException:
             if not conn.closed:
                 conn.rollback()
@@ -373,9 +375,11 @@ class PostgresProfileStore:
                 )
                 # Step 4
                 conn.execute(UPSERT_OFFSETS, (topics, partitions, offsets))
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except psycopg.Error as exc:
             # In a pipeline, a refused write is told when a later result is read.
-            raise StorePoison(str(exc).strip()) from exc
+            if postgres_is_transient(exc):
+                raise
+            raise StorePoison(postgres_reason(exc)) from exc
         return report
 
 
@@ -387,6 +391,8 @@ class _Session:
         self.write_every = write_every
         self._savepoint = False
         """Whether this batch's savepoint before its first part was taken."""
+        self._writing = ""
+        """The table of the last write statement sent."""
 
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         asked = list(identities)
@@ -442,38 +448,49 @@ class _Session:
                 if not p.partial
             ]
             if whole:
-                conn.execute(UPSERT_PROFILES, (_json(whole),))
+                self._execute("profiles", UPSERT_PROFILES, (_json(whole),))
             touched = [p for p in changes.profiles.values() if p.partial]
             if touched:
                 ids, times = _json([p.id for p in touched]), _json([p.updated_at for p in touched])
-                conn.execute(TOUCH_PROFILES, (ids, times))
+                self._execute("profiles", TOUCH_PROFILES, (ids, times))
             removed = list(changes.removed_profiles)
             if removed:
                 for table in ("attributes", "consents", "identities"):
-                    conn.execute(
+                    self._execute(
+                        table,
                         f"DELETE FROM {table} WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
                         (removed,),
                     )
             gone = [(i.kind, i.value) for i, owner in changes.identities.items() if owner is None]
             if gone:
-                conn.execute(DELETE_IDENTITIES, _columns(gone, 2))
+                self._execute("identities", DELETE_IDENTITIES, _columns(gone, 2))
             owned = [(i.kind, i.value, o) for i, o in changes.identities.items() if o is not None]
             if owned:
-                conn.execute(UPSERT_IDENTITIES, (_json(owned),))
+                self._execute("identities", UPSERT_IDENTITIES, (_json(owned),))
             if removed:
-                conn.execute("DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,))
+                self._execute(
+                    "profiles", "DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,)
+                )
             if changes.attributes:
                 rows = [
                     attribute_row(pid, name, v, encoded=False)
                     for (pid, name), v in changes.attributes.items()
                 ]
-                conn.execute(UPSERT_ATTRIBUTES, (_json(rows),))
+                self._execute("attributes", UPSERT_ATTRIBUTES, (_json(rows),))
             if changes.consents:
                 consents = [consent_row(key, c) for key, c in changes.consents.items()]
-                conn.execute(UPSERT_CONSENTS, (_json(consents),))
+                self._execute("consents", UPSERT_CONSENTS, (_json(consents),))
             self._rare(changes)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            raise StorePoison(str(exc).strip()) from exc
+        except psycopg.Error as exc:
+            if postgres_is_transient(exc):
+                raise
+            # Redone an update at a time (no pipeline), the error is the statement's.
+            raise StorePoison(f"writing {self._writing}: {postgres_reason(exc)}") from exc
+
+    def _execute(self, table: str, query: Any, params: Any) -> None:
+        """One write statement into ``table``, named in the reason should it be refused."""
+        self._writing = table
+        self._conn.execute(query, params)
 
     def discard_writes(self) -> None:
         if self._savepoint:
@@ -481,17 +498,18 @@ class _Session:
 
     def _rare(self, changes: BookChanges) -> None:
         """Rows few batches have: detachments, tombstones, merges, erasures."""
-        conn = self._conn
         if changes.detached:
             rows = [(key, v[0], v[1]) for key, v in changes.detached.items()]
-            conn.execute(UPSERT_DETACHED, _columns(rows, 3))
+            self._execute("detached_identities", UPSERT_DETACHED, _columns(rows, 3))
         if changes.tombstones:
-            conn.execute(UPSERT_TOMBSTONES, _columns(list(changes.tombstones.items()), 2))
+            tombstones = _columns(list(changes.tombstones.items()), 2)
+            self._execute("erased_identities", UPSERT_TOMBSTONES, tombstones)
         if changes.merges:
             rows3 = [(m.merged_id, m.into_id, m.event_id) for m in changes.merges]
-            conn.execute(UPSERT_MERGES, _columns(rows3, 3))
+            self._execute("profile_merges", UPSERT_MERGES, _columns(rows3, 3))
         if changes.erasures:
-            conn.execute(UPSERT_ERASURES, _columns(list(changes.erasures.items()), 2))
+            erasures = _columns(list(changes.erasures.items()), 2)
+            self._execute("erasures", UPSERT_ERASURES, erasures)
 
     def savepoint(self) -> None:
         self._conn.execute("SAVEPOINT one_update")

@@ -8,12 +8,17 @@ writer simply consumes those messages again.
 The batch's decisions are the ProfileBook's (services/writer/stores/batch.py): this
 module loads the profiles a batch touches through a temporary table of its
 identities and writes back the rows the book changed.
+
+Errors are classified by SQLite's result code (services/writer/stores/failures.py):
+a locked, full or unreadable file is transient (the writer retries the batch); any
+other error of an update's writes refuses that update.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +45,7 @@ from services.writer.stores.base import (
     stored_profile,
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
+from services.writer.stores.failures import sqlite_is_transient, sqlite_reason
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
@@ -132,7 +138,23 @@ class SqliteProfileStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
 
+    @contextmanager
+    def _locked_is_transient(self) -> Iterator[None]:
+        """A locked, full or unreadable file inside is a TransientStoreError (any open
+        transaction rolled back); any other error goes on as it is."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not sqlite_is_transient(exc):
+                raise
+            self._rollback()
+            raise TransientStoreError(f"SQLite store {self._path}: {exc}") from exc
+
     def migrate(self) -> None:
+        with self._locked_is_transient():
+            self._migrate()
+
+    def _migrate(self) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -159,9 +181,10 @@ class SqliteProfileStore:
             raise TransientStoreError(f"SQLite store {self._path}: {exc}") from exc
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
-        rows = self._db.execute(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE topic = ?", (topic,)
-        )
+        with self._locked_is_transient():
+            rows = self._db.execute(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = ?", (topic,)
+            ).fetchall()
         return {int(partition): int(offset) for partition, offset in rows}
 
     def apply_batch(
@@ -175,16 +198,14 @@ class SqliteProfileStore:
         now = to_micros(written_at)
         session = _Session(self._db)
         try:
-            try:
-                report = self._transaction(session, updates, next_offsets, now, isolate=False)
-            except StorePoison:
-                # Rare: redo the batch an update at a time to find the culprits.
-                report = self._transaction(session, updates, next_offsets, now, isolate=True)
-            before_commit(report)
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            self._rollback()
-            raise TransientStoreError(f"SQLite store {self._path}: {exc}") from exc
+            with self._locked_is_transient():
+                try:
+                    report = self._transaction(session, updates, next_offsets, now, isolate=False)
+                except StorePoison:
+                    # Rare: redo the batch an update at a time to find the culprits.
+                    report = self._transaction(session, updates, next_offsets, now, isolate=True)
+                before_commit(report)
+                self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
@@ -213,25 +234,30 @@ class SqliteProfileStore:
 
     def find_profile(self, identity: Identity) -> StoredProfile | None:
         db = self._db
-        row = db.execute(
-            "SELECT profile_id FROM identities WHERE kind = ? AND value = ?",
-            (identity.kind, identity.value),
-        ).fetchone()
-        if row is None:
-            return None
-        loaded = _load_profiles(db, [int(row[0])])
+        with self._locked_is_transient():
+            row = db.execute(
+                "SELECT profile_id FROM identities WHERE kind = ? AND value = ?",
+                (identity.kind, identity.value),
+            ).fetchone()
+            if row is None:
+                return None
+            loaded = _load_profiles(db, [int(row[0])])
         return stored_profile(loaded[0]) if loaded else None
 
     def all_profiles(self) -> list[StoredProfile]:
-        ids = [int(row[0]) for row in self._db.execute("SELECT id FROM profiles ORDER BY id")]
-        return [stored_profile(profile) for profile in _load_profiles(self._db, ids)]
+        with self._locked_is_transient():
+            ids = [int(row[0]) for row in self._db.execute("SELECT id FROM profiles ORDER BY id")]
+            loaded = _load_profiles(self._db, ids)
+        return [stored_profile(profile) for profile in loaded]
 
     def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
         counts: dict[str, dict[int, int]] = {}
-        for source, version, profiles in self._db.execute(
-            "SELECT source, mapping_version, COUNT(DISTINCT profile_id) FROM attributes "
-            "WHERE value IS NOT NULL GROUP BY source, mapping_version"
-        ):
+        with self._locked_is_transient():
+            rows = self._db.execute(
+                "SELECT source, mapping_version, COUNT(DISTINCT profile_id) FROM attributes "
+                "WHERE value IS NOT NULL GROUP BY source, mapping_version"
+            ).fetchall()
+        for source, version, profiles in rows:
             counts.setdefault(source, {})[int(version)] = int(profiles)
         return counts
 
@@ -339,7 +365,12 @@ class _Session:
                 "INSERT OR REPLACE INTO erasures (profile_id, erased_at) VALUES (?, ?)",
                 list(changes.erasures.items()),
             )
-        except (sqlite3.IntegrityError, sqlite3.DataError, ValueError, OverflowError) as exc:
+        except sqlite3.Error as exc:
+            if sqlite_is_transient(exc):
+                raise
+            raise StorePoison(sqlite_reason(exc)) from exc
+        except (ValueError, OverflowError) as exc:
+            # Raised by the sqlite3 module for what it cannot bind (an int too large).
             raise StorePoison(str(exc)) from exc
 
     def discard_writes(self) -> None:
