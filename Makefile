@@ -100,6 +100,11 @@ bench: install kafka-jars ## Run the benchmarks; figures go to bench/results/
 	@for b in ingest_webhooks fullsync_pull csv_import e2e_webhook_to_store mapper_throughput writer_store postgres_ceiling; do \
 		echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
 
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak: install kafka-jars ## The fault checks with random faults and kill times for SOAK_MINUTES (default 30)
+	@$(BIN)/python -m tests.faults.soak --minutes $(SOAK_MINUTES)
+
 .PHONY: clean
 clean: stop ## Stop everything and delete local data (var/)
 	@rm -rf var

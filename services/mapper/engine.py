@@ -257,15 +257,18 @@ class MapperEngine:
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
             }
         )
-        producer = Producer(
-            {
-                **producer_config(kafka, client_id="crmsync-mapper"),
-                "transactional.id": self._engine.transactional_id,
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-            }
-        )
+        producer_settings = {
+            **producer_config(kafka, client_id="crmsync-mapper"),
+            "transactional.id": self._engine.transactional_id,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        }
+
+        def make_producer() -> Producer:
+            producer = Producer(producer_settings)
+            return wrap_producer(producer) if wrap_producer is not None else producer
+
         self._out = TransactionalProducer(
-            wrap_producer(producer) if wrap_producer is not None else producer,
+            make_producer,
             transaction_timeout_s=TRANSACTION_TIMEOUT_MS / 1000,
             message_max_bytes=self._engine.message_max_bytes,
         )
@@ -673,7 +676,7 @@ class MapperEngine:
         started = time.monotonic()
         # Committed offsets first: the restore then reads the changelog up to an end
         # that includes every transaction those offsets include.
-        committed = consumer.committed(partitions, timeout=30)
+        committed = self._committed_offsets(consumer, partitions)
         new = [n for n in numbers if n not in self._states]
         states = open_states(self._restorer, self._changelog, self._engine.data_dir / "state", new)
         restored = restore(
@@ -699,6 +702,25 @@ class MapperEngine:
             "assigned partitions %s, state ready in %.1fs", numbers, time.monotonic() - started
         )
         self.assigned.set()
+
+    def _committed_offsets(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """The group's committed offsets, once every transaction that commits some is
+        decided (librdkafka asks for stable offsets under read_committed). A zombie's
+        transaction stays undecided until it wakes or times out: wait for it."""
+        give_up = time.monotonic() + 2 * TRANSACTION_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return list(consumer.committed(partitions, timeout=30))
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, KafkaError) and (
+                    error.retriable() or error.code() == KafkaError._TIMED_OUT
+                )
+                if not retriable or time.monotonic() > give_up:
+                    raise
+                log.warning("committed offsets not readable yet, retrying: %s", exc)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -12,6 +12,17 @@ transaction, with no call that can block for ever and no send that can fail alon
 - ``init`` retries ``init_transactions`` while the coordinator is busy or unreachable
   (a restarted broker, the previous incarnation's transaction still being aborted),
   saying so in the log, until it succeeds or the engine is stopped.
+
+A call that librdkafka does not return from. ``send_offsets_to_transaction`` can wait
+for ever, past its own timeout, when the group coordinator's broker goes away during
+the call: librdkafka never checks that request's deadline (librdkafka issues 5456 and
+5511, open for the 2.16 series crmsync runs). The commit, abort and offsets calls
+therefore run on a helper thread that the engine waits for no longer than the call's
+timeout and a grace. A call that outlives that leaves its producer unusable: it is
+set aside (never destroyed: destroying it would wait for the stuck call), a new one
+with the same transactional id is made and initialised, which fences the old one and
+aborts its transaction, and the batch is consumed again. This was the silent stall
+of a mapper whose broker restarted during a commit.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -32,6 +44,11 @@ log = logging.getLogger(__name__)
 ABORT_TIMEOUT_S: Final = 30.0
 INIT_TIMEOUT_S: Final = 30.0
 QUEUE_FULL_WAIT_S: Final = 0.05
+# How long past its own timeout a transactional call may take before it is given up.
+STUCK_GRACE_S: Final = 10.0
+# Registering the consumed offsets takes milliseconds with a coordinator at hand; a
+# coordinator still loading after a restart is waited for in the next attempt.
+OFFSETS_TIMEOUT_S: Final = 15.0
 
 
 class TransactionAborted(Exception):
@@ -42,6 +59,10 @@ class OutputTooLarge(ValueError):
     """One output is larger than the broker takes: the input that made it is rejected."""
 
 
+class CallStuck(Exception):
+    """librdkafka did not return from a transactional call within its timeout."""
+
+
 def kafka_error(exc: KafkaException) -> KafkaError | None:
     error = exc.args[0] if exc.args else None
     return error if isinstance(error, KafkaError) else None
@@ -50,12 +71,17 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
 class TransactionalProducer:
     def __init__(
         self,
-        producer: Producer,
+        make_producer: Callable[[], Producer],
         *,
         transaction_timeout_s: float,
         message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
     ) -> None:
-        self._producer = producer
+        self._make_producer = make_producer
+        self._producer = make_producer()
+        # Producers stuck in a call: kept referenced, since destroying one would wait
+        # for the call that never returns.
+        self._set_aside: list[Producer] = []
+        self._stop = threading.Event()
         self._timeout_s = transaction_timeout_s
         self.max_value_bytes = message_max_bytes - RECORD_OVERHEAD_BYTES
         self._started = 0.0
@@ -66,6 +92,7 @@ class TransactionalProducer:
     def init(self, stop: threading.Event) -> bool:
         """Fence earlier incarnations of this transactional id and abort their open
         transaction; False when stopped first."""
+        self._stop = stop
         attempt = 0
         while not stop.is_set():
             try:
@@ -116,7 +143,12 @@ class TransactionalProducer:
         """Commit the transaction with the consumed ``offsets``; raises
         TransactionAborted when it had to be aborted instead."""
         try:
-            self._producer.send_offsets_to_transaction(offsets, group_metadata, self._left_s())
+            left = min(self._left_s(), OFFSETS_TIMEOUT_S)
+            self._bounded(
+                "send_offsets_to_transaction",
+                partial(self._producer.send_offsets_to_transaction, offsets, group_metadata, left),
+                left,
+            )
             # Delivery reports are served before the commit, so the changelog's offsets
             # are known when RocksDB is written.
             if self._producer.flush(self._left_s()) > 0:
@@ -127,11 +159,16 @@ class TransactionalProducer:
             self._commit_with_retries()
         except KafkaException as exc:
             self.abort(exc)
+        except CallStuck as exc:
+            self._replace(exc)
 
     def _commit_with_retries(self) -> None:
         while True:
             try:
-                self._producer.commit_transaction(self._left_s())
+                left = self._left_s()
+                self._bounded(
+                    "commit_transaction", partial(self._producer.commit_transaction, left), left
+                )
                 return
             except KafkaException as exc:
                 error = kafka_error(exc)
@@ -148,8 +185,14 @@ class TransactionalProducer:
         log.warning("transaction aborted, the batch is consumed again: %s", exc)
         while True:
             try:
-                self._producer.abort_transaction(ABORT_TIMEOUT_S)
+                self._bounded(
+                    "abort_transaction",
+                    partial(self._producer.abort_transaction, ABORT_TIMEOUT_S),
+                    ABORT_TIMEOUT_S,
+                )
                 break
+            except CallStuck as stuck:
+                self._replace(stuck)
             except KafkaException as abort_exc:
                 abort_error = kafka_error(abort_exc)
                 if abort_error is None or not abort_error.retriable():
@@ -159,6 +202,42 @@ class TransactionalProducer:
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)
+
+    # --- calls that may never return ------------------------------------------------
+
+    def _bounded(self, what: str, call: Callable[[], object], timeout_s: float) -> None:
+        """``call()`` on a helper thread, waited for ``timeout_s`` and a grace at most;
+        raises what it raised, or CallStuck."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        # A daemon: a thread stuck in librdkafka must not keep the process from ending.
+        threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+        if not done.wait(timeout_s + STUCK_GRACE_S):
+            raise CallStuck(f"{what} did not return within {timeout_s + STUCK_GRACE_S:.0f}s")
+        if failure:
+            raise failure[0]
+
+    def _replace(self, stuck: CallStuck) -> None:
+        """Set the stuck producer aside, fence it with a new one, and raise
+        TransactionAborted: the batch is consumed again."""
+        log.error(
+            "%s; a new producer fences this one and aborts its transaction "
+            "(librdkafka issue 5456), and the batch is consumed again",
+            stuck,
+        )
+        self._set_aside.append(self._producer)
+        self._producer = self._make_producer()
+        self.init(self._stop)
+        raise TransactionAborted(str(stuck)) from stuck
 
     # --- delivery reports -------------------------------------------------------------
 

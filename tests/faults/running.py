@@ -36,7 +36,8 @@ class SteadyLoad:
         for version in range(1, self.rounds + 1):
             for n in range(self.records):
                 self.load.change(f"r{n}", version)
-            self.load.flush()
+            # A broker may be away: the round's answers come when it is back.
+            self.load.settle()
             if self._stop.wait(self.pause_s):
                 return
 
@@ -84,3 +85,34 @@ def mapper_instance(stack: Stack, instance_id: str) -> ServiceProcess:
         port=port,
         env={INSTANCE_ID_ENV: instance_id, DATA_DIR_ENV: str(stack.workdir / instance_id)},
     )
+
+
+@dataclass
+class Supervisor:
+    """Restarts ``service`` whenever it exits, as an orchestrator's restart policy
+    would (a loop that fails ends its process with code 1 so that it is restarted)."""
+
+    service: ServiceProcess
+    restarts: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Supervisor:
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            process = self.service.process
+            # Exit 0 is a clean stop (SIGTERM), not a failure to restart after.
+            if process is not None and process.poll() not in (None, 0):
+                self.restarts += 1
+                # A crash point fires once: the restarted process runs clean.
+                self.service.env.pop("CRMSYNC_CRASH_AT", None)
+                self.service.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -13,16 +12,6 @@ from confluent_kafka.cimpl import NewTopic
 from tests.support.kafka import LocalKafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-@pytest.fixture
-def three_brokers() -> Iterator[LocalKafka]:
-    cluster = LocalKafka(name="faults", port=19800, brokers=3)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop(purge=True)
 
 
 def produce_all(bootstrap: str, topic: str, values: list[bytes]) -> None:

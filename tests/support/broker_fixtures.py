@@ -59,6 +59,18 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
         test_stack.stop()
 
 
+@pytest.fixture
+def three_brokers() -> Iterator[LocalKafka]:
+    """A cluster of three brokers of its own (replication 3, min.insync.replicas 2),
+    for the tests that kill brokers; stopped and purged afterwards."""
+    cluster = LocalKafka(name="faults", port=19800, brokers=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(purge=True)
+
+
 ReadAll = Callable[..., list[Message]]
 
 
