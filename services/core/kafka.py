@@ -116,6 +116,11 @@ def librdkafka_logger() -> logging.Logger:
     return logger
 
 
+# How long a vanished group member's partitions wait before the others take them over
+# (Kafka's default is 45 s): a stream that a crash stops for 45 s is too long.
+SESSION_TIMEOUT_MS: Final = 15_000
+
+
 def producer_config(
     settings: KafkaSettings, *, client_id: str, delivery_timeout_ms: int = 30_000
 ) -> dict[str, Any]:

@@ -73,6 +73,7 @@ from services.core.crash_points import crash_point
 from services.core.expressions import ExpressionError
 from services.core.kafka import (
     PREFETCH_KBYTES,
+    SESSION_TIMEOUT_MS,
     TopicNames,
     consumer_config,
     producer_config,
@@ -106,8 +107,6 @@ HELD: Final = b"h"
 RELEASED: Final = b"b"
 OFFSET_DIGITS: Final = 20
 TRANSACTION_TIMEOUT_MS: Final = 60_000
-# How long a vanished instance's partitions wait before others take them over.
-SESSION_TIMEOUT_MS: Final = 15_000
 # A loop that has not moved on for this long is stalled (/healthz fails): twice what
 # the longest healthy wait (a transaction's timeout) may take.
 STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000

@@ -16,7 +16,13 @@ from confluent_kafka import Consumer, Producer
 from services.core import metrics
 from services.core.config import Settings
 from services.core.contracts import WireContracts, load_contracts
-from services.core.kafka import PREFETCH_KBYTES, TopicNames, consumer_config, producer_config
+from services.core.kafka import (
+    PREFETCH_KBYTES,
+    SESSION_TIMEOUT_MS,
+    TopicNames,
+    consumer_config,
+    producer_config,
+)
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.rejections import rejection_message_limit
 from services.core.runtime import (
@@ -53,6 +59,9 @@ def writer_loop(
                 # rebalance callback or later once the store says where partitions
                 # start (assign()); a cooperative one would refuse assign().
                 "partition.assignment.strategy": "range",
+                # How long a vanished writer's partitions wait before another member
+                # (or its own restart) takes them over; the mapper's too.
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
             }
         ),
         producer=Producer(producer_config(kafka, client_id="crmsync-writer")),

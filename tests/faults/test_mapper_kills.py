@@ -11,7 +11,7 @@ from tests.faults.model import Load, audited_twice, check_updates, emitted_versi
 from tests.faults.running import SteadyLoad, restart, wait_killed
 from tests.support.broker_fixtures import end_offsets
 from tests.support.polling import wait_for
-from tests.support.services import Stack
+from tests.support.services import Stack, held_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -59,6 +59,9 @@ def test_kill_9_in_the_middle_of_a_release(stack: Stack, kafka_bootstrap: str) -
     for n in range(records):
         load.change(f"r{n}", 5, topic="fullsync")
     load.flush()
+    # Every real-time change held before COMPLETED (a partition whose sync records
+    # were mapped first would otherwise release before its changes were even read).
+    assert wait_for(lambda: held_changes(stack) == 2 * records, timeout_s=60)
     load.control("s1", ControlKind.COMPLETED, changes_ends={})
     wait_killed(mapper)
     started = restart(mapper)
