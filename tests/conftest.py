@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,6 +52,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    faults = sys.modules.get("tests.faults.model")
+    if faults is not None and faults.REPORTED:
+        terminalreporter.write_sep("-", "fault cases: acked / stored / lost / duplicated")
+        for line in faults.REPORTED:
+            terminalreporter.write_line(line)
     counts = config.stash[INTEGRATION_OUTCOMES]
     if not counts:
         return

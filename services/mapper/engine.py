@@ -233,7 +233,6 @@ class MapperEngine:
         # of the batch in hand.
         self._committed: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}
-        self._changelog_offsets: dict[int, int] = {}
         # What the batch in hand counts: held changes gained (or released) per source,
         # and counter increments. Metrics move only when the batch commits, so a batch
         # that aborts and is mapped again is counted once.
@@ -350,7 +349,9 @@ class MapperEngine:
         crash_point("mapper-after-commit")
         for state in self._states.values():
             if state.staged:
-                state.commit(self._changelog_offsets[state.partition])
+                state.commit(
+                    self._out.delivered_offsets[(self._topics.mapper_state, state.partition)]
+                )
         self._committed.update(self._positions)
         for source, change in self._held_change.items():
             metrics.MAPPER_HELD.labels(source).inc(change)
@@ -482,16 +483,7 @@ class MapperEngine:
             key=key,
             value=value,
             partition=state.partition,
-            on_delivery=self._delivered,
         )
-
-    def _delivered(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            return
-        partition, offset = message.partition(), message.offset()
-        if partition is not None and offset is not None:
-            previous = self._changelog_offsets.get(partition, -1)
-            self._changelog_offsets[partition] = max(previous, offset)
 
     def _reject(self, origin: Origin, *, reason: str, change: ContactChange | None) -> None:
         source = change.source if change is not None else None

@@ -86,6 +86,11 @@ class TransactionalProducer:
         self.max_value_bytes = message_max_bytes - RECORD_OVERHEAD_BYTES
         self._started = 0.0
         self._delivery_error: KafkaError | None = None
+        # The highest offset delivered per (topic, partition): where a committed
+        # batch's changelog writes reach.
+        self.delivered_offsets: dict[tuple[str, int], int] = {}
+        # One bound method for every send's delivery report, made once.
+        self._report = self._delivered
 
     # --- the life of a transaction ----------------------------------------------------
 
@@ -119,7 +124,6 @@ class TransactionalProducer:
         key: bytes,
         value: bytes | None,
         partition: int | None = None,
-        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         size = len(key) + (len(value) if value is not None else 0)
         if size > self.max_value_bytes:
@@ -127,13 +131,14 @@ class TransactionalProducer:
                 f"a {topic} message of {size} bytes is over the {self.max_value_bytes} the "
                 "broker takes"
             )
-        report = self._delivered if on_delivery is None else self._chain(on_delivery)
-        options: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
-        if partition is not None:
-            options["partition"] = partition
         while True:
             try:
-                self._producer.produce(topic, **options)
+                if partition is None:
+                    self._producer.produce(topic, value, key, on_delivery=self._report)
+                else:
+                    self._producer.produce(
+                        topic, value, key, partition=partition, on_delivery=self._report
+                    )
                 return
             except BufferError:
                 # The local queue is full: serve it (delivery reports) until there is room.
@@ -244,15 +249,12 @@ class TransactionalProducer:
     def _left_s(self) -> float:
         return max(1.0, self._timeout_s - (time.monotonic() - self._started))
 
-    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._delivery_error = error
-
-    def _chain(
-        self, on_delivery: Callable[[KafkaError | None, Message], None]
-    ) -> Callable[[KafkaError | None, Message], None]:
-        def both(error: KafkaError | None, message: Message) -> None:
-            self._delivered(error, message)
-            on_delivery(error, message)
-
-        return both
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and partition is not None and offset is not None:
+            key = (topic, partition)
+            if offset > self.delivered_offsets.get(key, -1):
+                self.delivered_offsets[key] = offset

@@ -43,6 +43,8 @@ from tests.support.store import query
 
 CONTRACTS = load_contracts()
 SOURCE = "demo"
+# Every case's line, for the run's summary (tests/conftest.py prints them).
+REPORTED: list[str] = []
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
@@ -177,6 +179,7 @@ class Outcome:
 
     def assert_exact(self, case: str) -> None:
         print(self.line(case))
+        REPORTED.append(self.line(case))
         assert not self.lost, f"{case}: lost {self.lost[:10]}"
         assert not self.duplicated, f"{case}: applied twice {self.duplicated[:10]}"
         assert not self.regressions, f"{case}: versions went back {self.regressions[:10]}"
