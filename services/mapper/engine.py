@@ -442,9 +442,9 @@ class MapperEngine:
         if step.changes or step.drops:
             outputs.append(self._audit(change, step))
         if new_state is not None:
-            self._check_size(self._topics.mapper_state, key, new_state)
+            self._out.check_size(self._topics.mapper_state, key, new_state)
         for topic, out_key, value in outputs:
-            self._check_size(topic, out_key, value)
+            self._out.check_size(topic, out_key, value)
         if new_state is not None:
             self._write(state, key, new_state)
         for topic, out_key, value in outputs:
@@ -453,14 +453,6 @@ class MapperEngine:
             self._count(metrics.MAPPER_DROPS, change.source, drop.code)
         if step.update is not None:
             self._count(metrics.PROFILE_UPDATES, change.source)
-
-    def _check_size(self, topic: str, key: bytes, value: bytes) -> None:
-        size = len(key) + len(value)
-        if size > self._out.max_value_bytes:
-            raise OutputTooLarge(
-                f"its {topic} message would be {size} bytes, over the "
-                f"{self._out.max_value_bytes} the broker takes"
-            )
 
     def _audit(self, change: ContactChange, step: Step) -> tuple[str, bytes, bytes]:
         update = step.update

@@ -117,6 +117,15 @@ class TransactionalProducer:
         self._started = time.monotonic()
         self._producer.begin_transaction()
 
+    def check_size(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Raises OutputTooLarge when the message is more than the broker takes."""
+        size = len(key) + (len(value) if value is not None else 0)
+        if size > self.max_value_bytes:
+            raise OutputTooLarge(
+                f"its {topic} message would be {size} bytes, over the "
+                f"{self.max_value_bytes} the broker takes"
+            )
+
     def send(
         self,
         topic: str,
@@ -125,12 +134,7 @@ class TransactionalProducer:
         value: bytes | None,
         partition: int | None = None,
     ) -> None:
-        size = len(key) + (len(value) if value is not None else 0)
-        if size > self.max_value_bytes:
-            raise OutputTooLarge(
-                f"a {topic} message of {size} bytes is over the {self.max_value_bytes} the "
-                "broker takes"
-            )
+        self.check_size(topic, key, value)
         while True:
             try:
                 if partition is None:
