@@ -203,13 +203,25 @@ class MapperSettings(Strict):
     data_dir: Path = Field(
         default=Path("var/mapper"),
         description="the local copy of the mapper's state (one RocksDB per partition); "
-        "each instance needs its own",
+        "each instance needs its own; with workers > 1, worker i keeps its own under "
+        "<data_dir>/w<i>",
     )
     instance_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="stable name of this instance, for its Kafka transactional id "
-        "(default: host name and data_dir); a restarted instance must keep it",
+        "(default: host name and data_dir); a restarted instance must keep it; with "
+        "workers > 1, worker i is <instance_id>-w<i>",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="mapper processes on this host, each a member of the mapper's "
+        "consumer group with its own partitions, transactions and state; one Python "
+        "process uses one core, so set this to the cores the mapper may use (at most "
+        "the partitions of changes); the first starts, restarts and stops the others "
+        "and serves health and the summed metrics for all",
     )
     batch_max_records: int = Field(
         default=2000,
@@ -312,14 +324,31 @@ def parse_settings(text: str, *, file: str) -> Settings:
             located = _locate(root, error["loc"])
             problems.append(ConfigProblem(located.path, located.line, _message(error)))
         raise ConfigError(file, problems) from exc
-    # Checks across sections: every source's mapping against the profile settings.
-    across = check_profile(settings.profile, dict(settings.sources))
+    # Checks across sections: every source's mapping against the profile settings, the
+    # mapper's workers against the partitions.
+    across = check_profile(settings.profile, dict(settings.sources)) + _check_workers(settings)
     if across:
         raise ConfigError(
             file,
             [ConfigProblem(path, _locate(root, _loc(path)).line, text) for path, text in across],
         )
     return settings
+
+
+def _check_workers(settings: Settings) -> list[tuple[str, str]]:
+    workers = settings.services.mapper.workers
+    partitions = settings.kafka.topics.changes.partitions
+    if workers <= partitions:
+        return []
+    # The group gives each partition to one member: the extra workers would idle, and
+    # the service would never report itself ready.
+    return [
+        (
+            "services.mapper.workers",
+            f"{workers} workers but changes has {partitions} partitions: a worker "
+            "without a partition has nothing to do",
+        )
+    ]
 
 
 def _loc(path: str) -> list[int | str]:

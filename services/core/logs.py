@@ -53,9 +53,10 @@ def scrub(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, *, service: str) -> None:
+    def __init__(self, *, service: str, worker: int | None = None) -> None:
         super().__init__()
         self._service = service
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -65,6 +66,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
         if record.exc_info:
             entry["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
@@ -75,15 +78,19 @@ class ScrubbingTextFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
-def configure_logging(*, service: str, level: str | None = None) -> None:
-    """JSON lines on stderr by default; ``CRMSYNC_LOG_FORMAT=text`` for humans."""
+def configure_logging(*, service: str, level: str | None = None, worker: int | None = None) -> None:
+    """JSON lines on stderr by default; ``CRMSYNC_LOG_FORMAT=text`` for humans.
+
+    ``worker``: this process is one of several workers of the service writing to one
+    log, and each line names it."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get(LOG_FORMAT_ENV, "json") == "text":
+        who = service if worker is None else f"{service} w{worker}"
         handler.setFormatter(
-            ScrubbingTextFormatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+            ScrubbingTextFormatter(f"%(asctime)s {who} %(levelname)s %(name)s: %(message)s")
         )
     else:
-        handler.setFormatter(JsonFormatter(service=service))
+        handler.setFormatter(JsonFormatter(service=service, worker=worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get(LOG_LEVEL_ENV, "INFO"))

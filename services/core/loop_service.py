@@ -63,17 +63,20 @@ async def serve_loop(
     service: str,
     kafka: KafkaSettings,
     catalog: SchemaCatalog,
-    http: HttpListen,
+    http: HttpListen | None,
     health: HealthEndpoints,
     loop: LoopThread,
     stop: asyncio.Event,
     routes: Callable[[web.Application], None] | None = None,
 ) -> None:
-    app = web.Application()
-    health.install(app)
-    if routes is not None:
-        routes(app)
-    runner = await start_http(app, host=http.host, port=http.port)
+    """``http`` None: no listener (an extra worker, which worker 0 answers for)."""
+    runner = None
+    if http is not None:
+        app = web.Application()
+        health.install(app)
+        if routes is not None:
+            routes(app)
+        runner = await start_http(app, host=http.host, port=http.port)
     watcher = asyncio.create_task(health.watch())
     try:
         if await prepare_kafka_with_retry(
@@ -90,7 +93,8 @@ async def serve_loop(
         watcher.cancel()
         loop.stop.set()
         await loop.join()
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         log.info("%s stopped", service)
     if loop.failure is not None:
         raise SystemExit(1)

@@ -4,9 +4,9 @@ One catalogue, so that dashboards and alert rules (deploy/) can rely on the name
 Label values are bounded: sources come from the config and reasons are short codes,
 never free text or record data.
 
-When several processes serve one service (ingest ``workers``), the launcher sets
-``PROMETHEUS_MULTIPROC_DIR``: every process writes its samples there and any of them
-serves the combined figures; each gauge says how its per-process values combine.
+When several processes serve one service (ingest or mapper ``workers``), the launcher
+sets ``PROMETHEUS_MULTIPROC_DIR``: every process writes its samples there and any of
+them serves the combined figures; each gauge says how its per-process values combine.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ LOOP_STALLED: Final = Gauge(
     "crmsync_loop_stalled",
     "1 while a service's stream loop has made no progress for longer than its limit",
     ["service"],
-    multiprocess_mode="max",
+    # live: a worker that died stalled must not hold it at 1 after its restart.
+    multiprocess_mode="livemax",
 )
 WRITER_DROPS: Final = Counter(
     "crmsync_writer_drops_total",

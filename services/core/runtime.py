@@ -1,7 +1,8 @@
 """What every service runs besides its own work: health, readiness, metrics, signals.
 
 ``/healthz`` answers 200 while the process runs and its stream loop, if it has one,
-makes progress (503 naming the stalled loop, so that an orchestrator restarts it);
+makes progress (503 naming the stalled loop, so that an orchestrator restarts it; with
+several workers, also naming a worker that is down or stalled);
 ``/readyz`` runs the service's
 readiness checks (its Kafka and store connections) and answers 503 naming what fails;
 ``/metrics`` serves Prometheus. SIGTERM and SIGINT set a stop event that the service's
@@ -23,26 +24,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.logs import configure_logging
 from services.core.metrics import scrape_registry
-from services.core.progress import LoopStalled, Progress
+from services.core.progress import LoopStalled
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 """Raises (any exception, with a readable message) when the dependency is not usable."""
+LivenessCheck = Callable[[], None]
+"""Raises LoopStalled (with a readable message) when what it watches no longer moves
+on: a stream loop (``Progress.check``), or another worker of the service."""
 
 
 @dataclass
 class HealthEndpoints:
     service: str
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
-    liveness: dict[str, Progress] = field(default_factory=dict)
+    liveness: dict[str, LivenessCheck] = field(default_factory=dict)
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         self.checks[name] = check
 
-    def add_liveness(self, name: str, progress: Progress) -> None:
-        """A loop whose stall fails /healthz (and is logged while it lasts)."""
-        self.liveness[name] = progress
+    def add_liveness(self, name: str, check: LivenessCheck) -> None:
+        """Something whose stall fails /healthz (and is logged while it lasts)."""
+        self.liveness[name] = check
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
@@ -58,9 +62,9 @@ class HealthEndpoints:
 
     def stalled(self) -> dict[str, str]:
         failures: dict[str, str] = {}
-        for name, progress in self.liveness.items():
+        for name, check in self.liveness.items():
             try:
-                progress.check()
+                check()
             except LoopStalled as exc:
                 failures[name] = str(exc)
         return failures
@@ -74,15 +78,20 @@ class HealthEndpoints:
             await asyncio.sleep(interval_s)
 
     async def readyz(self, _request: web.Request) -> web.Response:
+        failures = await self.not_ready()
+        status = 503 if failures else 200
+        body = {"service": self.service, "ready": not failures, "failures": failures}
+        return web.json_response(body, status=status)
+
+    async def not_ready(self) -> dict[str, str]:
+        """What each failing readiness check says."""
         failures: dict[str, str] = {}
         for name, check in self.checks.items():
             try:
                 await asyncio.wait_for(check(), timeout=5)
             except Exception as exc:
                 failures[name] = str(exc) or type(exc).__name__
-        status = 503 if failures else 200
-        body = {"service": self.service, "ready": not failures, "failures": failures}
-        return web.json_response(body, status=status)
+        return failures
 
 
 async def metrics(_request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ from services.core.config import Settings
 from services.core.contracts import Origin, WireContracts, load_contracts
 from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.core.runtime import HealthEndpoints, start_http
+from services.core.workers import WorkerPool
 from services.ingest.admin import AdminApi
 from services.ingest.api_client import ApiClient, StaticBearer
 from services.ingest.connectors.base import (
@@ -51,7 +52,6 @@ from services.ingest.publisher import KafkaPublisher
 from services.ingest.registry import build_connectors
 from services.ingest.state import FullSyncState, StateStore, state_codec
 from services.ingest.webhooks import WebhookHandler
-from services.ingest.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ async def run(settings: Settings, *, stop: asyncio.Event, worker: int = 0) -> No
 
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
-    pool = WorkerPool(count=config.workers - 1) if leader else None
+    pool = WorkerPool(module="services.ingest", workers=config.workers) if leader else None
     try:
         # Step 1 (worker 0; the others join the port only once ready, so no request
         # reaches a worker that would have to answer "starting up")

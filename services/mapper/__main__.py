@@ -1,5 +1,5 @@
 """python -m services.mapper"""
 
-from services.mapper.main import main
+from services.mapper.launcher import main
 
 main()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
+from confluent_kafka import ConsumerGroupState, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from services.mapper.engine import DATA_DIR_ENV, INSTANCE_ID_ENV
 from tests.faults.model import Load
@@ -85,6 +90,88 @@ def mapper_instance(stack: Stack, instance_id: str) -> ServiceProcess:
         port=port,
         env={INSTANCE_ID_ENV: instance_id, DATA_DIR_ENV: str(stack.workdir / instance_id)},
     )
+
+
+def mapper_members(stack: Stack) -> dict[str, set[int]] | None:
+    """Each member of the stack's mapper group with its partitions of ``changes``, by
+    instance id, when the group is stable (None while it rebalances)."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    group = f"{stack.prefix}mapper"
+    description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    if description.state != ConsumerGroupState.STABLE:
+        return None
+    return {
+        str(member.group_instance_id): {
+            tp.partition
+            for tp in member.assignment.topic_partitions
+            if tp.topic == stack.topic("changes")
+        }
+        for member in description.members
+    }
+
+
+def open_transaction(stack: Stack, partitions: set[int]) -> bool:
+    """Whether a transaction is open on these partitions of the state changelog (what
+    it wrote is past the end a read_committed reader may read)."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    topic = stack.topic("mapper-state")
+
+    def ends(level: IsolationLevel) -> dict[int, int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(topic, p): latest for p in partitions}
+        found = admin.list_offsets(wanted, isolation_level=level, request_timeout=10)
+        return {tp.partition: future.result().offset for tp, future in found.items()}
+
+    committed, written = ends(IsolationLevel.READ_COMMITTED), ends(IsolationLevel.READ_UNCOMMITTED)
+    return any(committed[p] < written[p] for p in partitions)
+
+
+def transaction_held(stack: Stack, topic: str, *, wait_s: float = 1.0) -> bool:
+    """Whether a transaction on ``topic`` stays open for ``wait_s``: what was written
+    before is still past the end a read_committed reader may read after it. A live
+    mapper's transactions close within it; a frozen one's does not."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    name = stack.topic(topic)
+    partitions = set(admin.list_topics(name, timeout=10).topics[name].partitions)
+
+    def ends(level: IsolationLevel) -> dict[int, int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(name, p): latest for p in partitions}
+        found = admin.list_offsets(wanted, isolation_level=level, request_timeout=10)
+        return {tp.partition: future.result().offset for tp, future in found.items()}
+
+    written = ends(IsolationLevel.READ_UNCOMMITTED)
+    time.sleep(wait_s)
+    committed = ends(IsolationLevel.READ_COMMITTED)
+    return any(committed[p] < written[p] for p in partitions)
+
+
+def freeze_mid_transaction(
+    pid: int,
+    inside: Callable[[], bool],
+    *,
+    backlog_s: float = 1.5,
+    wakes_s: tuple[float, ...] = (0.03, 0.06, 0.09, 0.12),
+) -> int:
+    """SIGSTOP the mapper process ``pid`` at a moment ``inside()`` says it has a
+    transaction open; returns the tries it took. Each try pauses it for ``backlog_s``
+    while the load builds a backlog, lets it start on the long transaction that follows
+    and freezes it inside, one of ``wakes_s`` later (woken again and retried when the
+    freeze missed). A mapper with a small share of the load needs a longer pause for a
+    transaction long enough to catch."""
+    for attempt in range(1, 21):
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(backlog_s)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(wakes_s[attempt % len(wakes_s)])
+        os.kill(pid, signal.SIGSTOP)
+        # A commit already on its way to the broker completes meanwhile.
+        time.sleep(0.3)
+        if inside():
+            return attempt
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(1)
+    raise AssertionError("mapper never frozen inside a transaction in 20 tries")
 
 
 @dataclass

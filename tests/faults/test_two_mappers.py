@@ -13,12 +13,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import (
-    ConsumerGroupState,
-    IsolationLevel,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from tests.faults.model import (
     CONTRACTS,
@@ -28,7 +22,13 @@ from tests.faults.model import (
     read_committed,
     wait_until,
 )
-from tests.faults.running import SteadyLoad, mapper_instance
+from tests.faults.running import (
+    SteadyLoad,
+    freeze_mid_transaction,
+    mapper_instance,
+    mapper_members,
+    open_transaction,
+)
 from tests.support.services import ServiceProcess, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -56,24 +56,6 @@ def mappers(stack: Stack) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
                 mapper.stop(timeout_s=30)
 
 
-def members(stack: Stack) -> dict[str, set[int]] | None:
-    """Each member's partitions of ``changes`` by instance id, when the mapper group is
-    stable (None while it rebalances)."""
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    group = f"{stack.prefix}mapper"
-    description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
-    if description.state != ConsumerGroupState.STABLE:
-        return None
-    return {
-        str(member.group_instance_id): {
-            tp.partition
-            for tp in member.assignment.topic_partitions
-            if tp.topic == stack.topic("changes")
-        }
-        for member in description.members
-    }
-
-
 def shared(now: dict[str, set[int]] | None) -> bool:
     """A and B share every partition, each with some."""
     if now is None:
@@ -86,7 +68,7 @@ def wait_members(stack: Stack, wanted: dict[str, set[int]] | None, *, timeout_s:
     """Seconds until the group is stable with ``wanted`` (None: shared by A and B)."""
 
     def reached() -> bool:
-        now = members(stack)
+        now = mapper_members(stack)
         return shared(now) if wanted is None else now == wanted
 
     return wait_until(reached, timeout_s=timeout_s, what=f"mapper group {wanted or 'shared'}")
@@ -114,43 +96,6 @@ def restored(mapper: ServiceProcess) -> set[int]:
     for text in RESTORED.findall(log_of(mapper)):
         found |= {int(p) for p, n in re.findall(r"(\d+): (\d+)", text) if int(n) > 0}
     return found
-
-
-def open_transaction(stack: Stack, partitions: set[int]) -> bool:
-    """Whether a transaction is open on these partitions of the state changelog (what
-    it wrote is past the end a read_committed reader may read)."""
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    topic = stack.topic("mapper-state")
-
-    def ends(level: IsolationLevel) -> dict[int, int]:
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        wanted = {TopicPartition(topic, p): latest for p in partitions}
-        found = admin.list_offsets(wanted, isolation_level=level, request_timeout=10)
-        return {tp.partition: future.result().offset for tp, future in found.items()}
-
-    committed, written = ends(IsolationLevel.READ_COMMITTED), ends(IsolationLevel.READ_UNCOMMITTED)
-    return any(committed[p] < written[p] for p in partitions)
-
-
-def freeze_mid_transaction(stack: Stack, mapper: ServiceProcess, partitions: set[int]) -> int:
-    """SIGSTOP ``mapper`` at a moment it has a transaction open on its partitions;
-    returns the tries it took. Each try pauses it while the load builds a backlog,
-    lets it start on the long transaction that follows and freezes it inside (woken
-    again and retried when the freeze missed)."""
-    assert mapper.process is not None
-    for attempt in range(1, 21):
-        mapper.process.send_signal(signal.SIGSTOP)
-        time.sleep(1.5)
-        mapper.process.send_signal(signal.SIGCONT)
-        time.sleep(0.03 * (1 + attempt % 4))
-        mapper.process.send_signal(signal.SIGSTOP)
-        # A commit already on its way to the broker completes meanwhile.
-        time.sleep(0.3)
-        if open_transaction(stack, partitions):
-            return attempt
-        mapper.process.send_signal(signal.SIGCONT)
-        time.sleep(1)
-    raise AssertionError("mapper never frozen inside a transaction in 20 tries")
 
 
 def written_twice(stack: Stack) -> int:
@@ -220,13 +165,14 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
         b.start()
         b.wait_ready()
         wait_members(stack, None, timeout_s=60)
-        a_had = (members(stack) or {})["mapper-a"]
+        a_had = (mapper_members(stack) or {})["mapper-a"]
         load = Load(kafka_bootstrap, stack.prefix)
         steady = SteadyLoad(load, records=RECORDS, rounds=ROUNDS, pause_s=PAUSE_S).start()
         try:
             # A frozen inside a transaction: outputs on the broker, not yet committed.
             wait_until(lambda: rounds_acked(load, 3), timeout_s=60, what="3 rounds acked")
-            tries = freeze_mid_transaction(stack, a, a_had)
+            assert a.process is not None
+            tries = freeze_mid_transaction(a.process.pid, lambda: open_transaction(stack, a_had))
             frozen = time.monotonic()
             at_round = len(load.acked) / RECORDS
             # A's session times out (15 s): the group drops it, B gets every partition.
@@ -240,7 +186,7 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
             # B alone if A, fenced, exits).
             assert woke_round < ROUNDS - 10, "the load ended before A woke: nothing tested"
             wait_until(
-                lambda: exited(a) or shared(members(stack)),
+                lambda: exited(a) or shared(mapper_members(stack)),
                 timeout_s=90,
                 what="A rejoined or exited",
             )

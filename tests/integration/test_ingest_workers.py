@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
 
-from tests.support.services import Stack, http_get
+from tests.support.services import Stack, child_pids, http_get, pid_alive
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = pytest.mark.integration
-
-
-def children(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return {int(child) for child in found.stdout.split()}
-
-
-def alive(pid: int) -> bool:
-    return (
-        subprocess.run(["kill", "-0", str(pid)], capture_output=True, check=False).returncode == 0
-    )
 
 
 def test_two_workers_share_the_port_and_stop_together(stack: Stack) -> None:
@@ -32,9 +20,9 @@ def test_two_workers_share_the_port_and_stop_together(stack: Stack) -> None:
     ingest = stack["ingest"]
     assert ingest.process is not None
     deadline = time.monotonic() + 30
-    while not children(ingest.process.pid) and time.monotonic() < deadline:
+    while not child_pids(ingest.process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    [worker] = children(ingest.process.pid)
+    [worker] = child_pids(ingest.process.pid)
 
     for batch in range(40):
         body = [contact(f"w{batch}-{i}") for i in range(5)]
@@ -49,6 +37,6 @@ def test_two_workers_share_the_port_and_stop_together(stack: Stack) -> None:
 
     assert ingest.stop() == 0
     deadline = time.monotonic() + 30
-    while alive(worker) and time.monotonic() < deadline:
+    while pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not alive(worker), "a worker outlived ingest"
+    assert not pid_alive(worker), "a worker outlived ingest"

@@ -45,3 +45,9 @@ def test_json_formatter_scrubs_message_and_traceback() -> None:
     assert entry["service"] == "ingest"
     assert "@" not in entry["msg"]
     assert "@" not in entry["exc"]
+
+
+def test_a_worker_of_several_names_itself_in_every_line() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "assigned", (), None)
+    assert json.loads(JsonFormatter(service="mapper", worker=1).format(record))["worker"] == 1
+    assert "worker" not in json.loads(JsonFormatter(service="mapper").format(record))

@@ -1,0 +1,22 @@
+"""``crmsync-mapper`` / ``python -m services.mapper``: start one mapper worker
+(services.core.launcher: the workers' shared metrics are chosen before ``main`` is
+imported)."""
+
+from __future__ import annotations
+
+from services.core.config import Settings
+from services.core.launcher import ServiceRun, launch
+
+
+def main() -> None:
+    launch("mapper", workers=_workers, load_run=_load_run)
+
+
+def _workers(settings: Settings) -> int:
+    return settings.services.mapper.workers
+
+
+def _load_run() -> ServiceRun:
+    from services.mapper.main import run
+
+    return run
