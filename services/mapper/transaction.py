@@ -134,11 +134,15 @@ class TransactionalProducer:
         value: bytes | None,
         partition: int | None = None,
     ) -> None:
+        """Send within the open transaction. A send to a given ``partition`` (the
+        changelog's) reports its offset to ``delivered_offsets``; the others need no
+        report: a failed send fails the commit (librdkafka makes the transaction
+        abortable), and a report per message costs a Python call each."""
         self.check_size(topic, key, value)
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, on_delivery=self._report)
+                    self._producer.produce(topic, value, key)
                 else:
                     self._producer.produce(
                         topic, value, key, partition=partition, on_delivery=self._report

@@ -27,7 +27,7 @@ from tests.faults.running import (
     freeze_mid_transaction,
     mapper_instance,
     mapper_members,
-    open_transaction,
+    transaction_held,
 )
 from tests.support.services import ServiceProcess, Stack
 
@@ -35,8 +35,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 RECORDS = 300
 # Rounds of the load, RECORDS changes each (~0.6 s a round): they outlast the moves.
-ROUNDS = 70
+ROUNDS = 110
 PAUSE_S = 0.5
+# A paused this long has a backlog of about a full batch; mapped at once, it is a
+# transaction long enough to freeze inside, at one of these moments after it wakes.
+FREEZE_BACKLOG_S = 5.0
+FREEZE_WAKES_S = (0.06, 0.09, 0.12, 0.15, 0.18, 0.21, 0.24)
 ALL = {0, 1, 2}  # the stack's partitions of changes and fullsync
 ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
 RESTORED = re.compile(r"restored state records from the changelog: (\{.*\})")
@@ -172,7 +176,14 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
             # A frozen inside a transaction: outputs on the broker, not yet committed.
             wait_until(lambda: rounds_acked(load, 3), timeout_s=60, what="3 rounds acked")
             assert a.process is not None
-            tries = freeze_mid_transaction(a.process.pid, lambda: open_transaction(stack, a_had))
+            # (Its updates reach the broker while it maps, after the producer's linger;
+            # its changelog writes only at the end of the batch.)
+            tries = freeze_mid_transaction(
+                a.process.pid,
+                lambda: transaction_held(stack, "profile-updates"),
+                backlog_s=FREEZE_BACKLOG_S,
+                wakes_s=FREEZE_WAKES_S,
+            )
             frozen = time.monotonic()
             at_round = len(load.acked) / RECORDS
             # A's session times out (15 s): the group drops it, B gets every partition.

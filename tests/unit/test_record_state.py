@@ -648,6 +648,64 @@ def test_a_stored_state_decides_the_next_change_as_the_live_one_does(
     )
 
 
+# A source with every kind of rule a change's fields can feed: a field mapped to two
+# attributes, a computed attribute made from two fields, a default, a clear, the email
+# identity and a consent checkbox.
+RICH_FIELDS = ("email", "fn", "ln", "full", "optin", "code")
+RICH_SOURCE = source(
+    mapping={
+        "fn": "first_name",
+        "ln": "last_name",
+        "full": [
+            {"attribute": "given_name", "split": "first"},
+            {"attribute": "family_name", "split": "rest"},
+        ],
+        "code": {"attribute": "status", "values": {"1": "lead", "2": "customer"}},
+    },
+    computed={"greeting": {"template": "Dear {fn} {ln}"}},
+    defaults={"country": "GB", "status": "prospect"},
+    clears=["last_name"],
+    consent=CONSENT_RULES,
+)
+RICH_VALUES: dict[str, st.SearchStrategy[FieldValue]] = {
+    "email": st.sampled_from(["ada@example.com", "bea@example.com", "", None]),
+    "fn": VALUES,
+    "ln": VALUES,
+    "full": st.sampled_from(["Ada King", "Bea", "", None]),
+    "optin": st.sampled_from([True, False, "yes", None]),
+    "code": st.sampled_from(["1", "2", None]),
+}
+
+
+@st.composite
+def rich_changes(draw: st.DrawFn) -> ContactChange:
+    if draw(st.integers(0, 6)) == 0:
+        return delete(at=draw(TIMES), sequence=draw(SEQUENCES))
+    names = draw(st.sets(st.sampled_from(RICH_FIELDS), min_size=1))
+    return change(
+        {name: draw(RICH_VALUES[name]) for name in sorted(names)},
+        at=draw(TIMES),
+        sequence=draw(SEQUENCES),
+    )
+
+
+@PROPERTIES
+@given(st.lists(rich_changes(), max_size=8))
+def test_mapping_only_what_a_change_touches_decides_as_mapping_the_whole_record(
+    changes: list[ContactChange],
+) -> None:
+    incremental: RecordState | None = None
+    whole: RecordState | None = None
+    for each in changes:
+        step = apply_change(incremental, each, source=RICH_SOURCE, profile=CONSENT_PROFILE)
+        expected = apply_change(
+            whole, each, source=RICH_SOURCE, profile=CONSENT_PROFILE, incremental=False
+        )
+        assert step == expected
+        incremental = step.state or incremental
+        whole = expected.state or whole
+
+
 # --- mapping versions ----------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import Final, Literal, NamedTuple
 
 from services.core.contracts import (
     ConsentChange,
@@ -50,13 +51,25 @@ from services.mapper.rules.normalise import normalise_email
 from services.mapper.rules.transforms import apply_rule
 
 EMAIL_ATTRIBUTE: Final = "email"
+# Sets of changed fields whose attributes are remembered per source (a bound on a
+# source whose changes name ever new sets of fields).
+TOUCHED_CACHE_SIZE: Final = 4096
 
 
 DropCode = Literal["unmatched", "ownership", "blank", "stale"]
 
 
-@dataclass(frozen=True)
-class Drop:
+class Touched(NamedTuple):
+    """What a change touches of a record mapped before: its fresh fields, and the
+    identities the record already has (kept unless the email is among the fields)."""
+
+    fields: frozenset[str]
+    identities: tuple[Identity, ...]
+
+
+# Drop and Mapped are NamedTuples rather than frozen dataclasses: several are built
+# per change, and a tuple is built in a fraction of the time.
+class Drop(NamedTuple):
     """An attribute the rules left out of the update, and why (for the audit)."""
 
     attribute: str
@@ -64,14 +77,13 @@ class Drop:
     reason: str
 
 
-@dataclass(frozen=True)
-class Mapped:
+class Mapped(NamedTuple):
     """What one change becomes: an update (None when there is nothing to apply), and
     what the rules dropped on the way."""
 
     update: ProfileUpdate | None
     drops: tuple[Drop, ...] = ()
-    rules: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[str, str] = MappingProxyType({})
     """Which rule decided each attribute of the update (for the audit)."""
 
 
@@ -86,13 +98,22 @@ class CompiledSource:
     maps_email: bool = field(default=False)
     inputs: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """The CRM fields each attribute is made from."""
+    _touched: dict[frozenset[str], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def attributes_from(self, fields: Iterable[str]) -> set[str]:
-        """The attributes a change of ``fields`` can affect."""
-        changed = set(fields)
-        touched = {attribute for attribute, made_of in self.inputs.items() if made_of & changed}
-        if self.settings.email_field in changed and not self.maps_email:
-            touched.add(EMAIL_ATTRIBUTE)
+    def attributes_from(self, fields: Iterable[str]) -> frozenset[str]:
+        """The attributes a change of ``fields`` can affect (remembered per set of
+        fields: a source's changes name the same few sets over and over)."""
+        changed = frozenset(fields)
+        touched = self._touched.get(changed)
+        if touched is None:
+            found = {a for a, made_of in self.inputs.items() if made_of & changed}
+            if self.settings.email_field in changed and not self.maps_email:
+                found.add(EMAIL_ATTRIBUTE)
+            touched = frozenset(found)
+            if len(self._touched) < TOUCHED_CACHE_SIZE:
+                self._touched[changed] = touched
         return touched
 
     @classmethod
@@ -119,12 +140,22 @@ def map_change(
     source: CompiledSource,
     profile: ProfileSettings,
     fields: Mapping[str, FieldValue] | None = None,
+    changed: Touched | None = None,
 ) -> Mapped:
     """Map ``change`` (with ``fields`` in place of its own, when given: the whole
-    record as the mapper's state knows it)."""
+    record as the mapper's state knows it).
+
+    With ``changed``, only what those fields feed is mapped (steps 3 to 7): the
+    attributes made from them, the consents they carry, and the identities when the
+    email is among them (else ``changed.identities``). The caller vouches that the
+    rest was mapped under the same rules before and stands.
+    """
     fields = change.fields if fields is None else fields
     settings = source.settings
-    identities = _identities(change, fields, settings)
+    if changed is not None and settings.email_field not in changed.fields:
+        identities = changed.identities
+    else:
+        identities = _identities(change, fields, settings)
     # Step 1
     if change.operation is Operation.DELETE:
         return Mapped(_update(change, source, identities, UpdateOperation.DELETE))
@@ -134,15 +165,9 @@ def map_change(
             return Mapped(_update(change, source, identities, UpdateOperation.DELETE))
         return Mapped(None, (Drop("*", "unmatched", "record does not match sync_if"),))
     # Step 3
-    values, rules = _attribute_values(fields, source)
-    email = next((i.value for i in identities if i.kind == EMAIL), None)
-    if email is not None and not source.maps_email:
-        values[EMAIL_ATTRIBUTE] = email
-        rules[EMAIL_ATTRIBUTE] = f"identity {settings.email_field}"
-    for attribute, default in settings.defaults.items():
-        if is_blank(values.get(attribute)):
-            values[attribute] = default
-            rules[attribute] = "default"
+    only = None if changed is None else source.attributes_from(changed.fields)
+    values, rules = _attribute_values(fields, source, only)
+    _identity_and_defaults(values, rules, identities, source, only)
     # Steps 4 and 5
     attributes: dict[str, FieldValue] = {}
     cleared: list[str] = []
@@ -158,9 +183,12 @@ def map_change(
         else:
             drops.append(Drop(attribute, "blank", "blank, and a blank never clears"))
     # Step 6
+    consent_rules = settings.consent
+    if changed is not None:
+        consent_rules = [rule for rule in consent_rules if rule.field in changed.fields]
     consents = consent_changes(
         fields,
-        settings.consent,
+        consent_rules,
         source=change.source,
         profile=profile,
         changed_at=change.source_modified_at,
@@ -177,19 +205,42 @@ def map_change(
     return Mapped(update, tuple(drops), rules)
 
 
+def _identity_and_defaults(
+    values: dict[str, FieldValue],
+    rules: dict[str, str],
+    identities: tuple[Identity, ...],
+    source: CompiledSource,
+    only: frozenset[str] | None,
+) -> None:
+    """The email attribute from the identity, and defaults for attributes still blank
+    (only those in ``only``, when given)."""
+    settings = source.settings
+    email = next((i.value for i in identities if i.kind == EMAIL), None)
+    if email is not None and not source.maps_email and (only is None or EMAIL_ATTRIBUTE in only):
+        values[EMAIL_ATTRIBUTE] = email
+        rules[EMAIL_ATTRIBUTE] = f"identity {settings.email_field}"
+    for attribute, default in settings.defaults.items():
+        if (only is None or attribute in only) and is_blank(values.get(attribute)):
+            values[attribute] = default
+            rules[attribute] = "default"
+
+
 def _attribute_values(
-    fields: Mapping[str, FieldValue], source: CompiledSource
+    fields: Mapping[str, FieldValue], source: CompiledSource, only: frozenset[str] | None
 ) -> tuple[dict[str, FieldValue], dict[str, str]]:
+    """Every attribute's value and rule (only those in ``only``, when given)."""
     region = source.settings.default_region
     values: dict[str, FieldValue] = {}
     rules: dict[str, str] = {}
     for crm_field, rule in source.rules:
-        if crm_field in fields:
+        if crm_field in fields and (only is None or rule.attribute in only):
             values[rule.attribute] = apply_rule(
                 fields[crm_field], rule, where=crm_field, default_region=region
             )
             rules[rule.attribute] = f"map {crm_field} ({rule.type})"
     for attribute, compiled in source.computed.items():
+        if only is not None and attribute not in only:
+            continue
         raw: FieldValue
         if isinstance(compiled, Template):
             raw = compiled.render(fields)
@@ -239,4 +290,4 @@ def _update(
     )
 
 
-__all__ = ["CompiledSource", "Drop", "Mapped", "RuleError", "is_blank", "map_change"]
+__all__ = ["CompiledSource", "Drop", "Mapped", "RuleError", "Touched", "is_blank", "map_change"]

@@ -28,10 +28,11 @@ only stores and sends what it returns:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from services.core import versions
@@ -47,10 +48,13 @@ from services.core.contracts import (
 from services.core.expressions import is_blank
 from services.core.mapping import ProfileSettings
 from services.core.versions import Version
-from services.mapper.rules.mapping import CompiledSource, Drop, map_change
+from services.mapper.rules.mapping import CompiledSource, Drop, Touched, map_change
 
 OLDEST: Final[Version] = (-(2**63), -(2**63))
 STATE_FORMAT: Final = 1
+"""The JSON format (``to_json``), still read: states an earlier version stored."""
+STATE_FORMAT_TAG: Final = b"\x02"
+"""The first byte of a state in the current format (MessagePack, ``encode``)."""
 # The default of a state's mappings: shared, so read-only.
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
@@ -61,7 +65,7 @@ def version_of(change: ContactChange) -> Version:
 
 
 class RecordState(NamedTuple):
-    """What the mapper remembers of one source record (JSON-serialisable).
+    """What the mapper remembers of one source record.
 
     A NamedTuple rather than a frozen dataclass: one is read, copied and written per
     change, and a tuple is built several times faster.
@@ -85,6 +89,28 @@ class RecordState(NamedTuple):
     def newest(self) -> Version:
         candidates = [*self.versions.values(), self.deleted or OLDEST]
         return max(candidates)
+
+    def encode(self) -> bytes:
+        """The state as stored: a format byte, then the tuple as MessagePack.
+
+        msgspec writes and reads the NamedTuple (versions as tuples, identities as
+        Identity) in C: a state is read and written once per change, and JSON with
+        the conversions back to tuples took a fifth of the mapper's time per change.
+        """
+        return STATE_FORMAT_TAG + _STATE_ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RecordState:
+        """A stored state, in the current format or the JSON one before it (states
+        written by an earlier version are read, and written back in this format)."""
+        if raw[:1] == STATE_FORMAT_TAG:
+            try:
+                return _STATE_DECODER.decode(memoryview(raw)[1:])
+            except msgspec.DecodeError as exc:
+                raise ValueError(f"undecodable record state: {exc}") from exc
+        if raw[:1] == b"{":
+            return cls.from_json(orjson.loads(raw))
+        raise ValueError(f"unknown record state format {raw[:1]!r}")
 
     def to_json(self) -> dict[str, Any]:
         # Versions are tuples, which are JSON arrays; the mappings are dicts already on
@@ -117,18 +143,19 @@ class RecordState(NamedTuple):
             mapping_version=data["m"],
         )
 
-    def encode(self) -> bytes:
-        """The state as compact JSON (orjson: the state is read and written once per
-        change, and the standard library's encoder was a tenth of the mapper's time)."""
-        return orjson.dumps(self.to_json())
 
-    @classmethod
-    def decode(cls, raw: bytes) -> RecordState:
-        return cls.from_json(orjson.loads(raw))
+def _plain_mapping(value: object) -> object:
+    # The defaults are read-only mapping proxies, which MessagePack takes as maps.
+    if isinstance(value, MappingProxyType):
+        return dict(value)
+    raise NotImplementedError(f"cannot store a {type(value).__name__} in a record state")
 
 
-@dataclass(frozen=True)
-class AttributeChange:
+_STATE_ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_plain_mapping)
+_STATE_DECODER: Final = msgspec.msgpack.Decoder(RecordState)
+
+
+class AttributeChange(NamedTuple):
     """One attribute (or consent) the update changes, for the audit."""
 
     attribute: str
@@ -137,8 +164,7 @@ class AttributeChange:
     rule: str
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """The outcome of one change: the record's new state (None: unchanged), the update
     to emit (None: nothing to apply), what it changes, and what was dropped."""
 
@@ -154,9 +180,13 @@ def apply_change(
     *,
     source: CompiledSource,
     profile: ProfileSettings,
+    incremental: bool = True,
 ) -> Step:
     """Raises what the rules raise (RuleError, ExpressionError) for a change that cannot
-    be mapped; the state is then left as it was."""
+    be mapped; the state is then left as it was.
+
+    ``incremental=False`` maps the whole record on every change, as the incremental
+    mapping must decide alike (a property test holds the two together)."""
     known = state or RecordState()
     version = version_of(change)
     if change.operation is Operation.DELETE:
@@ -192,7 +222,18 @@ def apply_change(
     if not fresh:
         return Step(None, None, drops=tuple(stale))
     merged = {**known.fields, **fresh}
-    mapped = map_change(change, source=source, profile=profile, fields=merged)
+    changed = None
+    if (
+        incremental
+        and known.identities
+        and known.mapping_version == source.settings.mapping_version
+        and source.settings.sync_if is None
+    ):
+        # Mapped before under these rules, and not detached since: what the fresh
+        # fields do not feed stands as it was, so only what they feed is mapped. (With
+        # sync_if a record may have been left alone while fields changed: not so.)
+        changed = Touched(frozenset(fresh), known.identities)
+    mapped = map_change(change, source=source, profile=profile, fields=merged, changed=changed)
     touched = source.attributes_from(fresh)
     drops = [*stale, *(d for d in mapped.drops if d.attribute == "*" or d.attribute in touched)]
     update = mapped.update
