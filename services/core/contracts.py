@@ -9,7 +9,7 @@ to its schema's ``Converter``: bytes from Kafka in, a typed value out, and back.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -88,6 +88,13 @@ def tagged(values: Mapping[str, FieldValue]) -> dict[str, Any]:
     return result
 
 
+# Enum members by their Avro symbol: a dict lookup per decoded record, where calling the
+# enum class goes through its metaclass (the schema already refused unknown symbols).
+_OPERATIONS: Final = {member.value: member for member in Operation}
+_ORIGINS: Final = {member.value: member for member in Origin}
+_UPDATE_OPERATIONS: Final = {member.value: member for member in UpdateOperation}
+
+
 def record_key(source: str, record_id: str) -> bytes:
     """Key of a source record's messages; source names cannot contain ':'."""
     return f"{source}:{record_id}".encode()
@@ -129,12 +136,12 @@ class ContactChange:
         return cls(
             source=record["source"],
             record_id=record["record_id"],
-            operation=Operation(record["operation"]),
+            operation=_OPERATIONS[record["operation"]],
             event_id=record["event_id"],
             source_modified_at=record["source_modified_at"],
             sequence=record["sequence"],
             received_at=record["received_at"],
-            origin=Origin(record["origin"]),
+            origin=_ORIGINS[record["origin"]],
             sync_id=record["sync_id"],
             fields=record["fields"],
         )
@@ -211,7 +218,7 @@ class ProfileUpdate:
             source=record["source"],
             record_id=record["record_id"],
             event_id=record["event_id"],
-            operation=UpdateOperation(record["operation"]),
+            operation=_UPDATE_OPERATIONS[record["operation"]],
             source_modified_at=record["source_modified_at"],
             sequence=record["sequence"],
             received_at=record["received_at"],
@@ -363,33 +370,18 @@ class AuditEvent:
         return self.match_key.encode()
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "match_key": self.match_key,
-            "source": self.source,
-            "record_id": self.record_id,
-            "event_id": self.event_id,
-            "decided_at": self.decided_at,
-            "mapping_version": self.mapping_version,
-            "changes": [
-                {
-                    "field": c.field,
-                    "old_value": _tagged_value(c.old_value),
-                    "new_value": _tagged_value(c.new_value),
-                    "rule": c.rule,
-                }
-                for c in self.changes
-            ],
-            "dropped": [
-                {"field": d.field, "code": d.code, "reason": d.reason} for d in self.dropped
-            ],
-            "stage": self.stage,
-            "merge": None
-            if self.merge is None
-            else {
-                "merged_profile_id": self.merge.merged_profile_id,
-                "into_profile_id": self.merge.into_profile_id,
-            },
-        }
+        return audit_record(
+            match_key=self.match_key,
+            source=self.source,
+            record_id=self.record_id,
+            event_id=self.event_id,
+            decided_at=self.decided_at,
+            mapping_version=self.mapping_version,
+            changes=((c.field, c.old_value, c.new_value, c.rule) for c in self.changes),
+            dropped=((d.field, d.code, d.reason) for d in self.dropped),
+            stage=self.stage,
+            merge=self.merge,
+        )
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> AuditEvent:
@@ -405,6 +397,49 @@ class AuditEvent:
             stage=record["stage"],
             merge=None if record["merge"] is None else ProfileMerge(**record["merge"]),
         )
+
+
+def audit_record(
+    *,
+    match_key: str,
+    source: str,
+    record_id: str,
+    event_id: str,
+    decided_at: datetime,
+    mapping_version: int,
+    changes: Iterable[tuple[str, FieldValue, FieldValue, str]],
+    dropped: Iterable[tuple[str, str, str]],
+    stage: str = "mapper",
+    merge: ProfileMerge | None = None,
+) -> dict[str, Any]:
+    """An AuditEvent's Avro record, from its parts: the mapper builds one per change
+    straight from its decisions (field, old, new, rule) and drops (field, code,
+    reason), without an AuditEvent and its FieldChanges in between."""
+    return {
+        "match_key": match_key,
+        "source": source,
+        "record_id": record_id,
+        "event_id": event_id,
+        "decided_at": decided_at,
+        "mapping_version": mapping_version,
+        "changes": [
+            {
+                "field": field,
+                "old_value": _tagged_value(old),
+                "new_value": _tagged_value(new),
+                "rule": rule,
+            }
+            for field, old, new, rule in changes
+        ],
+        "dropped": [{"field": f, "code": code, "reason": why} for f, code, why in dropped],
+        "stage": stage,
+        "merge": None
+        if merge is None
+        else {
+            "merged_profile_id": merge.merged_profile_id,
+            "into_profile_id": merge.into_profile_id,
+        },
+    }
 
 
 def _tagged_value(value: FieldValue) -> Any:

@@ -62,12 +62,10 @@ from prometheus_client import Counter
 from services.core import metrics
 from services.core.config import Settings
 from services.core.contracts import (
-    AuditEvent,
     ContactChange,
-    FieldChange,
-    FieldDrop,
     RejectedEvent,
     WireContracts,
+    audit_record,
 )
 from services.core.crash_points import crash_point
 from services.core.expressions import ExpressionError
@@ -220,6 +218,7 @@ class MapperEngine:
             self._topics.mapper_state, self._engine.changelog_delete_retention_ms
         )
         self._contracts = contracts
+        self._audit_converter = contracts.audit_event.converter
         self._rejection_limit = rejection_message_limit(settings.kafka)
         self._stop = stop
         self._clock = clock
@@ -464,17 +463,20 @@ class MapperEngine:
 
     def _audit(self, change: ContactChange, step: Step) -> tuple[str, bytes, bytes]:
         update = step.update
-        event = AuditEvent(
-            match_key=update.match_key if update is not None else f"crm:{change.key.decode()}",
+        match_key = update.match_key if update is not None else f"crm:{change.key.decode()}"
+        # The record straight from the step: its changes and drops are (field, old, new,
+        # rule) and (field, code, reason) tuples already.
+        record = audit_record(
+            match_key=match_key,
             source=change.source,
             record_id=change.record_id,
             event_id=change.event_id,
             decided_at=self._decided_at,
             mapping_version=self._sources[change.source].settings.mapping_version,
-            changes=tuple(FieldChange(c.attribute, c.old, c.new, c.rule) for c in step.changes),
-            dropped=tuple(FieldDrop(d.attribute, d.code, d.reason) for d in step.drops),
+            changes=step.changes,
+            dropped=step.drops,
         )
-        return self._topics.audit, event.key, self._contracts.audit_event.encode(event)
+        return self._topics.audit, match_key.encode(), self._audit_converter.encode(record)
 
     def _write(self, state: PartitionState, key: bytes, value: bytes | None) -> None:
         """Stage a state write; it goes to the changelog with the batch's others."""
