@@ -60,10 +60,12 @@ DropCode = Literal["unmatched", "ownership", "blank", "stale"]
 
 
 class Touched(NamedTuple):
-    """What a change touches of a record mapped before: its fresh fields, and the
-    identities the record already has (kept unless the email is among the fields)."""
+    """What a change touches of a record mapped before: its fresh fields, the
+    attributes they feed (``CompiledSource.attributes_from``), and the identities the
+    record already has (kept unless the email is among the fields)."""
 
     fields: frozenset[str]
+    attributes: frozenset[str]
     identities: tuple[Identity, ...]
 
 
@@ -165,7 +167,7 @@ def map_change(
             return Mapped(_update(change, source, identities, UpdateOperation.DELETE))
         return Mapped(None, (Drop("*", "unmatched", "record does not match sync_if"),))
     # Step 3
-    only = None if changed is None else source.attributes_from(changed.fields)
+    only = None if changed is None else changed.attributes
     values, rules = _attribute_values(fields, source, only)
     _identity_and_defaults(values, rules, identities, source, only)
     # Steps 4 and 5

@@ -222,6 +222,8 @@ def apply_change(
     if not fresh:
         return Step(None, None, drops=tuple(stale))
     merged = {**known.fields, **fresh}
+    fresh_fields = frozenset(fresh)
+    touched = source.attributes_from(fresh_fields)
     changed = None
     if (
         incremental
@@ -232,9 +234,8 @@ def apply_change(
         # Mapped before under these rules, and not detached since: what the fresh
         # fields do not feed stands as it was, so only what they feed is mapped. (With
         # sync_if a record may have been left alone while fields changed: not so.)
-        changed = Touched(frozenset(fresh), known.identities)
+        changed = Touched(fresh_fields, touched, known.identities)
     mapped = map_change(change, source=source, profile=profile, fields=merged, changed=changed)
-    touched = source.attributes_from(fresh)
     drops = [*stale, *(d for d in mapped.drops if d.attribute == "*" or d.attribute in touched)]
     update = mapped.update
     if update is None:
