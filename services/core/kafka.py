@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -137,6 +137,26 @@ def producer_config(
         }
     )
     return config
+
+
+def is_error(message: Message) -> bool:
+    """Whether a consumed ``message`` is an error rather than data: a partition's end
+    (passed over) or another error (logged and passed over; librdkafka retries it).
+
+    A fatal error raises KafkaException: the consumer can consume nothing more (e.g.
+    its static member was fenced after a session timeout while the coordinator was
+    down), so the stream loop ends and the service exits to be restarted with a new
+    one, rather than polling a dead consumer forever.
+    """
+    error = message.error()
+    if error is None:
+        return False
+    if error.code() == KafkaError._PARTITION_EOF:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("consumer error %s", error.str())
+    return True
 
 
 def consumer_config(settings: KafkaSettings, *, client_id: str, group_id: str) -> dict[str, Any]:

@@ -74,6 +74,7 @@ from services.core.kafka import (
     SESSION_TIMEOUT_MS,
     TopicNames,
     consumer_config,
+    is_error,
     producer_config,
     reader_config,
     watermarks,
@@ -327,7 +328,7 @@ class MapperEngine:
             self._close()
 
     def _batch(self, messages: list[Message]) -> None:
-        live = [m for m in messages if not self._skip(m)]
+        live = [m for m in messages if not is_error(m)]
         if any(m.topic() == self._topics.changes for m in live):
             self._catch_up_barrier()
         due = self._due_releases()
@@ -372,14 +373,6 @@ class MapperEngine:
     def _count(self, counter: Counter, *labels: str) -> None:
         key = (counter, labels)
         self._counts[key] = self._counts.get(key, 0) + 1
-
-    def _skip(self, message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return False
-        if error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error: %s", error)
-        return True
 
     def _rewind(self) -> None:
         """Every assigned partition back to its last committed position, whether or not

@@ -45,7 +45,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -62,6 +61,7 @@ from services.core.contracts import (
     RejectedEvent,
 )
 from services.core.crash_points import crash_point
+from services.core.kafka import is_error
 from services.core.rejections import (
     DEFAULT_MESSAGE_MAX_BYTES,
     ProducibleRejection,
@@ -202,7 +202,7 @@ class WriterLoop:
                     )
                 finally:
                     self._between_batches = False
-                batch = [m for m in messages if not self._is_error(m)]
+                batch = [m for m in messages if not is_error(m)]
                 if batch:
                     self._process(batch)
         finally:
@@ -320,17 +320,6 @@ class WriterLoop:
             [p.partition for p in positioned],
             {p.partition: p.offset for p in positioned},
         )
-
-    def _is_error(self, message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return False
-        if error.code() == KafkaError._PARTITION_EOF:
-            return True
-        if error.fatal():
-            raise KafkaException(error)
-        log.warning("consumer error %s", error.str())
-        return True
 
     def _process(self, batch: Sequence[Message]) -> None:
         # Step 3
