@@ -153,7 +153,9 @@ def is_error(message: Message) -> bool:
         return False
     if error.code() == KafkaError._PARTITION_EOF:
         return True
-    if error.fatal():
+    # A consumer hands its fatal error over as a message whose code is _FATAL and whose
+    # fatal() flag is not set: both count.
+    if error.fatal() or error.code() == KafkaError._FATAL:
         raise KafkaException(error)
     log.warning("consumer error %s", error.str())
     return True

@@ -36,3 +36,11 @@ def test_a_fatal_error_ends_the_loop() -> None:
     fenced = KafkaError(KafkaError._FATAL, "Static consumer fenced", fatal=True)
     with pytest.raises(KafkaException, match="Static consumer fenced"):
         is_error(Message(topic="t", error=fenced))
+
+
+def test_a_fatal_error_as_the_consumer_hands_it_over_ends_the_loop() -> None:
+    # The consumer's message carries the _FATAL code without the fatal() flag.
+    handed_over = KafkaError(KafkaError._FATAL, "Fatal error: Static consumer fenced")
+    assert not handed_over.fatal()
+    with pytest.raises(KafkaException, match="Static consumer fenced"):
+        is_error(Message(topic="t", error=handed_over))
