@@ -95,6 +95,7 @@ import psycopg
 import yaml
 
 from bench.common import REPO_ROOT, percentile, write_results
+from bench.cpu_split import CRMSYNC, profiled
 from services.ingest.connectors.hubspot.push import V3_SIGNATURE, V3_TIMESTAMP, v3_signature
 from tests.support.kafka import SCRIPT as KAFKA_SCRIPT
 from tests.support.kafka import LocalKafka
@@ -137,6 +138,9 @@ FRESH_BROKER_WARMUP_EVENTS: Final = 150_000
 FRESH_BROKER_WARMUP_CONTACTS: Final = 50_000
 WARMUP_FIRST_OBJECT_ID: Final = 1_000_000_000
 WARMUP_FIRST_EVENT_ID: Final = 900_000_000
+# The profiled pass's contacts and events (--profile), apart from the others.
+PROFILE_FIRST_OBJECT_ID: Final = 2_000_000_000
+PROFILE_FIRST_EVENT_ID: Final = 800_000_000
 PORTAL_ID: Final = 62515
 BATCH: Final = 100
 LATENCY_BATCH: Final = 10
@@ -797,6 +801,8 @@ class Settings:
     mapper_workers: int
     direct_batched: bool
     workdir: Path
+    profile: Path | None = None
+    """Where py-spy's stacks go when the crmsync runs are profiled (see cpu_split)."""
 
 
 def load_generator() -> dict[str, Watched]:
@@ -936,8 +942,36 @@ def run_crmsync(infra: Infra, workload: Workload, kind: str, settings: Settings)
         sent = asyncio.run(send_all(stack.url, workload.bodies, settings.concurrency))
         last_written_us = wait_final(query, workload.final, wait_timeout_s(load.events))
         after = cpu_snapshot(components)
+        shares = profile_pass(stack, query, load, settings) if settings.profile else {}
     cpu = cpu_us_per_event(before, after, load.events)
-    return run_figures(workload, sent, last_written_us / 1e6, cpu)
+    figures = run_figures(workload, sent, last_written_us / 1e6, cpu)
+    if shares:
+        figures["cpu_split_us_per_event"] = {
+            service: {who: round(share * cpu[service], 1) for who, share in split.items()}
+            for service, split in shares.items()
+        }
+    return figures
+
+
+def profile_pass(
+    stack: CrmsyncStack, query: Query, load: Load, settings: Settings
+) -> dict[str, dict[str, float]]:
+    """A second load of the measured one's shape, on contacts of its own, under py-spy:
+    each service's CPU shares by whose code ran (cpu_split.py)."""
+    workload = build_workload(
+        load, first_object=PROFILE_FIRST_OBJECT_ID, first_event=PROFILE_FIRST_EVENT_ID
+    )
+    services = {name: w.pid for name, w in stack.components().items()}
+    written_before = int(query(WARMUP_SQL)[0][0])
+    assert settings.profile is not None
+    with profiled(services, settings.profile, stack.workdir.name) as profiles:
+        asyncio.run(send_all(stack.url, workload.bodies, settings.concurrency))
+        deadline = time.monotonic() + wait_timeout_s(load.events)
+        while int(query(WARMUP_SQL)[0][0]) < written_before + len(workload.final):
+            if time.monotonic() > deadline:
+                raise BenchError("the profiled load was not all written")
+            time.sleep(POLL_S)
+    return {p.name: p.shares() for p in profiles}
 
 
 def run_latency(infra: Infra, rate: int, seconds: float, settings: Settings) -> Figures:
@@ -1041,6 +1075,49 @@ def load_table(load: Load, figures: Figures) -> str:
     return "\n".join([*lines, *cpu_rows(runs)])
 
 
+def split_table(load: Load, figures: Figures) -> str | None:
+    """Per profiled crmsync run: each service's CPU per event by whose code ran, and
+    the rate crmsync could reach if its own code cost nothing (cpu_split.py)."""
+    runs: dict[str, Figures] = figures["runs"]
+    lines = []
+    for system, run in runs.items():
+        split: dict[str, dict[str, float]] | None = run.get("cpu_split_us_per_event")
+        if not split:
+            continue
+        services = list(split)
+        owners = sorted(
+            {who for per in split.values() for who in per},
+            key=lambda who: (who != CRMSYNC, -sum(per.get(who, 0.0) for per in split.values())),
+        )
+        lines += [
+            f"### whose code ran, {load.title}, {SYSTEM_TITLES[system]}: CPU µs/event "
+            "(shares from a py-spy profile of a second load of the same shape)",
+            "",
+            markdown_row("", services),
+            "|---|" + "---:|" * len(services),
+        ]
+        for who in owners:
+            lines.append(markdown_row(who, [f"{split[s].get(who, 0.0):.1f}" for s in services]))
+        own = sum(per.get(CRMSYNC, 0.0) for per in split.values())
+        total = run["cpu_us_per_event"]["total of these"]
+        rate = run["end_to_end_events_per_s"]
+        floor = total - own
+        lines += [
+            "",
+            f"crmsync's own code: {own:.0f} of {total:.0f} µs/event; everything else "
+            f"(broker, PostgreSQL, libraries, load generator): {floor:.0f} µs/event.",
+        ]
+        if "direct" in runs and floor > 0:
+            ceiling = rate * total / floor
+            direct = runs["direct"]["end_to_end_events_per_s"]
+            lines.append(
+                f"With its own code free, at this run's use of the cores: about "
+                f"{ceiling:,.0f} events/s, {ceiling / direct:.2f}x the direct handler."
+            )
+        lines.append("")
+    return "\n".join(lines) if lines else None
+
+
 def latency_table(figures: Sequence[Figures]) -> str:
     lines = [
         "### latency, new contacts, crmsync with the PostgreSQL store",
@@ -1088,6 +1165,13 @@ def parse_args() -> argparse.Namespace:
         "--latency-rates", type=comma_ints, default=[1000, 3000], help="events/s, or none"
     )
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile each crmsync run with py-spy into DIR and split its CPU by whose "
+        "code ran (bench/cpu_split.py); sampling slows the runs a little",
+    )
     return parser.parse_args()
 
 
@@ -1106,6 +1190,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Figures, list[str]
         mapper_workers=args.mapper_workers,
         direct_batched=args.direct_batched,
         workdir=workdir,
+        profile=args.profile,
     )
     systems = [s for s in SYSTEMS if not args.only or s in args.only]
     figures: Figures = {"loads": {}, "latency": []}
@@ -1114,6 +1199,9 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Figures, list[str]
         for load in loads(args):
             figures["loads"][load.name] = run_load(infra, load, systems, settings)
             tables.append(load_table(load, figures["loads"][load.name]))
+            split = split_table(load, figures["loads"][load.name])
+            if split:
+                tables.append(split)
         for rate in args.latency_rates:
             with step(f"latency at {rate:,} events/s"):
                 figures["latency"].append(run_latency(infra, rate, args.latency_seconds, settings))
