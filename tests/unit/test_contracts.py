@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from services.core.contracts import (
     SCHEMA_FILES,
     AuditEvent,
     Channel,
+    Codec,
     ConsentChange,
     ConsentStatus,
     ContactChange,
@@ -27,6 +30,7 @@ from services.core.contracts import (
     load_contracts,
     schemas_dir,
 )
+from services.core.serde import DecodeError
 
 pytestmark = pytest.mark.unit
 
@@ -45,13 +49,14 @@ CLASSES = {
 def test_dataclass_fields_are_the_schema_fields(name: str) -> None:
     schema = json.loads((schemas_dir() / SCHEMA_FILES[name]).read_text())
     schema_fields = {f["name"] for f in schema["fields"]}
-    class_fields = {f.name for f in dataclasses.fields(CLASSES[name])}
+    kind = CLASSES[name]
+    names = kind._fields if issubclass(kind, tuple) else [f.name for f in dataclasses.fields(kind)]
+    class_fields = set(names)
     assert class_fields == schema_fields
 
 
-def test_profile_update_round_trip() -> None:
-    codec = load_contracts().profile_update
-    update = ProfileUpdate(
+def full_update() -> ProfileUpdate:
+    return ProfileUpdate(
         match_key="email:ada@example.com",
         source="demo",
         record_id="1",
@@ -66,7 +71,37 @@ def test_profile_update_round_trip() -> None:
         cleared=("phone",),
         consents=(ConsentChange("news", Channel.EMAIL, ConsentStatus.OPT_IN, NOW),),
     )
+
+
+def test_profile_update_round_trip() -> None:
+    codec = load_contracts().profile_update
+    update = full_update()
     assert codec.decode(codec.encode(update)) == update
+
+
+def test_a_narrowed_update_keeps_all_but_what_it_narrows() -> None:
+    update = full_update()
+    narrowed = update.narrowed({"age": 37}, (), ())
+    assert narrowed == update._replace(attributes={"age": 37}, cleared=(), consents=())
+
+
+def test_a_record_that_does_not_fit_its_type_is_a_decode_error() -> None:
+    """Avro accepts the bytes, the typed value refuses the record (say, an enum symbol it
+    does not know): the reader gets DecodeError, which sends the message to rejected,
+    not an exception that stops its stream."""
+    contracts = load_contracts()
+
+    def refuse(record: Mapping[str, Any]) -> ProfileUpdate:
+        return ProfileUpdate.from_record({**record, "operation": "MERGE"})
+
+    strict = Codec(
+        converter=contracts.profile_update.converter,
+        to_record=ProfileUpdate.to_record,
+        from_record=refuse,
+    )
+    update = full_update()
+    with pytest.raises(DecodeError, match=r"ProfileUpdate record does not fit its type.*MERGE"):
+        strict.decode(contracts.profile_update.encode(update))
 
 
 def test_audit_event_round_trip() -> None:

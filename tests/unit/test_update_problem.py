@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -50,7 +49,7 @@ def test_unstorable_values_and_names_say_why(name: str, value: FieldValue, reaso
 
 def test_an_identity_no_store_can_hold_is_refused() -> None:
     empty = update("hubspot", "1", t=1)
-    empty = dataclasses.replace(empty, identities=(*empty.identities, Identity("email", "")))
+    empty = empty._replace(identities=(*empty.identities, Identity("email", "")))
     assert update_problem(empty) == "empty identity email:"
     nul = update("hubspot", "1", t=1, email="a\x00@example.com")
     assert update_problem(nul) == "identity of kind email is not storable text"

@@ -79,6 +79,14 @@ class Drop(NamedTuple):
     reason: str
 
 
+class RuleStep(NamedTuple):
+    """One field rule as the mapping runs it: the CRM field, the rule, and its text."""
+
+    crm_field: str
+    rule: FieldRule
+    text: str
+
+
 class Mapped(NamedTuple):
     """What one change becomes: an update (None when there is nothing to apply), and
     what the rules dropped on the way."""
@@ -100,9 +108,29 @@ class CompiledSource:
     maps_email: bool = field(default=False)
     inputs: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """The CRM fields each attribute is made from."""
+    consent_fields: Mapping[str, str] = field(default_factory=dict)
+    """Per subscription, the CRM field its consent rule reads (for the audit)."""
     _touched: dict[frozenset[str], frozenset[str]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _rules_for: dict[frozenset[str] | None, tuple[RuleStep, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def rules_for(self, only: frozenset[str] | None) -> tuple[RuleStep, ...]:
+        """The field rules that make the attributes in ``only`` (all, for None), in
+        their configured order, each with its text for the audit; remembered per set
+        like ``attributes_from``."""
+        found = self._rules_for.get(only)
+        if found is None:
+            found = tuple(
+                RuleStep(crm_field, rule, f"map {crm_field} ({rule.type})")
+                for crm_field, rule in self.rules
+                if only is None or rule.attribute in only
+            )
+            if len(self._rules_for) < TOUCHED_CACHE_SIZE:
+                self._rules_for[only] = found
+        return found
 
     def attributes_from(self, fields: Iterable[str]) -> frozenset[str]:
         """The attributes a change of ``fields`` can affect (remembered per set of
@@ -133,7 +161,8 @@ class CompiledSource:
             inputs[rule.attribute] = inputs.get(rule.attribute, frozenset()) | {crm_field}
         for attribute, compiled_rule in computed.items():
             inputs[attribute] = inputs.get(attribute, frozenset()) | compiled_rule.fields
-        return cls(name, settings, rules, computed, maps_email, inputs)
+        consent_fields = {rule.subscription: rule.field for rule in settings.consent}
+        return cls(name, settings, rules, computed, maps_email, inputs, consent_fields)
 
 
 def map_change(
@@ -234,12 +263,12 @@ def _attribute_values(
     region = source.settings.default_region
     values: dict[str, FieldValue] = {}
     rules: dict[str, str] = {}
-    for crm_field, rule in source.rules:
-        if crm_field in fields and (only is None or rule.attribute in only):
+    for crm_field, rule, text in source.rules_for(only):
+        if crm_field in fields:
             values[rule.attribute] = apply_rule(
                 fields[crm_field], rule, where=crm_field, default_region=region
             )
-            rules[rule.attribute] = f"map {crm_field} ({rule.type})"
+            rules[rule.attribute] = text
     for attribute, compiled in source.computed.items():
         if only is not None and attribute not in only:
             continue
@@ -275,20 +304,21 @@ def _update(
     cleared: tuple[str, ...] = (),
     consents: tuple[ConsentChange, ...] = (),
 ) -> ProfileUpdate:
+    # Positional: one is built for every change.
     return ProfileUpdate(
-        match_key=match_key(identities, prefer=source.settings.match_key),
-        source=change.source,
-        record_id=change.record_id,
-        event_id=change.event_id,
-        operation=operation,
-        source_modified_at=change.source_modified_at,
-        sequence=change.sequence,
-        received_at=change.received_at,
-        mapping_version=source.settings.mapping_version,
-        identities=identities,
-        attributes=attributes or {},
-        cleared=cleared,
-        consents=consents,
+        match_key(identities, prefer=source.settings.match_key),
+        change.source,
+        change.record_id,
+        change.event_id,
+        operation,
+        change.source_modified_at,
+        change.received_at,
+        identities,
+        attributes or {},
+        change.sequence,
+        source.settings.mapping_version,
+        cleared,
+        consents,
     )
 
 

@@ -28,7 +28,6 @@ only stores and sends what it returns:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
@@ -256,13 +255,14 @@ def apply_change(
         if not known.attributes and not known.identities:
             return Step(detached, None, drops=tuple(drops))
         return Step(detached, _with_known_identities(update, known), drops=tuple(drops))
-    remembered = known.but(fields=merged, versions=versions, valued=valued)
-    return _changed(known, remembered, update, mapped.rules, drops, source=source)
+    # The fields, their versions and the known attributes go into one new state, built
+    # at once: a NamedTuple's _replace costs as much as building it twice.
+    return _changed(known, (merged, versions, valued), update, mapped.rules, drops, source=source)
 
 
 def _changed(
     known: RecordState,
-    remembered: RecordState,
+    remembered: tuple[Mapping[str, FieldValue], Mapping[str, Version], Mapping[str, Version]],
     update: ProfileUpdate,
     rules: Mapping[str, str],
     drops: list[Drop],
@@ -281,37 +281,49 @@ def _changed(
             continue
         attributes[attribute] = value
         changes.append(AttributeChange(attribute, before.get(attribute), value, rules[attribute]))
-    cleared = tuple(attribute for attribute in update.cleared if attribute in before)
-    changes.extend(
-        AttributeChange(attribute, before[attribute], None, rules[attribute])
-        for attribute in cleared
-    )
-    consents = _changed_consents(known.consents, update.consents)
-    consent_rules = {rule.subscription: rule.field for rule in source.settings.consent}
-    changes.extend(
-        AttributeChange(
-            f"consent:{c.subscription}",
-            known.consents.get(c.subscription),
-            c.status.value,
-            f"consent {consent_rules.get(c.subscription, '?')} ({c.channel.value.lower()})",
+    # Most changes clear nothing and change no consent: those steps are skipped whole.
+    cleared = tuple([a for a in update.cleared if a in before]) if update.cleared else ()
+    for attribute in cleared:
+        changes.append(AttributeChange(attribute, before[attribute], None, rules[attribute]))
+    consents = _changed_consents(known.consents, update.consents) if update.consents else ()
+    for c in consents:
+        field = source.consent_fields.get(c.subscription, "?")
+        changes.append(
+            AttributeChange(
+                f"consent:{c.subscription}",
+                known.consents.get(c.subscription),
+                c.status.value,
+                f"consent {field} ({c.channel.value.lower()})",
+            )
         )
-        for c in consents
-    )
     identities_changed = tuple(update.identities) != known.identities
-    new_attributes = {
-        **{a: v for a, v in before.items() if a not in cleared},
-        **attributes,
-    }
-    new_consents = {**known.consents, **{c.subscription: c.status.value for c in consents}}
-    new_state = remembered.but(
-        attributes=new_attributes,
-        consents=new_consents,
-        identities=tuple(update.identities),
-        mapping_version=update.mapping_version,
+    if cleared:
+        new_attributes = {
+            **{a: v for a, v in before.items() if a not in cleared},
+            **attributes,
+        }
+    else:
+        new_attributes = {**before, **attributes}
+    # A state's mappings are never changed in place, so unchanged ones are shared.
+    new_consents = (
+        {**known.consents, **{c.subscription: c.status.value for c in consents}}
+        if consents
+        else known.consents or {}
+    )
+    fields, versions, valued = remembered
+    new_state = RecordState(
+        fields,
+        versions,
+        valued,
+        known.deleted,
+        new_attributes,
+        new_consents,
+        tuple(update.identities),
+        update.mapping_version,
     )
     if not changes and not identities_changed:
         return Step(new_state, None, drops=tuple(drops))
-    emitted = replace(update, attributes=attributes, cleared=cleared, consents=consents)
+    emitted = update.narrowed(attributes, cleared, consents)
     return Step(new_state, emitted, tuple(changes), tuple(drops))
 
 
@@ -347,7 +359,7 @@ def _with_known_identities(update: ProfileUpdate, known: RecordState) -> Profile
     if not known.identities:
         return update
     carried = tuple(dict.fromkeys((*known.identities, *update.identities)))
-    return replace(update, identities=carried)
+    return update._replace(identities=carried)
 
 
 def _changed_consents(
