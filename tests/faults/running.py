@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
-from confluent_kafka import ConsumerGroupState, IsolationLevel, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    IsolationLevel,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from services.mapper.engine import DATA_DIR_ENV, INSTANCE_ID_ENV
@@ -146,12 +152,44 @@ def transaction_held(stack: Stack, topic: str, *, wait_s: float = 1.0) -> bool:
     return any(committed[p] < written[p] for p in partitions)
 
 
+def offsets_pending(stack: Stack, *, wait_s: float = 2.0) -> bool:
+    """Whether the stack's mapper group has offsets sent in a transaction that is not
+    decided yet. A mapper frozen after it sent its transaction's offsets (and before it
+    committed) legitimately commits when it wakes: the offsets were accepted while its
+    generation was current, and the partitions' next owner waits for the decision
+    before it reads them. Only one frozen before then is a zombie whose commit must be
+    refused. Read as the mapper reads them on assignment: a read_committed consumer
+    asks for stable offsets, and waits while a transaction holds them (a timeout, or
+    any other failure to read, counts as pending: the freeze is tried again)."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    name = stack.topic("changes")
+    partitions = [
+        TopicPartition(name, p) for p in admin.list_topics(name, timeout=10).topics[name].partitions
+    ]
+    reader = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": f"{stack.prefix}mapper",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        reader.committed(partitions, timeout=wait_s)
+    except KafkaException:
+        return True
+    finally:
+        reader.close()
+    return False
+
+
 def freeze_mid_transaction(
     pid: int,
     inside: Callable[[], bool],
     *,
     backlog_s: float = 1.5,
     wakes_s: tuple[float, ...] = (0.03, 0.06, 0.09, 0.12),
+    tries: int = 20,
 ) -> int:
     """SIGSTOP the mapper process ``pid`` at a moment ``inside()`` says it has a
     transaction open; returns the tries it took. Each try pauses it for ``backlog_s``
@@ -159,7 +197,7 @@ def freeze_mid_transaction(
     and freezes it inside, one of ``wakes_s`` later (woken again and retried when the
     freeze missed). A mapper with a small share of the load needs a longer pause for a
     transaction long enough to catch."""
-    for attempt in range(1, 21):
+    for attempt in range(1, tries + 1):
         os.kill(pid, signal.SIGSTOP)
         time.sleep(backlog_s)
         os.kill(pid, signal.SIGCONT)
@@ -171,7 +209,7 @@ def freeze_mid_transaction(
             return attempt
         os.kill(pid, signal.SIGCONT)
         time.sleep(1)
-    raise AssertionError("mapper never frozen inside a transaction in 20 tries")
+    raise AssertionError(f"mapper never frozen inside a transaction in {tries} tries")
 
 
 @dataclass
