@@ -57,9 +57,6 @@ class SecretRef(Strict):
         remember_secret(value)
         return value
 
-    def describe(self) -> str:
-        return f"env {self.env}" if self.env is not None else f"file {self.file}"
-
 
 class MissingSecretError(RuntimeError):
     pass

@@ -26,7 +26,3 @@ def from_micros(micros: int) -> datetime:
 
 def version_of(source_modified_at: datetime, sequence: int) -> Version:
     return (to_micros(source_modified_at), sequence)
-
-
-def supersedes(incoming: Version, stored: Version | None) -> bool:
-    return stored is None or incoming > stored

@@ -29,13 +29,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from services.core.retry import Backoff, RetryPolicy
+
 log = logging.getLogger(__name__)
 
 # The directory worker 0 shares with its workers (combined metrics, status reports).
 WORKERS_DIR_ENV: Final = "CRMSYNC_WORKERS_DIR"
 STOP_TIMEOUT_S: Final = 40.0
 RESTART_DELAY_S: Final = 1.0
-MAX_RESTART_DELAY_S: Final = 30.0
+# Restart delays: 1 s doubling to 30 s without jitter (one supervisor, nobody to be
+# out of step with).
+RESTART: Final = RetryPolicy(initial_s=RESTART_DELAY_S, max_s=30.0, jitter=False)
 # A worker that ran this long before it died is restarted after the first delay again.
 STEADY_AFTER_S: Final = 60.0
 TICK_S: Final = 0.2
@@ -57,8 +61,10 @@ class WorkerState:
 class _Worker:
     process: subprocess.Popen[bytes]
     started: float
-    delay_s: float
-    """The delay it was restarted after (0 for the first start)."""
+    restarts: Backoff
+    """The delays of its restarts since it last ran steadily."""
+    delay_s: float = 0.0
+    """The delay it is restarted after, once it died."""
     died: float | None = None
 
 
@@ -86,7 +92,7 @@ class WorkerPool:
             up_s=time.monotonic() - entry.started,
         )
 
-    def _spawn(self, worker: int, *, delay_s: float = 0.0) -> None:
+    def _spawn(self, worker: int, *, restarts: Backoff | None = None) -> None:
         env = None
         if self._environ is not None:
             env = {**os.environ, **self._environ(worker)}
@@ -103,7 +109,9 @@ class WorkerPool:
             stdin=subprocess.DEVNULL,
             env=env,
         )
-        self._workers[worker] = _Worker(process, started=time.monotonic(), delay_s=delay_s)
+        self._workers[worker] = _Worker(
+            process, started=time.monotonic(), restarts=restarts or Backoff(RESTART)
+        )
         log.info("worker started worker=%s pid=%s", worker, process.pid)
 
     async def supervise(self, stop: asyncio.Event) -> None:
@@ -129,8 +137,9 @@ class WorkerPool:
                     continue
                 entry.died = now
                 lived = now - entry.started
-                steady = entry.delay_s == 0 or lived >= STEADY_AFTER_S
-                delay = RESTART_DELAY_S if steady else min(2 * entry.delay_s, MAX_RESTART_DELAY_S)
+                if lived >= STEADY_AFTER_S:
+                    entry.restarts.reset()
+                delay = entry.restarts.next_wait_s()
                 entry.delay_s = delay
                 log.error(
                     "worker exited worker=%s code=%s after %.0fs; restarting in %.0fs",
@@ -141,7 +150,7 @@ class WorkerPool:
                 )
                 _forget_metrics(entry.process.pid)
             if now - entry.died >= entry.delay_s:
-                self._spawn(worker, delay_s=entry.delay_s)
+                self._spawn(worker, restarts=entry.restarts)
 
     def terminate(self) -> None:
         for entry in self._workers.values():

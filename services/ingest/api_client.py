@@ -2,12 +2,14 @@
 
 Every pull (poll or full sync) goes through one ``ApiClient`` per source. A request:
 
-1. waits for a token from the source's token bucket (``max_requests_per_second``),
-   so crmsync stays under the CRM's published limits instead of hitting them;
+1. waits for its turn under the source's rate limit (``max_requests_per_second``,
+   an ``aiolimiter`` leaky bucket), so crmsync stays under the CRM's published
+   limits instead of hitting them;
 2. is sent with the source's credentials and a timeout;
 3. on 429 (or the CRM's own throttling signal) waits for ``Retry-After`` when the
    CRM gives one (or its own wait header, read by the connector's ``wait_hint``),
-   else backs off exponentially with full jitter, and retries;
+   else backs off exponentially with full jitter, and retries (the one retry policy,
+   ``services.core.retry``);
 4. on 5xx, a timeout or a dropped connection backs off the same way and retries;
 5. on 401 asks the credentials to refresh once (expired OAuth tokens), then retries;
 6. on any other 4xx raises ``ApiError``: retrying would not change the answer.
@@ -20,24 +22,29 @@ strings or headers, which may carry credentials.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 
 from services.core import metrics
+from services.core.retry import (
+    BeforeSleep,
+    RetryLater,
+    RetryPolicy,
+    RetryState,
+    failure_of,
+    next_wait_s,
+    retry_after_seconds,
+)
 from services.core.sources import ApiSettings
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_CAP_S: Final = 600.0
 RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -92,45 +99,32 @@ class ApiResponse:
             raise ApiError(status=self.status, path="", detail=f"not JSON: {exc}") from None
 
 
-class TokenBucket:
-    """At most ``rate`` requests per second on average, bursts of up to ``burst``."""
-
-    def __init__(self, *, rate: float, burst: float | None = None, sleep: Sleep) -> None:
-        self._rate = rate
-        self._capacity = burst if burst is not None else max(1.0, rate)
-        self._tokens = self._capacity
-        self._updated = time.monotonic()
-        self._sleep = sleep
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(
-                    self._capacity, self._tokens + (now - self._updated) * self._rate
-                )
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await self._sleep((1 - self._tokens) / self._rate)
+def rate_limit(per_second: float) -> AsyncLimiter:
+    """At most ``per_second`` requests a second on average, in bursts of up to
+    ``max(1, per_second)``: the one rate limiter of outbound calls."""
+    burst = max(1.0, per_second)
+    return AsyncLimiter(burst, time_period=burst / per_second)
 
 
-def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
-    """``Retry-After`` as delay-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), RETRY_AFTER_CAP_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, (when - now).total_seconds()), RETRY_AFTER_CAP_S)
+@dataclass(frozen=True)
+class _Call:
+    """One request as the caller asked for it, tried once or more."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] | None
+    json_body: Any
+    headers: Mapping[str, str] | None
+
+    @property
+    def shown(self) -> str:
+        """The path as logs and errors show it: never a query string, which may hold
+        a key."""
+        return self.path.split("?", 1)[0]
+
+
+class _Refreshed(RetryLater):
+    """Credentials were refreshed after a 401: the request goes again at once."""
 
 
 class ApiClient:
@@ -144,7 +138,6 @@ class ApiClient:
         is_throttled: ThrottleCheck | None = None,
         wait_hint: WaitHint | None = None,
         sleep: Sleep = asyncio.sleep,
-        rng: random.Random | None = None,
     ) -> None:
         self.source = source
         self.base_url = settings.base_url.rstrip("/")
@@ -154,8 +147,12 @@ class ApiClient:
         self._is_throttled = is_throttled or (lambda _status, _body: False)
         self._wait_hint = wait_hint or (lambda _headers: None)
         self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._bucket = TokenBucket(rate=settings.max_requests_per_second, sleep=sleep)
+        self._limit = rate_limit(settings.max_requests_per_second)
+        self._policy = RetryPolicy(
+            initial_s=settings.backoff_initial_seconds,
+            max_s=settings.backoff_max_seconds,
+            attempts=settings.max_attempts,
+        )
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
 
     def url(self, path_or_url: str) -> str:
@@ -180,95 +177,97 @@ class ApiClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:
-        shown = path.split("?", 1)[0]  # never log a query string: it may hold a key
-        attempt = 0
+        call = _Call(method, path, params, json_body, headers)
+        shown = call.shown
         refreshed = False
-        while True:
-            attempt += 1
-            # Step 1
-            await self._bucket.acquire()
-            # Step 2
-            try:
-                response = await self._send(method, path, params, json_body, headers)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason, wait = f"{type(exc).__name__}", None
-            else:
-                metrics.API_REQUESTS.labels(self.source, str(response.status)).inc()
-                if response.status < 400:
-                    return response
-                # Step 5
-                if response.status == 401 and not refreshed:
-                    refreshed = True
+        try:
+            async for attempt in self._policy.retrying_async(
+                sleep=self._sleep, before_sleep=self._log_retry(shown)
+            ):
+                with attempt:
                     try:
-                        renewed = await self._credentials.refresh()
-                    except (aiohttp.ClientError, TimeoutError) as exc:
-                        # The token endpoint is down: a transient failure like any other.
-                        raise ApiUnavailable(
-                            status=503, path=shown, detail=f"credentials refresh failed: {exc}"
-                        ) from exc
-                    if renewed:
-                        continue
-                # Steps 3 and 4
-                throttled = response.status == 429 or self._is_throttled(
-                    response.status, response.body
-                )
-                if not throttled and response.status not in RETRYABLE_STATUS:
-                    # Step 6
-                    raise ApiError(
-                        status=response.status, path=shown, detail=_excerpt(response.body)
-                    )
-                reason = "throttled" if throttled else f"http {response.status}"
-                wait = retry_after_seconds(
-                    response.headers.get("Retry-After"), now=datetime.now(UTC)
-                )
-                if wait is None and throttled:
-                    hint = self._wait_hint(response.headers)
-                    wait = min(max(0.0, hint), RETRY_AFTER_CAP_S) if hint is not None else None
-            if attempt >= self._settings.max_attempts:
+                        return await self._attempt(call, refreshed=refreshed)
+                    except _Refreshed:
+                        refreshed = True  # once: a second 401 is the answer
+                        raise
+        except _Refreshed as exc:
+            raise ApiUnavailable(status=401, path=shown, detail=exc.reason) from exc
+        except RetryLater as exc:
+            attempts = self._settings.max_attempts
+            raise ApiUnavailable(
+                status=503, path=shown, detail=f"{exc.reason} after {attempts} attempts"
+            ) from exc
+        raise AssertionError("the retry loop ends by returning or raising")
+
+    async def _attempt(self, call: _Call, *, refreshed: bool) -> ApiResponse:
+        """One try: the answer, or RetryLater for what a retry may change (steps 3 to 5),
+        or ApiError for what it would not (step 6)."""
+        # Step 1
+        async with self._limit:
+            pass
+        # Step 2
+        try:
+            response = await self._send(call)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryLater(type(exc).__name__) from exc
+        metrics.API_REQUESTS.labels(self.source, str(response.status)).inc()
+        if response.status < 400:
+            return response
+        # Step 5
+        if response.status == 401 and not refreshed:
+            try:
+                renewed = await self._credentials.refresh()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The token endpoint is down: a transient failure like any other.
                 raise ApiUnavailable(
-                    status=503, path=shown, detail=f"{reason} after {attempt} attempts"
-                )
-            delay = wait if wait is not None else self._backoff(attempt)
+                    status=503, path=call.shown, detail=f"credentials refresh failed: {exc}"
+                ) from exc
+            if renewed:
+                raise _Refreshed("refreshed credentials", retry_after_s=0.0)
+        # Steps 3 and 4
+        throttled = response.status == 429 or self._is_throttled(response.status, response.body)
+        if not throttled and response.status not in RETRYABLE_STATUS:
+            # Step 6
+            detail = _excerpt(response.body)
+            raise ApiError(status=response.status, path=call.shown, detail=detail)
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        if wait is None and throttled:
+            wait = self._wait_hint(response.headers)
+        reason = "throttled" if throttled else f"http {response.status}"
+        raise RetryLater(reason, retry_after_s=wait)
+
+    def _log_retry(self, shown: str) -> BeforeSleep:
+        def before_sleep(state: RetryState) -> None:
+            failure = failure_of(state)
+            if not isinstance(failure, RetryLater) or isinstance(failure, _Refreshed):
+                return
+            reason = failure.reason
             metrics.API_RETRIES.labels(self.source, reason.split()[0]).inc()
             log.info(
                 "retrying source=%s path=%s reason=%s attempt=%s delay=%.2fs",
                 self.source,
                 shown,
                 reason,
-                attempt,
-                delay,
+                state.attempt_number,
+                next_wait_s(state),
             )
-            await self._sleep(delay)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-    ) -> ApiResponse:
+        return before_sleep
+
+    async def _send(self, call: _Call) -> ApiResponse:
         all_headers = {"Accept": "application/json", **(await self._credentials.headers())}
-        if headers:
-            all_headers.update(headers)
+        if call.headers:
+            all_headers.update(call.headers)
         async with self._session.request(
-            method,
-            self.url(path),
-            params=params,
-            json=json_body,
+            call.method,
+            self.url(call.path),
+            params=call.params,
+            json=call.json_body,
             headers=all_headers,
             timeout=self._timeout,
         ) as response:
             body = await response.read()
             return ApiResponse(status=response.status, headers=response.headers, body=body)
-
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2^(attempt-1))]."""
-        ceiling = min(
-            self._settings.backoff_max_seconds,
-            self._settings.backoff_initial_seconds * 2 ** (attempt - 1),
-        )
-        return self._rng.uniform(0, ceiling)
 
 
 def _excerpt(body: bytes, limit: int = 300) -> str:

@@ -85,6 +85,7 @@ from services.core.rejections import (
     producible_rejection,
     rejection_message_limit,
 )
+from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
 from services.mapper.barrier import Barriers
 from services.mapper.restore import DEFAULT_DELETE_RETENTION_MS, Changelog, open_states, restore
@@ -113,8 +114,8 @@ STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000
 # How long the barrier's history may take to read at start-up before each warning.
 BARRIER_WARN_S: Final = 30.0
 # Waits between attempts after an aborted transaction: a failing broker is not hammered.
-FIRST_RETRY_S: Final = 0.1
-MAX_RETRY_S: Final = 5.0
+# Waits after an aborted transaction: from 0.1 s doubling to 5 s, with jitter.
+ABORT_RETRY: Final = RetryPolicy(initial_s=0.1, max_s=5.0)
 INSTANCE_ID_ENV: Final = "CRMSYNC_MAPPER_INSTANCE_ID"
 DATA_DIR_ENV: Final = "CRMSYNC_MAPPER_DATA_DIR"
 # Set by `make run` (services.devstack), where the default instance id is fine.
@@ -308,7 +309,7 @@ class MapperEngine:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
             )
-            retry_s = FIRST_RETRY_S
+            backoff = Backoff(ABORT_RETRY)
             while not self._stop.is_set():
                 self._read_barrier()
                 messages = self._consumer.consume(
@@ -319,10 +320,9 @@ class MapperEngine:
                 except TransactionAborted:
                     metrics.MAPPER_ABORTS.inc()
                     self._rewind()
-                    self._stop.wait(retry_s)
-                    retry_s = min(retry_s * 2, MAX_RETRY_S)
+                    self._stop.wait(backoff.next_wait_s())
                     continue
-                retry_s = FIRST_RETRY_S
+                backoff.reset()
                 self.progress.beat("batch committed" if messages else "polled, nothing new")
         finally:
             self._close()

@@ -38,11 +38,14 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.core.crash_points import crash_point
 from services.core.rejections import DEFAULT_MESSAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
+from services.core.retry import Backoff, RetryPolicy
 
 log = logging.getLogger(__name__)
 
 ABORT_TIMEOUT_S: Final = 30.0
 INIT_TIMEOUT_S: Final = 30.0
+# Waits while the transaction coordinator is not there yet: 0.5 s doubling to 5 s.
+INIT_RETRY: Final = RetryPolicy(initial_s=0.5, max_s=5.0)
 QUEUE_FULL_WAIT_S: Final = 0.05
 # How long past its own timeout a transactional call may take before it is given up.
 STUCK_GRACE_S: Final = 10.0
@@ -98,7 +101,7 @@ class TransactionalProducer:
         """Fence earlier incarnations of this transactional id and abort their open
         transaction; False when stopped first."""
         self._stop = stop
-        attempt = 0
+        backoff = Backoff(INIT_RETRY)
         while not stop.is_set():
             try:
                 self._producer.init_transactions(INIT_TIMEOUT_S)
@@ -107,9 +110,14 @@ class TransactionalProducer:
                 error = kafka_error(exc)
                 if error is None or error.fatal():
                     raise
-                attempt += 1
-                log.warning("transactions not initialised yet (attempt %d): %s", attempt, exc)
-                stop.wait(min(0.5 * attempt, 5.0))
+                delay = backoff.next_wait_s(exc)
+                log.warning(
+                    "transactions not initialised yet (attempt %d), retrying in %.1fs: %s",
+                    backoff.failures,
+                    delay,
+                    exc,
+                )
+                stop.wait(delay)
         return False
 
     def begin(self) -> None:

@@ -67,6 +67,7 @@ from services.core.rejections import (
     ProducibleRejection,
     producible_rejection,
 )
+from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
 from services.writer.stores.base import (
     BatchReport,
@@ -77,8 +78,9 @@ from services.writer.stores.base import (
 
 log = logging.getLogger(__name__)
 
-FIRST_RETRY_S: Final = 0.2
-MAX_RETRY_S: Final = 10.0
+# Waits while the store is away: from 0.2 s doubling to 10 s, with jitter, so that
+# writers do not come back to a restarted database in step.
+STORE_RETRY: Final = RetryPolicy(initial_s=0.2, max_s=10.0)
 REJECT_FLUSH_TIMEOUT_S: Final = 30.0
 # Kafka's committed offsets and earliest offsets, read only to warn (step 1).
 OFFSET_LOOKUP_TIMEOUT_S: Final = 10.0
@@ -130,23 +132,21 @@ def position_of(message: Message) -> tuple[str, int, int]:
 
 
 class StoreBackoff:
-    """The wait between attempts at a store that is away: FIRST_RETRY_S, doubling up to
-    MAX_RETRY_S, with ``crmsync_store_unavailable`` at 1 meanwhile (whoever sees the
-    store answer sets it back)."""
+    """The wait between attempts at a store that is away (``STORE_RETRY``), with
+    ``crmsync_store_unavailable`` at 1 meanwhile (whoever sees the store answer sets
+    it back)."""
 
     def __init__(self, wait: Callable[[float], bool]) -> None:
         # wait(seconds) waits, and says True when the writer is asked to stop.
         self._wait = wait
-        self._delay = FIRST_RETRY_S
+        self._backoff = Backoff(STORE_RETRY)
 
     def failed(self, what: str, exc: Exception) -> bool:
         """Report a failed attempt and wait before the next; True when asked to stop."""
-        log.warning("%s, retrying in %.1fs: %s", what, self._delay, exc)
+        delay = self._backoff.next_wait_s(exc)
+        log.warning("%s, retrying in %.1fs: %s", what, delay, exc)
         metrics.STORE_UNAVAILABLE.set(1)
-        if self._wait(self._delay):
-            return True
-        self._delay = min(self._delay * 2, MAX_RETRY_S)
-        return False
+        return self._wait(delay)
 
 
 class WriterLoop:

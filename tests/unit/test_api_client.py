@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 
 import aiohttp
 import pytest
@@ -19,7 +17,6 @@ from services.ingest.api_client import (
     ApiError,
     ApiUnavailable,
     StaticBearer,
-    retry_after_seconds,
 )
 
 pytestmark = pytest.mark.unit
@@ -70,7 +67,6 @@ def client(
         session=session,
         credentials=StaticBearer("t0ken"),
         sleep=recorder.sleep,
-        rng=random.Random(7),
     )
 
 
@@ -156,16 +152,6 @@ async def test_vendor_throttling_signal_is_retried(
     assert len(recorder.sleeps) == 1
 
 
-def test_retry_after_forms() -> None:
-    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    assert retry_after_seconds("7", now=now) == 7.0
-    assert retry_after_seconds(format_datetime(now + timedelta(seconds=30)), now=now) == 30.0
-    assert retry_after_seconds(format_datetime(now - timedelta(seconds=30)), now=now) == 0.0
-    assert retry_after_seconds("99999", now=now) == 600.0
-    assert retry_after_seconds("soon", now=now) is None
-    assert retry_after_seconds(None, now=now) is None
-
-
 @pytest.mark.asyncio
 async def test_a_vendor_wait_header_is_honoured_without_retry_after(
     server: tuple[TestServer, Script, Recorder],
@@ -177,3 +163,77 @@ async def test_a_vendor_wait_header_is_honoured_without_retry_after(
         api._wait_hint = lambda headers: float(headers["x-ratelimit-reset"])
         assert await api.get_json("/x") == {"ok": True}
     assert recorder.sleeps == [2.0]
+
+
+class RefreshingToken:
+    """Credentials whose refresh hands out the next token, counting refreshes."""
+
+    def __init__(self) -> None:
+        self.token = "old"
+        self.refreshes = 0
+
+    async def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def refresh(self) -> bool:
+        self.refreshes += 1
+        self.token = f"new{self.refreshes}"
+        return True
+
+
+@pytest.mark.asyncio
+async def test_a_401_refreshes_the_credentials_once_and_goes_again_at_once(
+    server: tuple[TestServer, Script, Recorder],
+) -> None:
+    test_server, script, recorder = server
+    script += [status(401), ok]
+    credentials = RefreshingToken()
+    async with aiohttp.ClientSession() as session:
+        api = client(test_server, session, recorder)
+        api._credentials = credentials
+        assert await api.get_json("/x") == {"ok": True}
+    assert credentials.refreshes == 1
+    assert [r.headers["Authorization"] for r in recorder.requests] == [
+        "Bearer old",
+        "Bearer new1",
+    ]
+    assert recorder.sleeps == [0.0]
+
+
+@pytest.mark.asyncio
+async def test_a_second_401_after_a_refresh_is_the_answer(
+    server: tuple[TestServer, Script, Recorder],
+) -> None:
+    test_server, script, recorder = server
+    script += [status(401), status(401)]
+    credentials = RefreshingToken()
+    async with aiohttp.ClientSession() as session:
+        api = client(test_server, session, recorder)
+        api._credentials = credentials
+        with pytest.raises(ApiError) as caught:
+            await api.get_json("/x")
+    assert caught.value.status == 401
+    assert not isinstance(caught.value, ApiUnavailable)
+    assert credentials.refreshes == 1
+    assert len(recorder.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_requests_keep_to_the_rate_limit(
+    server: tuple[TestServer, Script, Recorder],
+) -> None:
+    test_server, script, recorder = server
+    script += [ok] * 6
+    async with aiohttp.ClientSession() as session:
+        api = client(test_server, session, recorder, max_requests_per_second=20.0)
+        # A burst of 20 is allowed at once; the limiter holds the rest to 20 a second,
+        # so 40 more requests take about 2 s. Fewer here: 6 after draining the burst.
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            async with api._limit:
+                pass
+        started = loop.time()
+        for _ in range(6):
+            await api.get_json("/x")
+        elapsed = loop.time() - started
+    assert elapsed >= 0.25  # 6 requests at 20/s after an empty bucket: about 0.3 s

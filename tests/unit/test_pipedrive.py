@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -448,7 +447,6 @@ def api_client(
         session=session,
         credentials=built.credentials,
         sleep=recorder.sleep,
-        rng=random.Random(3),
     )
     return client, built.pull
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -885,7 +884,6 @@ def api_client(
         credentials=built.credentials,
         is_throttled=built.is_throttled,
         sleep=recorder.sleep,
-        rng=random.Random(3),
     )
     return client, built.pull, built.credentials
 

@@ -7,7 +7,6 @@ rows changing while a pull runs, webCRM's 429 and a bad row inside a page.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -213,7 +212,6 @@ def api_client(
         session=session,
         credentials=credentials,
         sleep=recorder.sleep,
-        rng=random.Random(5),
     )
     return client, built.pull, credentials
 

@@ -22,6 +22,7 @@ from prometheus_client.registry import REGISTRY
 
 from services.core import metrics
 from services.core.contracts import ProfileUpdate, load_contracts
+from services.core.retry import RetryPolicy
 from services.writer import loop as writer_loop
 from services.writer import main as writer_main
 from services.writer.loop import LoopSettings, WriterLoop
@@ -41,8 +42,8 @@ def gauge() -> float | None:
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # One backoff for the loop and start-up (StoreBackoff reads it when made).
-    monkeypatch.setattr(writer_loop, "FIRST_RETRY_S", 0.01)
+    # One policy for the loop and start-up (StoreBackoff reads it when made).
+    monkeypatch.setattr(writer_loop, "STORE_RETRY", RetryPolicy(initial_s=0.01, max_s=0.1))
     yield
     metrics.STORE_UNAVAILABLE.set(0)
 

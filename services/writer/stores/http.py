@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -34,6 +34,7 @@ import httpx
 
 from services.core.config import HttpStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
+from services.core.retry import RetryLater, RetryPolicy, logged, retry_after_seconds
 from services.writer.profiles import Merge, update_problem
 from services.writer.stores.base import (
     BatchReport,
@@ -52,6 +53,8 @@ from services.writer.stores.cdp_wire import (
 
 log = logging.getLogger(__name__)
 
+# The wait before the second try, and the longest wait: a batch must not hold the
+# writer for long (it retries the whole batch later, paused, after max_attempts).
 MAX_RETRY_AFTER_S: Final = 60.0
 FIRST_BACKOFF_S: Final = 0.2
 REASON_LIMIT: Final = 2_000
@@ -64,10 +67,16 @@ class HttpProfileStore:
         self,
         settings: HttpStoreSettings,
         *,
-        sleep: Any = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
+        self._policy = RetryPolicy(
+            initial_s=FIRST_BACKOFF_S,
+            max_s=MAX_RETRY_AFTER_S,
+            attempts=settings.max_attempts,
+            retry_after_cap_s=MAX_RETRY_AFTER_S,
+        )
         self._client = httpx.Client(
             base_url=settings.url.rstrip("/"),
             headers={"Authorization": f"Bearer {settings.token.resolve()}"},
@@ -160,28 +169,32 @@ class HttpProfileStore:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The CDP's answer, after retrying 429, 5xx and transport errors (step 3)."""
-        backoff = FIRST_BACKOFF_S
-        problem = ""
-        for attempt in range(1, self._settings.max_attempts + 1):
-            try:
-                response = self._client.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                wait = backoff
-            else:
-                if response.status_code != 429 and response.status_code < 500:
-                    if response.status_code == 401:
-                        raise TransientStoreError("CDP refused the token (401)")
-                    return response
-                problem = f"{response.status_code}: {_reason(response)}"
-                wait = _retry_after(response) or backoff
-            if attempt < self._settings.max_attempts:
-                log.warning("CDP request failed, retrying in %.1fs: %s", wait, problem)
-                self._sleep(wait)
-                backoff = min(backoff * 2, MAX_RETRY_AFTER_S)
-        raise TransientStoreError(
-            f"CDP unavailable after {self._settings.max_attempts} tries: {problem}"
-        )
+        try:
+            retrying = self._policy.retrying(
+                sleep=self._sleep, before_sleep=logged(log, "CDP request failed")
+            )
+            for attempt in retrying:
+                with attempt:
+                    return self._attempt(method, path, **kwargs)
+        except RetryLater as exc:
+            raise TransientStoreError(
+                f"CDP unavailable after {self._settings.max_attempts} tries: {exc.reason}"
+            ) from exc
+        raise AssertionError("the retry loop ends by returning or raising")
+
+    def _attempt(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryLater(
+                f"{response.status_code}: {_reason(response)}",
+                retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if response.status_code == 401:
+            raise TransientStoreError("CDP refused the token (401)")
+        return response
 
     # --- reads ----------------------------------------------------------------------
 
@@ -222,16 +235,6 @@ class HttpProfileStore:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 def _body(response: httpx.Response) -> Any:

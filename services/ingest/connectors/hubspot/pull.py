@@ -26,7 +26,6 @@ gives ``total`` for progress.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -37,7 +36,7 @@ from typing import Any, Final
 from services.core.contracts import ContactChange, Operation, RejectedEvent
 from services.core.sources import HubSpotSource
 from services.core.sources.hubspot import SEARCH_MAX_LIMIT
-from services.ingest.api_client import ApiClient, ApiError, Sleep, TokenBucket
+from services.ingest.api_client import ApiClient, ApiError, rate_limit
 from services.ingest.connectors.base import (
     Checkpoint,
     PayloadError,
@@ -224,18 +223,17 @@ def _latest(current: datetime | None, changes: Sequence[ContactChange]) -> datet
 
 
 class HubSpotPullConnector:
-    def __init__(
-        self, *, source: str, settings: HubSpotSource, sleep: Sleep = asyncio.sleep
-    ) -> None:
+    def __init__(self, *, source: str, settings: HubSpotSource) -> None:
         self.source = source
         self._properties = settings.fetched_properties()
         self._search_limit = settings.poll.page_size if settings.poll else SEARCH_MAX_LIMIT
         # Search has its own per-second limit besides the account's general one,
-        # which the ApiClient's bucket keeps.
-        self._search_bucket = TokenBucket(rate=settings.search_requests_per_second, sleep=sleep)
+        # which the ApiClient's own limit keeps.
+        self._search_limit_per_second = rate_limit(settings.search_requests_per_second)
 
     async def _search(self, api: ApiClient, body: dict[str, Any]) -> Any:
-        await self._search_bucket.acquire()
+        async with self._search_limit_per_second:
+            pass
         return await api.post_json(SEARCH_PATH, body=body)
 
     async def pages(
