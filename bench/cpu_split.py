@@ -24,11 +24,11 @@ figure is an upper bound of its own code's cost and the libraries' a lower bound
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -289,7 +289,7 @@ class Profile:
 def profiled(pids: Mapping[str, int], out_dir: Path, label: str) -> Iterator[list[Profile]]:
     """py-spy on each process tree for the duration of the block; the profiles are
     filled in when it ends."""
-    spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out_dir.mkdir(parents=True, exist_ok=True)
     spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     before = {name: thread_ticks(pid) for name, pid in pids.items()}

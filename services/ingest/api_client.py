@@ -203,8 +203,7 @@ class ApiClient:
         """One try: the answer, or RetryLater for what a retry may change (steps 3 to 5),
         or ApiError for what it would not (step 6)."""
         # Step 1
-        async with self._limit:
-            pass
+        await self._limit.acquire()
         # Step 2
         try:
             response = await self._send(call)

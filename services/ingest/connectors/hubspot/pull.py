@@ -232,8 +232,7 @@ class HubSpotPullConnector:
         self._search_limit_per_second = rate_limit(settings.search_requests_per_second)
 
     async def _search(self, api: ApiClient, body: dict[str, Any]) -> Any:
-        async with self._search_limit_per_second:
-            pass
+        await self._search_limit_per_second.acquire()
         return await api.post_json(SEARCH_PATH, body=body)
 
     async def pages(
