@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 
 import yaml
 from confluent_kafka import (
-    Consumer,
     ConsumerGroupState,
     IsolationLevel,
-    KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
@@ -150,37 +148,6 @@ def transaction_held(stack: Stack, topic: str, *, wait_s: float = 1.0) -> bool:
     time.sleep(wait_s)
     committed = ends(IsolationLevel.READ_COMMITTED)
     return any(committed[p] < written[p] for p in partitions)
-
-
-def offsets_pending(stack: Stack, *, wait_s: float = 2.0) -> bool:
-    """Whether the stack's mapper group has offsets sent in a transaction that is not
-    decided yet. A mapper frozen after it sent its transaction's offsets (and before it
-    committed) legitimately commits when it wakes: the offsets were accepted while its
-    generation was current, and the partitions' next owner waits for the decision
-    before it reads them. Only one frozen before then is a zombie whose commit must be
-    refused. Read as the mapper reads them on assignment: a read_committed consumer
-    asks for stable offsets, and waits while a transaction holds them (a timeout, or
-    any other failure to read, counts as pending: the freeze is tried again)."""
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    name = stack.topic("changes")
-    partitions = [
-        TopicPartition(name, p) for p in admin.list_topics(name, timeout=10).topics[name].partitions
-    ]
-    reader = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": f"{stack.prefix}mapper",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        reader.committed(partitions, timeout=wait_s)
-    except KafkaException:
-        return True
-    finally:
-        reader.close()
-    return False
 
 
 def freeze_mid_transaction(

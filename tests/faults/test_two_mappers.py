@@ -11,9 +11,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from services.core.crash_points import FREEZE_ENV
 from tests.faults.model import (
     CONTRACTS,
     Load,
@@ -22,14 +24,7 @@ from tests.faults.model import (
     read_committed,
     wait_until,
 )
-from tests.faults.running import (
-    SteadyLoad,
-    freeze_mid_transaction,
-    mapper_instance,
-    mapper_members,
-    offsets_pending,
-    transaction_held,
-)
+from tests.faults.running import SteadyLoad, mapper_instance, mapper_members, transaction_held
 from tests.support.services import ServiceProcess, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -38,11 +33,9 @@ RECORDS = 300
 # Rounds of the load, RECORDS changes each (~0.6 s a round): they outlast the moves.
 ROUNDS = 140
 PAUSE_S = 0.5
-# A paused this long has a backlog of about a full batch; mapped at once, it is a
-# transaction long enough to freeze inside, at one of these moments after it wakes.
-FREEZE_BACKLOG_S = 5.0
-BEFORE_OFFSETS_TRIES = 2
-FREEZE_WAKES_S = (0.06, 0.09, 0.12, 0.15, 0.18, 0.21, 0.24)
+# A's transaction that freezes (a few rounds into the load): after it produced its
+# updates and changelog, before it sent its offsets (services/core/crash_points.py).
+FREEZE_AT = "mapper-after-produce:20"
 ALL = {0, 1, 2}  # the stack's partitions of changes and fullsync
 ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
 RESTORED = re.compile(r"restored state records from the changelog: (\{.*\})")
@@ -62,30 +55,12 @@ def mappers(stack: Stack) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
                 mapper.stop(timeout_s=30)
 
 
-def freeze(stack: Stack, pid: int) -> tuple[int, bool]:
-    """Freeze mapper ``pid`` inside a transaction: before it sent the transaction's
-    offsets if a few tries catch it there (its commit must then be refused when it
-    wakes), else after. Its outputs reach the broker only after the producer's linger
-    (100 ms), so a transaction shorter than that sends its offsets first: the window
-    before them is narrow. The tries taken, and whether it was before the offsets."""
-
-    def held() -> bool:
-        return transaction_held(stack, "profile-updates")
-
-    try:
-        before = freeze_mid_transaction(
-            pid,
-            lambda: held() and not offsets_pending(stack),
-            backlog_s=FREEZE_BACKLOG_S,
-            wakes_s=FREEZE_WAKES_S,
-            tries=BEFORE_OFFSETS_TRIES,
-        )
-        return before, True
-    except AssertionError:
-        after = freeze_mid_transaction(
-            pid, held, backlog_s=FREEZE_BACKLOG_S, wakes_s=FREEZE_WAKES_S
-        )
-        return BEFORE_OFFSETS_TRIES + after, False
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (by a signal: SIGSTOP)."""
+    with contextlib.suppress(FileNotFoundError):
+        # The state follows the command's name, which is in parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    return False
 
 
 def shared(now: dict[str, set[int]] | None) -> bool:
@@ -192,6 +167,7 @@ def test_partitions_move_to_a_second_mapper_and_back_under_load(
 @pytest.mark.timeout(300)
 def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: str) -> None:
     with mappers(stack) as (a, b):
+        a.env[FREEZE_ENV] = FREEZE_AT
         a.start()
         a.wait_ready()
         b.start()
@@ -201,15 +177,14 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
         load = Load(kafka_bootstrap, stack.prefix)
         steady = SteadyLoad(load, records=RECORDS, rounds=ROUNDS, pause_s=PAUSE_S).start()
         try:
-            # A frozen inside a transaction: outputs on the broker, not yet committed, and
-            # its offsets not yet sent (else its commit is legitimate when it wakes).
-            wait_until(lambda: rounds_acked(load, 3), timeout_s=60, what="3 rounds acked")
+            # A freezes inside a transaction: its outputs on the broker, not committed,
+            # and its offsets not sent (else its commit would be legitimate on waking).
             assert a.process is not None
-            # (Its updates reach the broker while it maps, after the producer's linger;
-            # its changelog writes only at the end of the batch.)
-            tries, before_offsets = freeze(stack, a.process.pid)
+            pid = a.process.pid
+            wait_until(lambda: stopped(pid), timeout_s=60, what="A frozen")
             frozen = time.monotonic()
             at_round = len(load.acked) / RECORDS
+            assert transaction_held(stack, "profile-updates"), "A froze holding no update"
             # A's session times out (15 s): the group drops it, B gets every partition.
             taken_in = wait_members(stack, {"mapper-b": ALL}, timeout_s=60)
             # A wakes as a zombie: its consumed offsets belong to a generation that is
@@ -232,9 +207,9 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
         a_code = a.process.poll() if a.process is not None else None
         fate = f"exited {a_code}" if a_code is not None else f"rejoined in {settled_in:.1f}s"
         print(
-            f"[fault] A frozen mid-transaction with {sorted(a_had)} (try {tries}, round "
-            f"{at_round:.0f}); B took all in {taken_in:.1f}s; A woke at round "
-            f"{woke_round:.0f} of {ROUNDS} and {fate}"
+            f"[fault] A frozen mid-transaction with {sorted(a_had)} (round {at_round:.0f}); "
+            f"B took all in {taken_in:.1f}s; A woke at round {woke_round:.0f} of {ROUNDS} "
+            f"and {fate}"
         )
         for line in log_of(a).splitlines():
             if "aborted" in line or "fenced" in line.lower() or "Error" in line:
@@ -242,18 +217,10 @@ def test_a_frozen_mapper_is_fenced_when_it_wakes(stack: Stack, kafka_bootstrap: 
         outcome = check_updates(load, since=frozen)
         outcome.assert_exact("A frozen past its session, then woken")
         zombie = written_twice(stack)
-        print(
-            f"[fault] frozen before its offsets were sent: {before_offsets}; "
-            f"aborted updates that B emitted again: {zombie}"
-        )
-        if before_offsets:
-            # The zombie's transaction was refused and aborted (or A, fenced, ended) ...
-            assert a_code is not None or "transaction aborted" in log_of(a), a.log_tail()
-            # ... and it held updates B emitted again: committed, they were duplicates.
-            assert zombie > 0, "the frozen transaction held no update B mapped: nothing tested"
-        # Frozen after it sent its offsets, A's transaction commits when it wakes (its
-        # offsets were accepted while its generation was current) and B, reading stable
-        # offsets, waited for that before mapping A's partitions: the exact check above
-        # is what holds it.
+        print(f"[fault] aborted updates of A that B emitted again: {zombie}")
+        # The zombie's transaction was refused and aborted (or A, fenced, ended) ...
+        assert a_code is not None or "transaction aborted" in log_of(a), a.log_tail()
+        # ... and it held updates B emitted again: committed, they were duplicates.
+        assert zombie > 0, "the frozen transaction held no update B mapped: nothing tested"
         assert audited_twice(kafka_bootstrap, stack.prefix) == []
         assert b.process is not None and b.process.poll() is None, b.log_tail()
