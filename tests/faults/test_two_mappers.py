@@ -137,6 +137,13 @@ def test_partitions_move_to_a_second_mapper_and_back_under_load(
             b.start()
             b.wait_ready()
             shared_in = wait_members(stack, None, timeout_s=60)
+            # Each logs its assignment once its state is ready, which may be just after
+            # the group is stable.
+            wait_until(
+                lambda: shared({"mapper-a": assignments(a)[-1], "mapper-b": assignments(b)[-1]}),
+                timeout_s=30,
+                what="A and B logged their shares",
+            )
             moved = assignments(b)[-1]
             assert moved and moved == ALL - assignments(a)[-1], (assignments(a), moved)
             assert restored(b) == moved, f"B restored {restored(b)}, took {moved}"
