@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any, Final
 
 from services.core.config import Settings
+from services.core.http import TRANSIENT, client
 
 INGEST_URL_ENV: Final = "CRMSYNC_INGEST_URL"
 
@@ -25,17 +24,15 @@ def ingest_url(settings: Settings) -> str:
 
 def admin_call(settings: Settings, method: str, path: str) -> tuple[int, dict[str, Any]]:
     token_ref = settings.services.ingest.admin_token
-    request = urllib.request.Request(f"{ingest_url(settings)}{path}", method=method)  # noqa: S310
-    if token_ref is not None:
-        request.add_header("Authorization", f"Bearer {token_ref.resolve()}")
+    headers = {"Authorization": f"Bearer {token_ref.resolve()}"} if token_ref is not None else {}
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        payload = exc.read()
-        try:
-            return exc.code, json.loads(payload) if payload else {}
-        except ValueError:
-            return exc.code, {"error": payload.decode(errors="replace")[:200]}
-    except urllib.error.URLError as exc:
-        return 0, {"error": f"ingest not reachable at {ingest_url(settings)}: {exc.reason}"}
+        with client(timeout_s=30, headers=headers) as http:
+            response = http.request(method, f"{ingest_url(settings)}{path}")
+    except TRANSIENT as exc:
+        reason = str(exc) or type(exc).__name__
+        return 0, {"error": f"ingest not reachable at {ingest_url(settings)}: {reason}"}
+    payload = response.content
+    try:
+        return response.status_code, json.loads(payload) if payload else {}
+    except ValueError:
+        return response.status_code, {"error": payload.decode(errors="replace")[:200]}

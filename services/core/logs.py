@@ -96,3 +96,7 @@ def configure_logging(*, service: str, level: str | None = None, worker: int | N
     root.setLevel(level or os.environ.get(LOG_LEVEL_ENV, "INFO"))
     # aiohttp's access log would print every webhook; metrics cover that.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx logs every request's URL at INFO: a query string may carry a key (some
+    # CRMs take API tokens there), and metrics count the calls.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

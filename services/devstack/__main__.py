@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from services.core.config import ConfigError, Settings, load_settings
+from services.core.http import TRANSIENT, client
 
 SERVICES: Final = ("ingest", "mapper", "writer")
 READY_TIMEOUT_S: Final = 120.0
@@ -111,12 +110,11 @@ def services(settings: Settings) -> list[Process]:
 def _answers(url: str, *, ready: bool) -> bool:
     """For /readyz, a 200; for a fake, any HTTP answer at all."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError:
-        return not ready
-    except (OSError, urllib.error.URLError):
+        with client(timeout_s=2) as http:
+            status = http.get(url).status_code
+    except TRANSIENT:
         return False
+    return status == 200 if ready else True
 
 
 def up(stack: list[Process], *, config: Path, var: Path) -> int:

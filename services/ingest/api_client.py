@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import aiohttp
+import httpx
 from aiolimiter import AsyncLimiter
 
 from services.core import metrics
+from services.core.http import TRANSIENT
 from services.core.retry import (
     BeforeSleep,
     RetryLater,
@@ -46,6 +47,8 @@ from services.core.sources import ApiSettings
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
+# A credentials refresh that failed this way may pass (the token endpoint is down).
+TOKEN_FAILURES: Final[tuple[type[Exception], ...]] = (*TRANSIENT, RetryLater)
 
 Sleep = Callable[[float], Awaitable[None]]
 ThrottleCheck = Callable[[int, bytes], bool]
@@ -133,7 +136,7 @@ class ApiClient:
         *,
         source: str,
         settings: ApiSettings,
-        session: aiohttp.ClientSession,
+        session: httpx.AsyncClient,
         credentials: Credentials,
         is_throttled: ThrottleCheck | None = None,
         wait_hint: WaitHint | None = None,
@@ -153,7 +156,7 @@ class ApiClient:
             max_s=settings.backoff_max_seconds,
             attempts=settings.max_attempts,
         )
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        self._timeout_s = settings.timeout_seconds
 
     def url(self, path_or_url: str) -> str:
         if path_or_url.startswith(("http://", "https://")):
@@ -207,7 +210,7 @@ class ApiClient:
         # Step 2
         try:
             response = await self._send(call)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TRANSIENT as exc:
             raise RetryLater(type(exc).__name__) from exc
         metrics.API_REQUESTS.labels(self.source, str(response.status)).inc()
         if response.status < 400:
@@ -216,7 +219,7 @@ class ApiClient:
         if response.status == 401 and not refreshed:
             try:
                 renewed = await self._credentials.refresh()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TOKEN_FAILURES as exc:
                 # The token endpoint is down: a transient failure like any other.
                 raise ApiUnavailable(
                     status=503, path=call.shown, detail=f"credentials refresh failed: {exc}"
@@ -257,16 +260,19 @@ class ApiClient:
         all_headers = {"Accept": "application/json", **(await self._credentials.headers())}
         if call.headers:
             all_headers.update(call.headers)
-        async with self._session.request(
-            call.method,
-            self.url(call.path),
-            params=call.params,
-            json=call.json_body,
-            headers=all_headers,
-            timeout=self._timeout,
-        ) as response:
-            body = await response.read()
-            return ApiResponse(status=response.status, headers=response.headers, body=body)
+        # httpx bounds each phase; the source's timeout bounds the whole exchange.
+        async with asyncio.timeout(self._timeout_s):
+            response = await self._session.request(
+                call.method,
+                self.url(call.path),
+                params=call.params,
+                json=call.json_body,
+                headers=all_headers,
+                timeout=self._timeout_s,
+            )
+        return ApiResponse(
+            status=response.status_code, headers=response.headers, body=response.content
+        )
 
 
 def _excerpt(body: bytes, limit: int = 300) -> str:

@@ -28,12 +28,13 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
+import httpx
 from aiohttp import web
 
 from services.core.bootstrap import prepare_kafka_with_retry
 from services.core.config import Settings
 from services.core.contracts import Origin, WireContracts, load_contracts
+from services.core.http import async_client
 from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.core.runtime import HealthEndpoints, start_http
 from services.core.workers import WorkerPool
@@ -82,7 +83,7 @@ class Ingest:
     store: StateStore
     fullsyncs: FullSyncs
     pollers: list[Poller]
-    session: aiohttp.ClientSession
+    session: httpx.AsyncClient
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -103,7 +104,8 @@ class Ingest:
             codec=state_codec(contracts.catalog),
         )
         sources = {name: build_connectors(name, s) for name, s in settings.sources.items()}
-        session = aiohttp.ClientSession()
+        # One pool for every source's API calls; each call's timeout is its source's.
+        session = async_client()
         page_sources: dict[str, PageSource] = {}
         pollers: list[Poller] = []
         for name, connectors in sources.items():
@@ -274,7 +276,7 @@ async def run(settings: Settings, *, stop: asyncio.Event, worker: int = 0) -> No
         # Stop accepting, let in-flight requests finish (they await their acks) ...
         for runner in runners:
             await runner.cleanup()
-        await ingest.session.close()
+        await ingest.session.aclose()
         # ... then make sure nothing acknowledged or queued is left behind.
         await asyncio.to_thread(ingest.publisher.close)
         if pool is not None:

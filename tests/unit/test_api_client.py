@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -51,7 +51,7 @@ async def server() -> AsyncIterator[tuple[TestServer, Script, Recorder]]:
 
 
 def client(
-    test_server: TestServer, session: aiohttp.ClientSession, recorder: Recorder, **settings: object
+    test_server: TestServer, session: httpx.AsyncClient, recorder: Recorder, **settings: object
 ) -> ApiClient:
     values: dict[str, object] = {
         "base_url": str(test_server.make_url("/")),
@@ -84,7 +84,7 @@ async def test_success_sends_the_bearer_token(
 ) -> None:
     test_server, script, recorder = server
     script.append(ok)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         assert await client(test_server, session, recorder).get_json("/x") == {"ok": True}
     assert recorder.requests[0].headers["Authorization"] == "Bearer t0ken"
     assert recorder.sleeps == []
@@ -96,7 +96,7 @@ async def test_429_waits_for_retry_after_then_succeeds(
 ) -> None:
     test_server, script, recorder = server
     script += [status(429, **{"Retry-After": "3"}), ok]
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         assert await client(test_server, session, recorder).get_json("/x") == {"ok": True}
     assert recorder.sleeps == [3.0]
 
@@ -107,7 +107,7 @@ async def test_5xx_backs_off_with_jitter_below_an_exponential_ceiling(
 ) -> None:
     test_server, script, recorder = server
     script += [status(502), status(503), status(500), ok]
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         assert await client(test_server, session, recorder).get_json("/x") == {"ok": True}
     assert len(recorder.sleeps) == 3
     for attempt, slept in enumerate(recorder.sleeps, start=1):
@@ -118,7 +118,7 @@ async def test_5xx_backs_off_with_jitter_below_an_exponential_ceiling(
 async def test_gives_up_after_max_attempts(server: tuple[TestServer, Script, Recorder]) -> None:
     test_server, script, recorder = server
     script += [status(503)] * 4
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         with pytest.raises(ApiUnavailable, match="http 503 after 4 attempts"):
             await client(test_server, session, recorder).get_json("/x")
     assert len(recorder.sleeps) == 3
@@ -128,7 +128,7 @@ async def test_gives_up_after_max_attempts(server: tuple[TestServer, Script, Rec
 async def test_other_4xx_is_not_retried(server: tuple[TestServer, Script, Recorder]) -> None:
     test_server, script, recorder = server
     script.append(status(400))
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         with pytest.raises(ApiError) as caught:
             await client(test_server, session, recorder).get_json("/x?api_token=secret")
     assert caught.value.status == 400
@@ -145,7 +145,7 @@ async def test_vendor_throttling_signal_is_retried(
         lambda _r: web.json_response([{"errorCode": "REQUEST_LIMIT_EXCEEDED"}], status=403),
         ok,
     ]
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         api = client(test_server, session, recorder)
         api._is_throttled = lambda code, body: code == 403 and b"REQUEST_LIMIT_EXCEEDED" in body
         assert await api.get_json("/x") == {"ok": True}
@@ -158,7 +158,7 @@ async def test_a_vendor_wait_header_is_honoured_without_retry_after(
 ) -> None:
     test_server, script, recorder = server
     script += [status(429, **{"x-ratelimit-reset": "2"}), ok]
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         api = client(test_server, session, recorder)
         api._wait_hint = lambda headers: float(headers["x-ratelimit-reset"])
         assert await api.get_json("/x") == {"ok": True}
@@ -188,7 +188,7 @@ async def test_a_401_refreshes_the_credentials_once_and_goes_again_at_once(
     test_server, script, recorder = server
     script += [status(401), ok]
     credentials = RefreshingToken()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         api = client(test_server, session, recorder)
         api._credentials = credentials
         assert await api.get_json("/x") == {"ok": True}
@@ -207,7 +207,7 @@ async def test_a_second_401_after_a_refresh_is_the_answer(
     test_server, script, recorder = server
     script += [status(401), status(401)]
     credentials = RefreshingToken()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         api = client(test_server, session, recorder)
         api._credentials = credentials
         with pytest.raises(ApiError) as caught:
@@ -224,7 +224,7 @@ async def test_requests_keep_to_the_rate_limit(
 ) -> None:
     test_server, script, recorder = server
     script += [ok] * 6
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         api = client(test_server, session, recorder, max_requests_per_second=20.0)
         # A burst of 20 is allowed at once; the limiter holds the rest to 20 a second,
         # so 40 more requests take about 2 s. Fewer here: 6 after draining the burst.

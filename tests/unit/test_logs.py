@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import pytest
 
-from services.core.logs import JsonFormatter, email_tag, remember_secret, scrub
+from services.core.logs import (
+    JsonFormatter,
+    configure_logging,
+    email_tag,
+    remember_secret,
+    scrub,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +58,26 @@ def test_a_worker_of_several_names_itself_in_every_line() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "assigned", (), None)
     assert json.loads(JsonFormatter(service="mapper", worker=1).format(record))["worker"] == 1
     assert "worker" not in json.loads(JsonFormatter(service="mapper").format(record))
+
+
+def test_outbound_calls_leave_their_urls_out_of_the_logs() -> None:
+    """httpx would log every request's URL, query string (and key) included."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    try:
+        configure_logging(service="ingest", level="DEBUG")
+        root.addHandler(Keep())
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+        with httpx.Client(transport=transport) as http:
+            assert http.get("https://crm.example/v1/contacts?api_key=s3cret").status_code == 200
+        logging.getLogger("crmsync.check").info("still logging")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert seen == ["still logging"]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -426,7 +426,7 @@ async def served() -> AsyncIterator[tuple[FakePipedrive, FakeServer, TestServer,
 
 
 def api_client(
-    test_server: TestServer, session: aiohttp.ClientSession, recorder: Recorder, **settings: Any
+    test_server: TestServer, session: httpx.AsyncClient, recorder: Recorder, **settings: Any
 ) -> tuple[ApiClient, PipedrivePullConnector]:
     values = {
         "api": {
@@ -475,7 +475,7 @@ async def test_full_sync_pages_oldest_first_with_the_token_in_a_header(
 ) -> None:
     crm, _fake, test_server, recorder = served
     crm.seed(250)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         pages = await collect(pull, client)
     assert [len(p.changes) for p in pages] == [100, 100, 50]
@@ -504,7 +504,7 @@ async def test_poll_asks_for_persons_updated_since_in_rfc3339(
     crm, _fake, test_server, recorder = served
     crm.seed(30)
     cutoff = datetime.fromisoformat(crm.persons[15]["update_time"].replace("Z", "+00:00"))
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         pages = await collect(pull, client, since=cutoff + timedelta(microseconds=500))
     ids = {c.record_id for p in pages for c in p.changes}
@@ -520,7 +520,7 @@ async def test_a_resumed_pull_continues_the_same_query(
 ) -> None:
     crm, _fake, test_server, recorder = served
     crm.seed(120)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder, poll={
             "interval_seconds": 60, "page_size": 50,
         })  # fmt: skip
@@ -541,7 +541,7 @@ async def test_an_unreadable_resume_position_starts_the_query_over(
 ) -> None:
     crm, _fake, test_server, recorder = served
     crm.seed(10)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         pages = await collect(pull, client, resume=Checkpoint(cursor="[1, 2]"))
     assert sum(len(p.changes) for p in pages) == 10
@@ -554,7 +554,7 @@ async def test_throttled_answers_are_retried_until_every_page_arrives(
     crm, fake, test_server, recorder = served
     crm.seed(150)
     fake.faults.scripted = deque([429, 429, 429])
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         pages = await collect(pull, client)
     assert sum(len(p.changes) for p in pages) == 150
@@ -568,13 +568,13 @@ async def test_the_documented_429_answer(
 ) -> None:
     _crm, fake, test_server, _recorder = served
     fake.faults.script(429)
-    async with aiohttp.ClientSession() as session:
-        url = test_server.make_url("/api/v2/persons")
-        async with session.get(url, headers={"x-api-token": API_TOKEN}) as response:
-            body = await response.json()
-            assert response.status == 429
-            assert response.headers["x-ratelimit-remaining"] == "0"
-            assert int(response.headers["x-ratelimit-reset"]) >= 1
+    async with httpx.AsyncClient() as session:
+        url = str(test_server.make_url("/api/v2/persons"))
+        response = await session.get(url, headers={"x-api-token": API_TOKEN})
+        body = response.json()
+        assert response.status_code == 429
+        assert response.headers["x-ratelimit-remaining"] == "0"
+        assert int(response.headers["x-ratelimit-reset"]) >= 1
     assert body["success"] is False
     assert "Rate limit" in body["error"]
 
@@ -586,7 +586,7 @@ async def test_a_refused_token_is_an_api_error_without_the_token(
 ) -> None:
     _crm, _fake, test_server, recorder = served
     monkeypatch.setenv(TOKEN_ENV, "revoked-token")
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         with pytest.raises(ApiError) as refused:
             await collect(pull, client)
@@ -602,7 +602,7 @@ async def test_a_bad_person_is_rejected_without_failing_its_page(
     crm.seed(5)
     crm.persons[3]["emails"] = [{"value": 7, "primary": True}]
     crm.persons[4]["is_deleted"] = True
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull = api_client(test_server, session, recorder)
         [page] = await collect(pull, client)
     assert [c.record_id for c in page.changes] == ["1", "2", "4", "5"]
@@ -643,11 +643,11 @@ async def test_the_fake_checks_parameters_as_documented(
     error: str,
 ) -> None:
     _crm, _fake, test_server, _recorder = served
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(str(test_server.make_url("/api/v2/persons")) + query, headers=headers) as got,
-    ):
-        body = await got.json()
-        assert got.status == status
+    async with httpx.AsyncClient() as session:
+        got = await session.get(
+            str(test_server.make_url("/api/v2/persons")) + query, headers=headers
+        )
+    body = got.json()
+    assert got.status_code == status
     assert body["success"] is False
     assert error in body["error"]

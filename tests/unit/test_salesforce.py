@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -856,7 +856,7 @@ def base_url(test_server: TestServer) -> str:
 
 def api_client(
     test_server: TestServer,
-    session: aiohttp.ClientSession,
+    session: httpx.AsyncClient,
     recorder: Recorder,
     *,
     oauth: dict[str, Any] | None = None,
@@ -915,7 +915,7 @@ async def test_a_full_sync_follows_next_records_url_until_done(served: Served) -
     org, _fake, test_server, recorder = served
     ids = org.seed(450)
     org.delete(ids[3])
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         pages = await collect(pull, client)
     assert [len(p.changes) for p in pages] == [200, 200, 50]
@@ -956,7 +956,7 @@ async def test_a_poll_filters_on_last_modified_date_with_a_documented_literal(
     org, _fake, test_server, recorder = served
     ids = org.seed(20)
     since = NOW + timedelta(seconds=2, milliseconds=500)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder, include_deleted=False)
         pages = await collect(pull, client, since=since)
     assert queries(recorder) == [
@@ -974,7 +974,7 @@ async def test_a_resumed_pull_whose_locator_expired_continues_after_the_last_rec
 ) -> None:
     org, _fake, test_server, recorder = served
     ids = org.seed(450)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         [first] = await collect(pull, client, stop_after=1)
         org.expire_locators()
@@ -994,7 +994,7 @@ async def test_a_resumed_pull_whose_locator_expired_continues_after_the_last_rec
 async def test_an_expired_session_is_renewed_once_and_the_query_goes_on(served: Served) -> None:
     org, _fake, test_server, recorder = served
     ids = org.seed(450)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         pages: list[PullPage] = []
         async for page in pull.pages(client, since=None, resume=None, stamp=Stamp(Origin.POLL)):
@@ -1017,7 +1017,7 @@ async def test_the_refresh_token_flow(served: Served) -> None:
         "client_secret": {"env": SECRET_ENV},
         "refresh_token": {"env": REFRESH_ENV},
     }
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder, oauth=oauth)
         pages = await collect(pull, client)
     assert len(pages[0].changes) == 3
@@ -1030,7 +1030,7 @@ async def test_refused_client_credentials_fail_with_the_oauth_error(
     org, _fake, test_server, recorder = served
     org.seed(3)
     monkeypatch.setenv(SECRET_ENV, "wrong-secret")
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         with pytest.raises(ApiError, match="invalid_client") as caught:
             await collect(pull, client)
@@ -1042,7 +1042,7 @@ async def test_a_failing_token_endpoint_is_retried(served: Served) -> None:
     org, fake, test_server, recorder = served
     org.seed(3)
     fake.faults.script(503, 503)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         pages = await collect(pull, client)
     assert len(pages[0].changes) == 3
@@ -1054,7 +1054,7 @@ async def test_a_failing_token_endpoint_is_retried(served: Served) -> None:
 async def test_request_limit_exceeded_is_retried_with_backoff(served: Served) -> None:
     org, fake, test_server, recorder = served
     ids = org.seed(450)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, credentials = api_client(test_server, session, recorder)
         await credentials.headers()  # the token first, so the limit hits the query
         fake.faults.script(429, 429, 429)  # answered as 403 REQUEST_LIMIT_EXCEEDED
@@ -1076,7 +1076,7 @@ async def test_a_static_session_token_is_refused_with_invalid_session_id(served:
     built = connectors("sf", settings)
     assert built.credentials is None and built.api is not None
     assert isinstance(built.pull, SalesforcePullConnector)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client = ApiClient(
             source="sf",
             settings=built.api,
@@ -1095,7 +1095,7 @@ async def test_a_bad_record_is_rejected_without_failing_its_batch(served: Served
     org, _fake, test_server, recorder = served
     ids = org.seed(5)
     org.records[ids[2]]["LastModifiedDate"] = "2026-11-23T09:00:00.000"  # no zone
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         [page] = await collect(pull, client)
     assert [c.record_id for c in page.changes] == [i for i in ids if i != ids[2]]
@@ -1109,7 +1109,7 @@ async def test_a_bad_record_is_rejected_without_failing_its_batch(served: Served
 async def test_an_unreadable_cursor_starts_the_query_over(served: Served) -> None:
     org, _fake, test_server, recorder = served
     ids = org.seed(5)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _ = api_client(test_server, session, recorder)
         pages = await collect(pull, client, resume=Checkpoint(cursor="{not json"))
     assert [c.record_id for c in pages[0].changes] == ids
@@ -1137,7 +1137,7 @@ async def test_the_fake_answers_bad_soql_as_documented(
 ) -> None:
     org, _fake, test_server, recorder = served
     token = org.issue_token()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client = ApiClient(
             source="sf",
             settings=source(

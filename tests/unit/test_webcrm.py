@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiohttp
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
@@ -188,7 +188,7 @@ async def served() -> AsyncIterator[tuple[FakeWebCrm, FakeServer, TestServer]]:
 
 def api_client(
     test_server: TestServer,
-    session: aiohttp.ClientSession,
+    session: httpx.AsyncClient,
     recorder: Recorder,
     *,
     clock: Clock | None = None,
@@ -245,7 +245,7 @@ async def test_full_sync_reads_every_person_once_by_id(
     crm, fake, test_server = served
     crm.seed(250)
     crm.upsert(3, PersonFirstName="Newest")
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         pages = await collect(pull, client)
     assert [len(p.changes) for p in pages] == [100, 100, 50]
@@ -273,7 +273,7 @@ async def test_poll_pages_by_update_time_and_id_past_a_crowd_of_equal_times(
 ) -> None:
     crm, _fake, test_server = served
     crm.seed(230)  # all at the same PersonUpdatedAt: more than a page shares one time
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         pages = await collect(pull, client, since=NOW - timedelta(minutes=5))
     assert ids(pages) == [str(i) for i in range(1, 231)]
@@ -294,7 +294,7 @@ async def test_rows_changing_during_a_poll_are_never_skipped(
 ) -> None:
     crm, _fake, test_server = served
     crm.seed(300)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         since = NOW - timedelta(minutes=1)
         first = await collect(pull, client, since=since, stop_after=1)
@@ -318,7 +318,7 @@ async def test_an_unreadable_resume_position_starts_the_query_over(
     crm, _fake, test_server = served
     crm.seed(20)
     bad = '{"since":"1\' OR 1=1 --","after":null,"after_id":null,"newest":null}'
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         pages = await collect(pull, client, resume=Checkpoint(cursor=bad))
     assert len(ids(pages)) == 20
@@ -332,7 +332,7 @@ async def test_time_zone_of_the_account_is_honoured(
     crm, _fake, test_server = served
     crm.zone = COPENHAGEN
     crm.seed(3)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(
             test_server, session, Recorder(), time_zone="Europe/Copenhagen"
         )
@@ -349,7 +349,7 @@ async def test_the_access_token_is_reused_then_renewed_before_it_expires(
     crm, _fake, test_server = served
     crm.token_lifetime = 3600
     clock = Clock()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, token = api_client(test_server, session, Recorder(), clock=clock)
         await collect(pull, client)
         await collect(pull, client)
@@ -366,7 +366,7 @@ async def test_a_401_gets_a_new_access_token_and_the_request_again(
 ) -> None:
     crm, fake, test_server = served
     crm.seed(5)
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         await collect(pull, client)
         crm.expire_tokens()
@@ -381,7 +381,7 @@ async def test_a_refused_application_token_is_an_api_error_without_the_token(
     served: tuple[FakeWebCrm, FakeServer, TestServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _crm, _fake, test_server = served
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         client._credentials = AccessToken(  # the token the source was configured with
             base_url=client.base_url, app_token="0000-revoked", timeout_seconds=5
@@ -401,7 +401,7 @@ async def test_throttled_requests_wait_for_retry_after(
     crm.seed(150)
     crm.retry_after_seconds = 14
     recorder = Recorder()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, recorder)
         await collect(pull, client, stop_after=1)  # logged in
         fake.faults.scripted = deque([429, 429])
@@ -418,7 +418,7 @@ async def test_a_throttled_login_is_retried(
     crm.seed(3)
     fake.faults.scripted = deque([429, 503])
     recorder = Recorder()
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, recorder)
         pages = await collect(pull, client)
     assert len(ids(pages)) == 3
@@ -433,13 +433,11 @@ async def test_the_documented_429_answer(
     crm, fake, test_server = served
     crm.retry_after_seconds = 14
     fake.faults.script(429)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(test_server.make_url("/Persons")) as response,
-    ):
-        body = await response.json()
-        assert response.status == 429
-        assert response.headers["Retry-After"] == "14"
+    async with httpx.AsyncClient() as session:
+        response = await session.get(str(test_server.make_url("/Persons")))
+    body = response.json()
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "14"
     assert body == {
         "RetryAfterSeconds": 14,
         "Message": "The request was throttled. The limit of 250 requests per minute is reached",
@@ -456,7 +454,7 @@ async def test_a_bad_row_is_rejected_and_the_pull_goes_on(
     crm.persons[4]["PersonUpdatedAt"] = "0001-01-01T00:00:00"
     crm.persons[4]["PersonCreatedAt"] = None
     crm.persons[7]["PersonUpdatedAt"] = None  # never updated: its creation time counts
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder(), page_size=5)
         pages = await collect(pull, client)
     assert ids(pages) == [str(i) for i in range(1, 13) if i != 4]
@@ -475,7 +473,7 @@ async def test_an_answer_that_is_not_a_row_list_is_an_api_error(
     async def not_a_list(*_args: Any, **_kwargs: Any) -> Any:
         return {"Message": "?"}
 
-    async with aiohttp.ClientSession() as session:
+    async with httpx.AsyncClient() as session:
         client, pull, _token = api_client(test_server, session, Recorder())
         client.get_json = not_a_list  # type: ignore[method-assign]
         with pytest.raises(ApiError, match="not a list"):
@@ -488,24 +486,22 @@ async def test_the_fake_checks_tokens_and_paging_as_documented(
 ) -> None:
     crm, _fake, test_server = served
     crm.seed(3)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(test_server.make_url("/Persons")) as anonymous:
-            assert anonymous.status == 401
-        login = test_server.make_url("/Auth/ApiLogin")
-        async with session.post(login, data={"authCode": "nope"}) as refused:
-            assert refused.status == 401
-            assert (await refused.json())["IsError"] is True
-        async with session.post(login, data={"authCode": APP_TOKEN}) as granted:
-            tokens = await granted.json()
+    async with httpx.AsyncClient() as session:
+        anonymous = await session.get(str(test_server.make_url("/Persons")))
+        assert anonymous.status_code == 401
+        login = str(test_server.make_url("/Auth/ApiLogin"))
+        refused = await session.post(login, data={"authCode": "nope"})
+        assert refused.status_code == 401
+        assert refused.json()["IsError"] is True
+        granted = await session.post(login, data={"authCode": APP_TOKEN})
+        tokens = granted.json()
         assert tokens["ExpiresIn"] == 3600
         bearer = {"Authorization": f"Bearer {tokens['AccessToken']}"}
-        persons = test_server.make_url("/Persons")
-        async with session.get(persons, params={"Page": "2", "Size": "2"}, headers=bearer) as page:
-            assert [p["PersonId"] for p in await page.json()] == [3]
-        async with session.get(persons, params={"Size": "1001"}, headers=bearer) as too_big:
-            assert too_big.status == 400
-        refresh = test_server.make_url("/Auth/ApiRefresh")
-        async with session.post(
-            refresh, headers={"refreshToken": tokens["RefreshToken"]}
-        ) as renewed:
-            assert (await renewed.json())["AccessToken"] != tokens["AccessToken"]
+        persons = str(test_server.make_url("/Persons"))
+        page = await session.get(persons, params={"Page": "2", "Size": "2"}, headers=bearer)
+        assert [p["PersonId"] for p in page.json()] == [3]
+        too_big = await session.get(persons, params={"Size": "1001"}, headers=bearer)
+        assert too_big.status_code == 400
+        refresh = str(test_server.make_url("/Auth/ApiRefresh"))
+        renewed = await session.post(refresh, headers={"refreshToken": tokens["RefreshToken"]})
+        assert renewed.json()["AccessToken"] != tokens["AccessToken"]

@@ -65,9 +65,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-import aiohttp
-
 from services.core.contracts import ContactChange, Operation, RejectedEvent
+from services.core.http import TRANSIENT, async_client
+from services.core.retry import RetryLater, retry_after_seconds
 from services.core.sources.webcrm import WebCrmSource
 from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
@@ -102,7 +102,7 @@ TRANSIENT_LOGIN_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 # --- authentication ------------------------------------------------------------------
 
 
-class LoginUnavailable(aiohttp.ClientError):
+class LoginUnavailable(RetryLater):
     """webCRM could not hand out an access token just now (throttled or failing)."""
 
 
@@ -110,8 +110,8 @@ class AccessToken:
     """webCRM's access token, obtained from the application token and renewed before it
     expires or when the API answers 401 (``ApiClient`` calls ``refresh`` then).
 
-    A login failure that may pass (429, 5xx, a dropped connection) is an
-    ``aiohttp.ClientError``, which ``ApiClient`` retries with backoff; a refused
+    A login failure that may pass (429, 5xx, a dropped connection) is a
+    ``RetryLater``, which ``ApiClient`` retries with backoff; a refused
     application token is an ``ApiError`` that fails the poll with its reason.
     """
 
@@ -125,7 +125,7 @@ class AccessToken:
     ) -> None:
         self._url = f"{base_url.rstrip('/')}{LOGIN_PATH}"
         self._app_token = app_token
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout_s = timeout_seconds
         self._clock = clock
         self._token: str | None = None
         self._renew_at = 0.0
@@ -143,17 +143,19 @@ class AccessToken:
         return True
 
     async def _login(self) -> None:
-        async with (
-            aiohttp.ClientSession(timeout=self._timeout) as session,
-            session.post(
-                self._url,
-                data={"authCode": self._app_token},
-                headers={"Accept": "application/json"},
-            ) as response,
-        ):
-            status, body = response.status, await response.read()
+        try:
+            async with async_client(timeout_s=self._timeout_s) as client:
+                response = await client.post(
+                    self._url,
+                    data={"authCode": self._app_token},
+                    headers={"Accept": "application/json"},
+                )
+        except TRANSIENT as exc:
+            raise LoginUnavailable(f"{type(exc).__name__} from {LOGIN_PATH}") from exc
+        status, body = response.status_code, response.content
         if status in TRANSIENT_LOGIN_STATUS:
-            raise LoginUnavailable(f"{status} from {LOGIN_PATH}")
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            raise LoginUnavailable(f"{status} from {LOGIN_PATH}", retry_after_s=wait)
         if status != 200:
             raise ApiError(
                 status=status, path=LOGIN_PATH, detail="webCRM refused the application token"

@@ -34,6 +34,7 @@ import httpx
 
 from services.core.config import HttpStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
+from services.core.http import TRANSIENT, client
 from services.core.retry import RetryLater, RetryPolicy, logged, retry_after_seconds
 from services.writer.profiles import Merge, update_problem
 from services.writer.stores.base import (
@@ -77,10 +78,10 @@ class HttpProfileStore:
             attempts=settings.max_attempts,
             retry_after_cap_s=MAX_RETRY_AFTER_S,
         )
-        self._client = httpx.Client(
+        self._client = client(
             base_url=settings.url.rstrip("/"),
             headers={"Authorization": f"Bearer {settings.token.resolve()}"},
-            timeout=settings.timeout_s,
+            timeout_s=settings.timeout_s,
         )
 
     def migrate(self) -> None:
@@ -185,7 +186,7 @@ class HttpProfileStore:
     def _attempt(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryLater(

@@ -9,8 +9,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-import aiohttp
-
+from services.core.http import TRANSIENT, async_client
+from services.core.retry import RetryLater, retry_after_seconds
 from services.core.sources.salesforce import (
     TOKEN_PATH,
     SalesforceOAuth,
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_TOKEN_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 
 
-class TokenUnavailable(aiohttp.ClientError):
+class TokenUnavailable(RetryLater):
     """The token endpoint could not hand out a token just now (throttled or failing)."""
 
 
@@ -31,8 +31,8 @@ class OAuthSession:
     after the API answered 401 (``ApiClient`` calls ``refresh``): Salesforce's token
     answer has no lifetime, a session ends by the org's timeout policy.
 
-    A token endpoint failure that may pass (429, 5xx, a dropped connection) is an
-    ``aiohttp.ClientError``, which ``ApiClient`` retries with backoff; refused
+    A token endpoint failure that may pass (429, 5xx, a dropped connection) is a
+    ``RetryLater``, which ``ApiClient`` retries with backoff; refused
     credentials are an ``ApiError`` that fails the poll with Salesforce's error code.
     """
 
@@ -50,7 +50,7 @@ class OAuthSession:
         if settings.refresh_token is not None:
             self._form["refresh_token"] = settings.refresh_token.resolve()
         self._url = token_url
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout_s = timeout_seconds
         self._token: str | None = None
         self._lock = asyncio.Lock()
 
@@ -70,15 +70,17 @@ class OAuthSession:
         return True
 
     async def _obtain(self) -> None:
-        async with (
-            aiohttp.ClientSession(timeout=self._timeout) as session,
-            session.post(
-                self._url, data=self._form, headers={"Accept": "application/json"}
-            ) as response,
-        ):
-            status, body = response.status, await response.read()
+        try:
+            async with async_client(timeout_s=self._timeout_s) as client:
+                response = await client.post(
+                    self._url, data=self._form, headers={"Accept": "application/json"}
+                )
+        except TRANSIENT as exc:
+            raise TokenUnavailable(f"{type(exc).__name__} from {TOKEN_PATH}") from exc
+        status, body = response.status_code, response.content
         if status in TRANSIENT_TOKEN_STATUS:
-            raise TokenUnavailable(f"{status} from {TOKEN_PATH}")
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            raise TokenUnavailable(f"{status} from {TOKEN_PATH}", retry_after_s=wait)
         document = _json_object(body)
         if status != 200:
             error = str(document.get("error", "unknown error"))[:80]
