@@ -18,8 +18,9 @@ from typing import Any, Final
 from confluent_kafka import KafkaException, Producer
 
 from services.core.config import KafkaSettings
-from services.core.kafka import TopicNames, client_config, read_compacted
+from services.core.kafka import TopicNames, client_config
 from services.core.serde import RegisteredSchema
+from services.core.topic_reader import read_compacted
 
 log = logging.getLogger(__name__)
 

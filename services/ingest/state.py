@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any, Final
 
 from services.core.contracts import Codec, schemas_dir
-from services.core.kafka import read_compacted
 from services.core.serde import Converter, SchemaCatalog, load_schema_file
+from services.core.topic_reader import read_compacted
 from services.ingest.publisher import KafkaPublisher, OutgoingMessage
 
 POLL: Final = "poll"

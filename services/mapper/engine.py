@@ -87,6 +87,7 @@ from services.core.rejections import (
 )
 from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
+from services.core.topic_reader import read_to_end
 from services.mapper.barrier import Barriers
 from services.mapper.restore import DEFAULT_DELETE_RETENTION_MS, Changelog, open_states, restore
 from services.mapper.rules.errors import RuleError
@@ -113,8 +114,10 @@ OUTPUT_LINGER_MS: Final = 100
 STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000
 # How long the barrier's history may take to read at start-up before each warning.
 BARRIER_WARN_S: Final = 30.0
-# Waits between attempts after an aborted transaction: a failing broker is not hammered.
-# Waits after an aborted transaction: from 0.1 s doubling to 5 s, with jitter.
+# The longest a batch waits for the barrier's newest controls before it is mapped.
+BARRIER_CATCH_UP_S: Final = 10.0
+# Waits after an aborted transaction, from 0.1 s doubling to 5 s with jitter: a
+# failing broker is not hammered.
 ABORT_RETRY: Final = RetryPolicy(initial_s=0.1, max_s=5.0)
 INSTANCE_ID_ENV: Final = "CRMSYNC_MAPPER_INSTANCE_ID"
 DATA_DIR_ENV: Final = "CRMSYNC_MAPPER_DATA_DIR"
@@ -516,25 +519,29 @@ class MapperEngine:
         topic = self._topics.barrier
         metadata = self._barrier_reader.list_topics(topic, timeout=30)
         partitions = metadata.topics[topic].partitions
+        # Every partition stays assigned: the barrier is read on as the loop runs.
         self._barrier_reader.assign([TopicPartition(topic, p, 0) for p in partitions])
         self._barrier_positions = dict.fromkeys(partitions, 0)
-        # The end of what is committed is where the reader says EOF (a transaction
-        # marker at the end of a partition is no message to read up to).
-        reading = set(partitions)
-        warn_at = time.monotonic() + BARRIER_WARN_S
-        while reading:
-            if self._stop.is_set():
-                return False
-            message = self._barrier_reader.poll(0.2)
-            if message is not None:
-                error = message.error()
-                if error is None:
-                    self._observe(message)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    reading.discard(message.partition() or 0)
-            if time.monotonic() > warn_at:
-                log.warning("barrier partitions %s not read to their end yet", sorted(reading))
-                warn_at = time.monotonic() + BARRIER_WARN_S
+        ends = {
+            p: watermarks(self._barrier_reader, TopicPartition(topic, p))[1] for p in partitions
+        }
+        left = read_to_end(
+            self._barrier_reader,
+            topic,
+            self._observe,
+            starts=self._barrier_positions.copy(),
+            ends=ends,
+            assign=False,
+            deadline_s=None,
+            stopped=self._stop.is_set,
+            waiting=lambda reading: log.warning(
+                "barrier partitions %s not read to their end yet", sorted(reading)
+            ),
+            waiting_every_s=BARRIER_WARN_S,
+        )
+        if left:
+            return False
+        self._read_up_to(ends)
         self.progress.beat("barrier read")
         return True
 
@@ -555,21 +562,36 @@ class MapperEngine:
         every batch would close the window at ~100 ms a batch.)
         """
         topic = self._topics.barrier
-        for partition in list(self._barrier_positions):
+        ends: dict[int, int] = {}
+        for partition, position in self._barrier_positions.items():
             end = self._barrier_reader.get_watermark_offsets(
                 TopicPartition(topic, partition), cached=True
             )[1]
-            if end is None or end < 0:
-                continue
-            deadline = time.monotonic() + 10
-            while self._barrier_positions[partition] < end and time.monotonic() < deadline:
-                message = self._barrier_reader.poll(0.1)
-                if message is not None and not message.error():
-                    self._observe(message)
-            if self._barrier_positions[partition] < end:
-                # Nothing readable up to the end (e.g. a transaction marker): go on.
-                log.warning("barrier partition %d: no message up to offset %d", partition, end)
-                self._barrier_positions[partition] = end
+            if end is not None and end > position:
+                ends[partition] = end
+        if not ends:
+            return
+        left = read_to_end(
+            self._barrier_reader,
+            topic,
+            self._observe,
+            starts={p: self._barrier_positions[p] for p in ends},
+            ends=ends,
+            assign=False,
+            deadline_s=BARRIER_CATCH_UP_S,
+        )
+        for partition in sorted(left):
+            # Nothing readable up to the end (e.g. a transaction still open): go on.
+            log.warning(
+                "barrier partition %d: not read up to offset %d", partition, ends[partition]
+            )
+        self._read_up_to(ends)
+
+    def _read_up_to(self, ends: dict[int, int]) -> None:
+        """The barrier is read up to ``ends``, whether its last offsets held a control
+        or only a transaction's marker."""
+        for partition, end in ends.items():
+            self._barrier_positions[partition] = max(self._barrier_positions[partition], end)
 
     def _observe(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()

@@ -1,10 +1,11 @@
 """Catching a partition's local state up with its changelog, when it is assigned.
 
-The engine reads the group's committed offsets first and only then restores, up to
-the changelog's end as it stands *after* that read. Under ``read_committed`` the
-restore waits (up to ``deadline_s``) for every transaction below that end to be
-decided: a transaction whose consumed offsets the group already shows has its
-changelog records committed too, and they are read before a message is mapped.
+The engine reads the group's committed offsets first, as stable offsets (it waits
+while a transaction that commits some is undecided), and only then restores, up to
+the changelog's last stable offset as it stands *after* that read: a transaction
+whose consumed offsets the group shows has its changelog records below that end, and
+they are read before a message is mapped. A transaction still open then (a zombie's,
+whose offsets the group does not show) is not waited for.
 
 A local copy that cannot be caught up exactly is thrown away and rebuilt from the
 whole changelog:
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.core.kafka import watermarks
+from services.core.topic_reader import not_read, read_to_end
 from services.mapper.state import PartitionState
 
 log = logging.getLogger(__name__)
@@ -91,67 +93,42 @@ def restore(
     beat: Callable[[str], None],
 ) -> dict[int, int]:
     """Apply the changelog's committed records after each state's offset, up to the
-    end each partition has now; returns the records restored per partition."""
+    end each partition has now; returns the records restored per partition (those
+    that had any)."""
     topic = changelog.topic
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
     for partition, state in states.items():
-        low, high = watermarks(restorer, TopicPartition(topic, partition))
-        start = max(state.applied_offset() + 1, low)
-        # The last offset of a changelog is often a transaction's commit marker, not a
-        # record: reading to the end tells.
-        if high > start:
-            starts[partition], ends[partition] = start, high
-    restored = dict.fromkeys(starts, 0)
-    if not starts:
-        return restored
-    restorer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-    pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in starts}
+        low, ends[partition] = watermarks(restorer, TopicPartition(topic, partition))
+        starts[partition] = max(state.applied_offset() + 1, low)
+    restored = dict.fromkeys(states, 0)
+    pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in states}
     last = {p: o - 1 for p, o in starts.items()}
-    reading = set(starts)
-    give_up = time.monotonic() + deadline_s
+
+    def apply(partition: int) -> None:
+        batch = pending[partition]
+        if batch:
+            states[partition].restore(batch, last_offset=last[partition])
+            restored[partition] += len(batch)
+            pending[partition] = []
+            beat(f"restored {sum(restored.values())} state records")
+
+    def take(message: Message) -> None:
+        partition, key, offset = message.partition(), message.key(), message.offset()
+        if partition is None or key is None or offset is None:
+            return
+        pending[partition].append((key, message.value()))
+        last[partition] = offset
+        if len(pending[partition]) >= RESTORE_BATCH:
+            apply(partition)
+
     try:
-        while reading:
-            if time.monotonic() > give_up:
-                raise KafkaException(
-                    KafkaError(
-                        KafkaError._TIMED_OUT,
-                        f"changelog partitions {sorted(reading)} not readable to their end "
-                        f"{ {p: ends[p] for p in reading} } within {deadline_s:.0f}s",
-                    )
-                )
-            message = restorer.poll(1.0)
-            if message is None:
-                continue
-            number = message.partition()
-            assert number is not None
-            if _read_one(message, pending[number], last, ends[number]):
-                reading.discard(number)
-            batch = pending[number]
-            if batch and (len(batch) >= RESTORE_BATCH or number not in reading):
-                states[number].restore(batch, last_offset=last[number])
-                restored[number] += len(batch)
-                pending[number] = []
-                beat(f"restored {sum(restored.values())} state records")
+        # (Its EOF is where it waits for a transaction below the end to be decided.)
+        left = read_to_end(restorer, topic, take, starts=starts, ends=ends, deadline_s=deadline_s)
     finally:
         restorer.unassign()
-    return restored
-
-
-def _read_one(
-    message: Message, pending: list[tuple[bytes, bytes | None]], last: dict[int, int], end: int
-) -> bool:
-    """Take one message of the restore; True when its partition is read to ``end``."""
-    number, error, offset = message.partition(), message.error(), message.offset()
-    assert number is not None
-    if error is not None:
-        if error.code() != KafkaError._PARTITION_EOF:
-            raise KafkaException(error)
-        # At the end of what is decided. Below the end taken at the start a
-        # transaction is still open: wait for its commit or abort.
-        return offset is not None and offset >= end
-    key = message.key()
-    if key is not None and offset is not None:
-        pending.append((key, message.value()))
-        last[number] = offset
-    return offset is not None and offset + 1 >= end
+    if left:
+        raise not_read(topic, left, deadline_s)
+    for partition in states:
+        apply(partition)
+    return {p: n for p, n in restored.items() if n}
