@@ -93,7 +93,7 @@ fmt: install ## Format the code
 
 .PHONY: schemas-check
 schemas-check: install ## Fail when a schema change would break readers of an earlier version
-	@$(BIN)/python -m services.core.schemas_check
+	@$(BIN)/python -m tools.schemas_check
 
 .PHONY: bench
 bench: install kafka-jars ## Run the benchmarks; figures go to bench/results/

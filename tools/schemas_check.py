@@ -1,4 +1,4 @@
-"""``python -m services.core.schemas_check``: fail when a schema change breaks a reader.
+"""``python -m tools.schemas_check``: fail when a schema change breaks a reader.
 
 Reads every ``schemas/*.avsc`` in the working tree (uncommitted edits included) and,
 from git history, every earlier committed version of each file, following renames.
@@ -26,7 +26,7 @@ from pathlib import Path
 import fastavro
 from fastavro.schema import SchemaParseException
 
-from services.core.schema_compat import SchemaError, full_incompatibilities, incompatibilities
+from tools.schema_compat import SchemaError, full_incompatibilities, incompatibilities
 
 SCHEMA_GLOB = "*.avsc"
 
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.core.schemas_check",
+        prog="python -m tools.schemas_check",
         description="Fail when a schema change would break readers of an earlier version.",
     )
     parser.add_argument(
