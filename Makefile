@@ -35,6 +35,10 @@ install: $(STAMP) ## Create the virtualenv and install crmsync with its pinned d
 kafka-jars: ## Fetch the Apache Kafka jars with Maven (once)
 	@$(KAFKA) fetch
 
+.PHONY: registry-jars
+registry-jars: ## Fetch the local Schema Registry (Apicurio Registry) with Maven (once)
+	@$(PYTHON) deploy/registry/local_registry.py fetch >/dev/null
+
 .PHONY: kafka-up
 kafka-up: kafka-jars ## Start the local single-broker KRaft cluster on 127.0.0.1:9092
 	@$(KAFKA) start --name local --port 9092
@@ -73,7 +77,7 @@ stop: ## Stop the services and Kafka
 	@$(KAFKA) stop --name local
 
 .PHONY: test
-test: install kafka-jars lint schemas-check ## Lint, schema check, then the whole suite (starts its own broker)
+test: install kafka-jars registry-jars lint schemas-check ## Lint, schema check, then the whole suite (starts its own broker)
 	@$(BIN)/pytest
 
 .PHONY: test-unit

@@ -60,7 +60,8 @@ from confluent_kafka import Consumer
 from bench.common import BENCH_KAFKA_PORT, bench_broker, write_results
 from bench.fullsync_pull import source_config, start_fake
 from bench.mapper_throughput import RssSampler
-from services.core.contracts import ControlKind, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind
 from tests.fakes.hubspot import (
     APP_ID,
     CLIENT_SECRET,

@@ -33,7 +33,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import bench_broker, produce_all, write_results
-from services.core.contracts import ContactChange, Operation, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ContactChange, Operation, Origin
 from tests.support.services import Stack
 
 CONTRACTS = load_contracts()

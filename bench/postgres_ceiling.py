@@ -61,7 +61,7 @@ from bench.writer_store import (
     table_digests,
     workload,
 )
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 from services.writer.stores.base import script_statements
 from services.writer.stores.postgres import PostgresProfileStore

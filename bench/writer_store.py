@@ -58,9 +58,10 @@ from confluent_kafka.admin import AdminClient
 
 from bench.common import bench_broker, produce_all, write_results
 from bench.mapper_throughput import RssSampler, wait_caught_up
+from services.core.codecs import load_contracts
 from services.core.config import PostgresStoreSettings
-from services.core.contracts import FieldValue, ProfileUpdate, load_contracts
-from services.core.mapping import ProfileSettings
+from services.core.contracts import FieldValue, ProfileUpdate
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 from services.writer.stores.base import BatchReport, ProfileStore
 from services.writer.stores.postgres import PostgresProfileStore

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.core.bootstrap import prepare_kafka
+from services.core.codecs import load_contracts
 from services.core.config import Settings
-from services.core.contracts import Origin, load_contracts
+from services.core.contracts import Origin
 from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.ingest.connectors.base import Stamp
 from services.ingest.csv_import import CsvFileError, check_header, csv_pages
@@ -43,15 +44,15 @@ def import_csv(settings: Settings, *, source: str, path: Path, page_size: int) -
 async def _import(settings: Settings, *, source: str, path: Path, page_size: int) -> int:
     contracts = load_contracts()
     topics = TopicNames.from_settings(settings.kafka)
+    # Every codec made before the schemas are published (and registered).
+    codec = state_codec(contracts.catalog)
     await asyncio.to_thread(
         prepare_kafka, settings.kafka, catalog=contracts.catalog, client_id="crmsync-cli"
     )
     publisher = KafkaPublisher(
         producer_config=producer_config(settings.kafka, client_id="crmsync-cli-import")
     )
-    store = StateStore(
-        topic=topics.connector_state, publisher=publisher, codec=state_codec(contracts.catalog)
-    )
+    store = StateStore(topic=topics.connector_state, publisher=publisher, codec=codec)
     await asyncio.to_thread(store.load, client_config(settings.kafka, client_id="crmsync-cli"))
     current = store.fullsync(source)
     if current is not None and current.running:

@@ -15,8 +15,10 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, Producer
 
+from services.core.bootstrap import prepare_kafka
+from services.core.codecs import load_contracts
 from services.core.config import Settings
-from services.core.contracts import Identity, ProfileUpdate, UpdateOperation, load_contracts
+from services.core.contracts import Identity, ProfileUpdate, UpdateOperation
 from services.core.kafka import TopicNames, producer_config
 
 ERASURE_SOURCE: Final = "erasure"
@@ -42,6 +44,9 @@ def erase(settings: Settings, identity: Identity, *, requested_at: datetime | No
         identities=(identity,),
         attributes={},
     )
+    contracts = load_contracts()
+    # Its schema published (and registered, with a schema registry) before it is used.
+    prepare_kafka(settings.kafka, catalog=contracts.catalog, client_id="crmsync-cli")
     producer = Producer(producer_config(settings.kafka, client_id="crmsync-cli"))
     failures: list[str] = []
 
@@ -52,7 +57,7 @@ def erase(settings: Settings, identity: Identity, *, requested_at: datetime | No
     producer.produce(
         TopicNames.from_settings(settings.kafka).profile_updates,
         key=update.key,
-        value=load_contracts().profile_update.encode(update),
+        value=contracts.profile_update.encode(update),
         on_delivery=delivered,
     )
     if producer.flush(FLUSH_TIMEOUT_S) or failures:

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException, Producer
 from services.core.config import KafkaSettings
 from services.core.kafka import TopicNames, ensure_topics, producer_config
 from services.core.retry import RetryPolicy, Stopped, logged
+from services.core.schema_registry import RegistryUnavailable, SchemaRegistry, register_schemas
 from services.core.schema_topic import SchemaPublishError, publish_schemas
 from services.core.serde import SchemaCatalog
 
@@ -23,14 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def prepare_kafka(settings: KafkaSettings, *, catalog: SchemaCatalog, client_id: str) -> None:
-    """Create missing topics and publish this process's writer schemas (blocking)."""
+    """Create missing topics and publish this process's writer schemas: on the schemas
+    topic, and to the schema registry when one is configured (blocking)."""
     ensure_topics(settings, client_id=client_id)
     producer = Producer(producer_config(settings, client_id=f"{client_id}-schemas"))
-    publish_schemas(
-        producer=producer,
-        topic=TopicNames.from_settings(settings).schemas,
-        schemas=catalog.schemas(),
-    )
+    topics = TopicNames.from_settings(settings)
+    publish_schemas(producer=producer, topic=topics.schemas, schemas=catalog.schemas())
+    if settings.schema_registry is not None:
+        register_schemas(SchemaRegistry(settings.schema_registry), catalog, topics)
 
 
 # Waits from half a second doubling to ten, with jitter: services started together do
@@ -46,7 +47,7 @@ async def prepare_kafka_with_retry(
         return False
     try:
         async for attempt in KAFKA_RETRY.retrying_async(
-            on=(KafkaException, SchemaPublishError),
+            on=(KafkaException, SchemaPublishError, RegistryUnavailable),
             stop=stop,
             before_sleep=logged(log, "Kafka not ready"),
         ):

@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from services.core.codecs import Codec
 from services.core.config import KafkaSettings
-from services.core.contracts import Codec, RejectedEvent
+from services.core.contracts import RejectedEvent
 
 # librdkafka's default message.max.bytes, and what a broker takes by default.
 DEFAULT_MESSAGE_MAX_BYTES: Final = 1_000_000

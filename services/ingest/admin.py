@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from services.core.bearer import bearer_matches
-from services.core.sources import PollSettings
+from services.core.sources.common import PollSettings
 from services.ingest.connectors.base import SourceConnectors
 from services.ingest.fullsync import AlreadyRunning, FullSyncs, NotRunning, Progress
 from services.ingest.publisher import BrokerUnavailable

@@ -42,7 +42,7 @@ from services.core.retry import (
     next_wait_s,
     retry_after_seconds,
 )
-from services.core.sources import ApiSettings
+from services.core.sources.common import ApiSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from services.core.bearer import bearer_matches, same
-from services.core.sources import (
+from services.core.sources.common import (
     BearerAuth,
     HmacSha256Auth,
     NoAuth,

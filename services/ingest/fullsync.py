@@ -19,6 +19,10 @@ A ``FullSyncRun`` is one full sync of one source, from the CRM's API or a CSV fi
 
 A run that stops without reaching 3-5 (the process ended) stays RUNNING in the state;
 ``FullSyncs.recover`` resumes it from its cursor, or fails it if it cannot resume.
+
+A full sync's whole life (start, pages, progress, the barrier's controls, cancel, resume
+after a restart) in one module, since each step's guarantee depends on the others; hence
+over 400 lines.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from services.core import metrics
+from services.core.codecs import Codec
 from services.core.contracts import (
-    Codec,
     ContactChange,
     ControlKind,
     PartitionOffset,

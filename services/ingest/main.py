@@ -32,8 +32,9 @@ import httpx
 from aiohttp import web
 
 from services.core.bootstrap import prepare_kafka_with_retry
+from services.core.codecs import WireContracts, load_contracts
 from services.core.config import Settings
-from services.core.contracts import Origin, WireContracts, load_contracts
+from services.core.contracts import Origin
 from services.core.http import async_client
 from services.core.kafka import TopicNames, client_config, end_offsets, producer_config
 from services.core.runtime import HealthEndpoints, start_http

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from services.core.contracts import Codec, schemas_dir
+from services.core.codecs import Codec, schemas_dir
 from services.core.serde import Converter, SchemaCatalog, load_schema_file
 from services.core.topic_reader import read_compacted
 from services.ingest.publisher import KafkaPublisher, OutgoingMessage

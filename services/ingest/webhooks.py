@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from services.core import metrics
-from services.core.contracts import Codec, ContactChange, RejectedEvent
+from services.core.codecs import Codec
+from services.core.contracts import ContactChange, RejectedEvent
 from services.ingest.connectors.base import (
     AuthError,
     InboundRequest,

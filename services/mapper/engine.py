@@ -32,6 +32,12 @@ The life of a batch (one Kafka transaction):
 On assignment the group's committed offsets are read first, then each partition's
 state is restored from its changelog up to the end that follows them
 (``services.mapper.restore``).
+
+The stream loop, its transactions and partition assignment in one class, since they
+share the loop's state (positions, partition states, the open transaction) and their
+order is the guarantee; the barrier's reading (barrier_feed.py), its decisions
+(barrier.py), state (state.py) and restore (restore.py) are their own modules. Hence
+over 400 lines.
 """
 
 from __future__ import annotations
@@ -60,15 +66,10 @@ from confluent_kafka import (
 from prometheus_client import Counter
 
 from services.core import metrics
+from services.core.codecs import WireContracts
 from services.core.config import Settings
-from services.core.contracts import (
-    ContactChange,
-    RejectedEvent,
-    WireContracts,
-    audit_record,
-)
+from services.core.contracts import ContactChange, RejectedEvent, audit_record
 from services.core.crash_points import crash_point
-from services.core.expressions import ExpressionError
 from services.core.kafka import (
     PREFETCH_KBYTES,
     SESSION_TIMEOUT_MS,
@@ -87,10 +88,11 @@ from services.core.rejections import (
 )
 from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
-from services.core.topic_reader import read_to_end
 from services.mapper.barrier import Barriers
+from services.mapper.barrier_feed import BarrierFeed
 from services.mapper.restore import DEFAULT_DELETE_RETENTION_MS, Changelog, open_states, restore
 from services.mapper.rules.errors import RuleError
+from services.mapper.rules.expressions import ExpressionError
 from services.mapper.rules.mapping import CompiledSource
 from services.mapper.rules.record import RecordState, Step, apply_change
 from services.mapper.state import PartitionState
@@ -112,10 +114,6 @@ OUTPUT_LINGER_MS: Final = 100
 # A loop that has not moved on for this long is stalled (/healthz fails): twice what
 # the longest healthy wait (a transaction's timeout) may take.
 STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000
-# How long the barrier's history may take to read at start-up before each warning.
-BARRIER_WARN_S: Final = 30.0
-# The longest a batch waits for the barrier's newest controls before it is mapped.
-BARRIER_CATCH_UP_S: Final = 10.0
 # Waits after an aborted transaction, from 0.1 s doubling to 5 s with jitter: a
 # failing broker is not hammered.
 ABORT_RETRY: Final = RetryPolicy(initial_s=0.1, max_s=5.0)
@@ -232,7 +230,6 @@ class MapperEngine:
         }
         self._profile = settings.profile
         self._barriers = Barriers()
-        self._barrier_positions: dict[int, int] = {}
         self._states: dict[int, PartitionState] = {}
         # Next offset to consume per (topic, partition), as of the last commit and as
         # of the batch in hand.
@@ -281,11 +278,16 @@ class MapperEngine:
             transaction_timeout_s=TRANSACTION_TIMEOUT_MS / 1000,
             message_max_bytes=self._engine.message_max_bytes,
         )
-        self._barrier_reader = Consumer(
-            {
-                **reader_config(settings.kafka, client_id="crmsync-mapper-barrier"),
-                "enable.partition.eof": True,
-            }
+        self._barrier = BarrierFeed(
+            Consumer(
+                {
+                    **reader_config(settings.kafka, client_id="crmsync-mapper-barrier"),
+                    "enable.partition.eof": True,
+                }
+            ),
+            topic=self._topics.barrier,
+            codec=contracts.sync_control,
+            barriers=self._barriers,
         )
         self._restorer = Consumer(
             {
@@ -304,8 +306,9 @@ class MapperEngine:
             if not self._out.init(self._stop):
                 return
             self.progress.beat("transactions initialised")
-            if not self._start_barrier_reader():
+            if not self._barrier.start(self._stop):
                 return
+            self.progress.beat("barrier read")
             self._consumer.subscribe(
                 [self._topics.changes, self._topics.fullsync],
                 on_assign=self._on_assign,
@@ -314,7 +317,7 @@ class MapperEngine:
             )
             backoff = Backoff(ABORT_RETRY)
             while not self._stop.is_set():
-                self._read_barrier()
+                self._barrier.poll()
                 messages = self._consumer.consume(
                     self._engine.batch_max_records, self._engine.batch_max_wait_ms / 1000
                 )
@@ -333,7 +336,7 @@ class MapperEngine:
     def _batch(self, messages: list[Message]) -> None:
         live = [m for m in messages if not is_error(m)]
         if any(m.topic() == self._topics.changes for m in live):
-            self._catch_up_barrier()
+            self._barrier.catch_up()
         due = self._due_releases()
         if not live and not due:
             return
@@ -512,109 +515,6 @@ class MapperEngine:
 
     # --- the barrier ----------------------------------------------------------------
 
-    def _start_barrier_reader(self) -> bool:
-        """Read everything already on the barrier before the first change is mapped;
-        False when stopped first. It never gives up: until it is done the loop makes
-        no progress, which /healthz shows."""
-        topic = self._topics.barrier
-        metadata = self._barrier_reader.list_topics(topic, timeout=30)
-        partitions = metadata.topics[topic].partitions
-        # Every partition stays assigned: the barrier is read on as the loop runs.
-        self._barrier_reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-        self._barrier_positions = dict.fromkeys(partitions, 0)
-        ends = {
-            p: watermarks(self._barrier_reader, TopicPartition(topic, p))[1] for p in partitions
-        }
-        left = read_to_end(
-            self._barrier_reader,
-            topic,
-            self._observe,
-            starts=self._barrier_positions.copy(),
-            ends=ends,
-            assign=False,
-            deadline_s=None,
-            stopped=self._stop.is_set,
-            waiting=lambda reading: log.warning(
-                "barrier partitions %s not read to their end yet", sorted(reading)
-            ),
-            waiting_every_s=BARRIER_WARN_S,
-        )
-        if left:
-            return False
-        self._read_up_to(ends)
-        self.progress.beat("barrier read")
-        return True
-
-    def _read_barrier(self) -> None:
-        for message in self._barrier_reader.consume(100, 0):
-            if not message.error():
-                self._observe(message)
-
-    def _catch_up_barrier(self) -> None:
-        """Read the barrier up to the end its reader last heard of, before mapping
-        real-time changes.
-
-        A change is held by its offset against STARTED's, so STARTED should be known
-        before any change after it is mapped. The reader long-polls the barrier, so
-        the end it knows trails a new control by a fetch round trip; a change mapped
-        in that window before its STARTED was seen is applied rather than held, which
-        the per-field version rule keeps correct. (Asking the broker for the end on
-        every batch would close the window at ~100 ms a batch.)
-        """
-        topic = self._topics.barrier
-        ends: dict[int, int] = {}
-        for partition, position in self._barrier_positions.items():
-            end = self._barrier_reader.get_watermark_offsets(
-                TopicPartition(topic, partition), cached=True
-            )[1]
-            if end is not None and end > position:
-                ends[partition] = end
-        if not ends:
-            return
-        left = read_to_end(
-            self._barrier_reader,
-            topic,
-            self._observe,
-            starts={p: self._barrier_positions[p] for p in ends},
-            ends=ends,
-            assign=False,
-            deadline_s=BARRIER_CATCH_UP_S,
-        )
-        for partition in sorted(left):
-            # Nothing readable up to the end (e.g. a transaction still open): go on.
-            log.warning(
-                "barrier partition %d: not read up to offset %d", partition, ends[partition]
-            )
-        self._read_up_to(ends)
-
-    def _read_up_to(self, ends: dict[int, int]) -> None:
-        """The barrier is read up to ``ends``, whether its last offsets held a control
-        or only a transaction's marker."""
-        for partition, end in ends.items():
-            self._barrier_positions[partition] = max(self._barrier_positions[partition], end)
-
-    def _observe(self, message: Message) -> None:
-        partition, offset = message.partition(), message.offset()
-        if partition is not None and offset is not None:
-            self._barrier_positions[partition] = offset + 1
-        value = message.value()
-        if value is None:
-            return
-        try:
-            control = self._contracts.sync_control.decode(value)
-        except DecodeError as exc:
-            log.error("undecodable SyncControl at offset %s ignored: %s", message.offset(), exc)
-            return
-        starts = {p.partition: p.offset for p in control.changes_start_offsets}
-        log.info(
-            "full sync %s of %s: %s%s",
-            control.sync_id,
-            control.source,
-            control.kind.value.lower(),
-            f" (holding changes from offsets {starts})" if starts else "",
-        )
-        self._barriers.observe(control)
-
     def _released(self, state: PartitionState, source: str) -> str | None:
         value = state.get(RELEASED + source.encode())
         return value.decode() if value is not None else None
@@ -753,7 +653,7 @@ class MapperEngine:
             for state in self._states.values():
                 state.close()
             self._states.clear()
-            self._barrier_reader.close()
+            self._barrier.close()
             self._restorer.close()
             self._out.close()
 

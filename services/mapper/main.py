@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from services.core.codecs import load_contracts
 from services.core.config import Settings
-from services.core.contracts import load_contracts
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.progress import Progress
 from services.core.runtime import HealthEndpoints

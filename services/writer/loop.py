@@ -29,6 +29,10 @@ The life of a message here:
    partitions be revoked during that wait (the eager protocol revokes them all), the
    batch is dropped unapplied: their next owner, perhaps this member again, starts
    them at the store's positions and applies those messages once.
+
+The writer's consumer loop with its crash points: batches, store commits, offset commits
+and the pauses between them are one sequence whose order is the guarantee; hence over
+400 lines.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ from confluent_kafka import (
 )
 
 from services.core import metrics
+from services.core.codecs import Codec
 from services.core.contracts import (
     AuditEvent,
-    Codec,
     FieldDrop,
     ProfileMerge,
     ProfileUpdate,

@@ -14,8 +14,8 @@ import threading
 from confluent_kafka import Consumer, Producer
 
 from services.core import metrics
+from services.core.codecs import WireContracts, load_contracts
 from services.core.config import Settings
-from services.core.contracts import WireContracts, load_contracts
 from services.core.kafka import (
     PREFETCH_KBYTES,
     SESSION_TIMEOUT_MS,

@@ -26,6 +26,9 @@ Applying one update:
 
 Every comparison is a version guard, so applying any update a second time changes
 nothing: replaying any range of the topic leaves the book as it was.
+
+The profile model in one module (identity resolution, merges, field ownership and
+conflicts), the rules every store applies alike; hence over 400 lines.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from enum import StrEnum
 from typing import Final, Literal, NamedTuple
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate, UpdateOperation
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 
 Version = tuple[int, int]

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from services.core.contracts import Identity, ProfileUpdate
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 from services.writer.profiles import (
     ConflictRules,

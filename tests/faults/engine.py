@@ -12,8 +12,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from services.core.bootstrap import prepare_kafka
+from services.core.codecs import WireContracts, load_contracts
 from services.core.config import Settings
-from services.core.contracts import WireContracts, load_contracts
 from services.mapper.engine import MapperEngine
 from tests.support.services import stack_config
 

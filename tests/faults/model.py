@@ -30,6 +30,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from services.core.codecs import load_contracts
 from services.core.contracts import (
     ContactChange,
     ControlKind,
@@ -37,7 +38,6 @@ from services.core.contracts import (
     Origin,
     PartitionOffset,
     SyncControl,
-    load_contracts,
 )
 from tests.support.store import query
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.core.contracts import ContactChange, Operation, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ContactChange, Operation
 from tests.faults.engine import engine_settings, prepare_topics, running_engine
 from tests.faults.model import Load, check_updates, read_committed
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.core.contracts import ControlKind, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind, Origin
 from tests.support.broker_fixtures import ReadAll
 from tests.support.services import REPO_ROOT, SECRETS_ENV, Stack
 

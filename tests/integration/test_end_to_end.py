@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.core.contracts import load_contracts
+from services.core.codecs import load_contracts
 from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import REPO_ROOT, Stack, http_get

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ContactChange, ControlKind, Operation, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ContactChange, ControlKind, Operation, Origin
 from tests.fakes.hubspot import (
     CLIENT_SECRET,
     TOKEN,

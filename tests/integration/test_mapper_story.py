@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
+from services.core.codecs import load_contracts
 from services.core.contracts import (
     ContactChange,
     ControlKind,
@@ -25,7 +26,6 @@ from services.core.contracts import (
     PartitionOffset,
     ProfileUpdate,
     SyncControl,
-    load_contracts,
 )
 from tests.support.broker_fixtures import ReadAll, end_offsets
 from tests.support.polling import wait_for

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ControlKind, Operation, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind, Operation, Origin
 from tests.fakes.pipedrive import API_TOKEN, WEBHOOK_PASSWORD, WEBHOOK_USER, FakePipedrive
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.support.broker_fixtures import ReadAll

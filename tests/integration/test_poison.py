@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from services.core.contracts import load_contracts
+from services.core.codecs import load_contracts
 from tests.support.broker_fixtures import ReadAll
 from tests.support.polling import wait_for
 from tests.support.services import Stack

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ControlKind, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind, Origin
 from tests.fakes.generic_rest import FakeRestCrm
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.support.broker_fixtures import ReadAll, end_offsets

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ContactChange, Operation, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ContactChange, Operation, Origin
 from services.ingest.connectors.s360 import basic_authorization
 from tests.fakes.s360 import LOGIN, MAX_SENDS, PASSWORD, FakeS360, http_sender
 from tests.support.broker_fixtures import ReadAll

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ControlKind, Operation, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind, Operation, Origin
 from tests.fakes.salesforce import (
     CLIENT_ID,
     CLIENT_SECRET,

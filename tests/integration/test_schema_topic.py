@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from services.core.contracts import load_contracts, schemas_dir
+from services.core.codecs import load_contracts, schemas_dir
 from services.core.schema_topic import KafkaSchemaResolver, publish_schemas
 from services.core.serde import Converter, SchemaCatalog, schema_from_json
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import ControlKind, Origin, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ControlKind, Origin
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.fakes.webcrm import APP_TOKEN, FakeWebCrm
 from tests.support.broker_fixtures import ReadAll

@@ -14,7 +14,7 @@ import os
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from services.core.contracts import load_contracts
+from services.core.codecs import load_contracts
 from services.writer.loop import CRASH_POINTS
 from tests.integration.test_writer_story import (
     assert_final_round,

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from services.core.codecs import load_contracts
 from services.core.config import PostgresStoreSettings, SqliteStoreSettings
-from services.core.contracts import ProfileUpdate, load_contracts
+from services.core.contracts import ProfileUpdate
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, StoredProfile
 from tests.stores.changes import update

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from services.core.config import HttpStoreSettings, PostgresStoreSettings
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import ProfileStore
 from services.writer.stores.http import HttpProfileStore
 from services.writer.stores.postgres import PostgresProfileStore

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from services.core.config import PostgresStoreSettings
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import TransientStoreError
 from services.writer.stores.postgres import PostgresProfileStore
 from tests.support.postgres import fresh_database

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from services.core.config import PostgresStoreSettings
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores import postgres
 from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.postgres_schema import MIGRATIONS

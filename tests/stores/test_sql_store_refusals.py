@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from services.core.config import PostgresStoreSettings
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import ProfileStore
 from services.writer.stores.postgres import WRITE_EVERY, PostgresProfileStore
 from services.writer.stores.sqlite import SqliteProfileStore

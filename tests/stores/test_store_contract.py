@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from services.core.contracts import Identity, UpdateOperation
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.http import HttpProfileStore
 from tests.stores.changes import apply, erase, profile, snapshot, update, values
 from tests.stores.conftest import StoreFactory

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import ProfileStore
 from tests.stores.changes import apply, update
 from tests.stores.conftest import StoreFactory

@@ -1,5 +1,6 @@
 """Broker fixtures for integration and fault tests: the real broker (session-wide), stacks
-of real services, a topic reader. Loaded for the whole suite by tests/conftest.py.
+of real services, a topic reader, a real Schema Registry. Loaded for the whole suite by
+tests/conftest.py.
 
 The broker is the project's own Apache Kafka started for the session, unless
 CRMSYNC_TEST_BOOTSTRAP names an existing cluster to use instead.
@@ -8,6 +9,8 @@ CRMSYNC_TEST_BOOTSTRAP names an existing cluster to use instead.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from tests.conftest import BROKER_KEY
-from tests.support.kafka import KAFKA_VERSION, LocalKafka
+from tests.support.kafka import KAFKA_VERSION, REPO_ROOT, LocalKafka
 from tests.support.services import Stack, kill_leftovers
 
 # Below the kernel's ephemeral range (32768-60999), so no client connection of the suite
@@ -115,3 +118,28 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         }
     finally:
         consumer.close()
+
+
+TEST_REGISTRY_PORT = 19081
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """A real Schema Registry (Apicurio Registry's Confluent-compatible API, schemas in
+    memory), started once for the tests that need one, via
+    deploy/registry/local_registry.py."""
+    script = [sys.executable, str(REPO_ROOT / "deploy" / "registry" / "local_registry.py")]
+    started = subprocess.run(
+        [*script, "start", "--port", str(TEST_REGISTRY_PORT)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"the schema registry did not start:\n{started.stderr}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([*script, "stop"], timeout=60, cwd=REPO_ROOT, check=False)

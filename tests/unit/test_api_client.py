@@ -11,7 +11,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from services.core.sources import ApiSettings
+from services.core.sources.common import ApiSettings
 from services.ingest.api_client import (
     ApiClient,
     ApiError,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.core.contracts import FieldValue
-from services.core.mapping import Clause, Condition, ScalarSetting
+from services.core.mapping_settings import Clause, Condition, ScalarSetting
 from services.mapper.rules.conditions import clause_holds, equal, matches
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ import pytest
 
 from services.core.config import ConfigError, load_settings, parse_settings
 from services.core.settings_base import MissingSecretError, SecretRef
-from services.core.sources import GenericWebhookSource
+from services.core.sources.generic import GenericWebhookSource
 
 pytestmark = pytest.mark.unit
 
@@ -188,3 +188,22 @@ def test_the_mapper_state_changelog_follows_the_changes_topic() -> None:
         "    mapper_state: {partitions: 4}\n",
     )
     assert any("must equal changes.partitions (12)" in line for line in problems(mismatched))
+
+
+def test_a_schema_registry_is_an_http_url_with_its_credentials_referenced() -> None:
+    text = MINIMAL.replace(
+        "kafka:\n",
+        "kafka:\n  schema_registry:\n    url: http://registry:8081\n"
+        "    basic_auth: {env: REGISTRY_USER_INFO}\n",
+    )
+    registry = parse_settings(text, file="x.yaml").kafka.schema_registry
+    assert registry is not None
+    assert registry.url == "http://registry:8081"
+    assert registry.basic_auth is not None and registry.basic_auth.env == "REGISTRY_USER_INFO"
+    assert parse_settings(MINIMAL, file="x.yaml").kafka.schema_registry is None
+    wrong_url = MINIMAL.replace("kafka:\n", "kafka:\n  schema_registry: {url: registry:8081}\n")
+    assert any("kafka.schema_registry.url" in line for line in problems(wrong_url))
+    inline = MINIMAL.replace(
+        "kafka:\n", "kafka:\n  schema_registry: {url: 'http://r', basic_auth: 'user:pw'}\n"
+    )
+    assert any("kafka.schema_registry.basic_auth" in line for line in problems(inline))

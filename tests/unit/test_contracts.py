@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
+from services.core.codecs import SCHEMA_FILES, Codec, load_contracts, schemas_dir
 from services.core.contracts import (
-    SCHEMA_FILES,
     AuditEvent,
     Channel,
-    Codec,
     ConsentChange,
     ConsentStatus,
     ContactChange,
@@ -27,8 +26,6 @@ from services.core.contracts import (
     RejectedEvent,
     SyncControl,
     UpdateOperation,
-    load_contracts,
-    schemas_dir,
 )
 from services.core.serde import DecodeError
 

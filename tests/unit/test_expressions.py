@@ -10,14 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.core.contracts import FieldValue
-from services.core.expressions import (
+from services.mapper.rules.expressions import (
     MAX_EXPRESSION_LENGTH,
     ExpressionError,
     compile_expression,
     compile_template,
-    parse_number,
-    value_text,
 )
+from services.mapper.rules.values import parse_number, value_text
 
 pytestmark = pytest.mark.unit
 

@@ -12,13 +12,8 @@ import pytest
 
 from services.core.contracts import Operation
 from services.core.settings_base import SecretRef
-from services.core.sources import (
-    BearerAuth,
-    GenericWebhookSource,
-    HmacSha256Auth,
-    NoAuth,
-    StandardWebhooksAuth,
-)
+from services.core.sources.common import BearerAuth, HmacSha256Auth, NoAuth, StandardWebhooksAuth
+from services.core.sources.generic import GenericWebhookSource
 from services.ingest.connectors.base import AuthError, InboundRequest, PayloadError
 from services.ingest.connectors.generic import GenericWebhookConnector
 

@@ -9,7 +9,7 @@ import pytest
 
 from services.core.config import HttpStoreSettings
 from services.core.contracts import Identity
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import TransientStoreError
 from services.writer.stores.http import HttpProfileStore
 from tests.fakes import cdp

@@ -17,8 +17,8 @@ from services.core.contracts import (
     Operation,
     UpdateOperation,
 )
-from services.core.mapping import ProfileSettings
-from services.core.sources import GenericWebhookSource
+from services.core.mapping_settings import ProfileSettings
+from services.core.sources.generic import GenericWebhookSource
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.mapping import CompiledSource, Mapped, map_change
 

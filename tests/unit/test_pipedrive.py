@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from services.core.contracts import Operation, Origin
-from services.core.sources import PipedriveSource
+from services.core.sources.pipedrive import PipedriveSource
 from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
     AuthError,

@@ -19,9 +19,8 @@ from services.core.contracts import (
     Operation,
     UpdateOperation,
 )
-from services.core.expressions import is_blank
-from services.core.mapping import ProfileSettings
-from services.core.sources import GenericWebhookSource
+from services.core.mapping_settings import ProfileSettings
+from services.core.sources.generic import GenericWebhookSource
 from services.mapper.rules.mapping import CompiledSource
 from services.mapper.rules.record import (
     AttributeChange,
@@ -30,6 +29,7 @@ from services.mapper.rules.record import (
     apply_change,
     version_of,
 )
+from services.mapper.rules.values import is_blank
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.core.codecs import load_contracts
 from services.core.config import KafkaSettings
-from services.core.contracts import RejectedEvent, load_contracts
+from services.core.contracts import RejectedEvent
 from services.core.rejections import (
     DEFAULT_MESSAGE_MAX_BYTES,
     RejectionTooLarge,

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.core.contracts import ContactChange, Operation, Origin
 from services.core.settings_base import MissingSecretError
-from services.core.sources import S360Source
+from services.core.sources.s360 import S360Source
 from services.ingest.connectors import s360
 from services.ingest.connectors.base import AuthError, InboundRequest, PayloadError
 from services.ingest.connectors.s360 import (

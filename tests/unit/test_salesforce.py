@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from services.core.contracts import Operation, Origin
-from services.core.sources import SalesforceSource
+from services.core.sources.salesforce import SalesforceSource
 from services.ingest.api_client import ApiClient, ApiError, StaticBearer
 from services.ingest.connectors.base import (
     AuthError,

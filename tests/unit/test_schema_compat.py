@@ -27,7 +27,7 @@ import pytest
 from fastavro.read import SchemaResolutionError
 from fastavro.utils import generate_many
 
-from services.core.contracts import schemas_dir
+from services.core.codecs import schemas_dir
 from tools.schema_compat import (
     Direction,
     Incompatibility,

@@ -9,15 +9,10 @@ from typing import Any
 
 import pytest
 
-from services.core.contracts import (
-    SCHEMA_FILES,
-    ContactChange,
-    Operation,
-    Origin,
-    load_contracts,
-    schemas_dir,
-)
+from services.core.codecs import SCHEMA_FILES, load_contracts, schemas_dir
+from services.core.contracts import ContactChange, Operation, Origin
 from services.core.serde import (
+    HEADER_SIZE,
     SINGLE_OBJECT_MAGIC,
     Converter,
     DecodeError,
@@ -157,9 +152,10 @@ def test_incompatible_writer_is_a_decode_error_not_a_crash() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"", "missing C3 01 header"),
-        (b"{}", "missing C3 01 header"),
+        (b"", "nor in the Confluent wire format"),
+        (b"{}", "nor in the Confluent wire format"),
         (SINGLE_OBJECT_MAGIC + b"\x00" * 8, "unknown writer schema"),
+        (b"\x00\x00\x00\x00\x07 body", "unknown schema registry id 7"),
     ],
 )
 def test_garbage_is_a_decode_error(data: bytes, message: str) -> None:
@@ -174,3 +170,38 @@ def test_truncated_and_padded_bodies_are_decode_errors() -> None:
         codec.decode(data[:-3])
     with pytest.raises(DecodeError, match="trailing bytes"):
         codec.decode(data + b"\x00")
+
+
+def test_with_registry_ids_records_are_written_in_the_confluent_wire_format() -> None:
+    contracts = load_contracts()
+    codec = contracts.contact_change
+    single = codec.encode(change())
+    fingerprint = codec.converter.schema.fingerprint
+    contracts.catalog.use_registry({fingerprint: 42}, lambda _id: None)
+    framed = codec.encode(change())
+    assert framed[:5] == b"\x00\x00\x00\x00\x2a"
+    assert framed[5:] == single[HEADER_SIZE:]
+    # Both framings decode: a topic may hold data written before the registry.
+    assert codec.decode(framed) == codec.decode(single) == change()
+
+
+def test_an_unknown_registry_id_is_looked_up_once_and_resolved_as_a_writer() -> None:
+    writer_schema = json.loads((schemas_dir() / "contact_change.avsc").read_text())
+    writer_schema["fields"].append({"name": "campaign", "type": "string", "default": ""})
+    writer = Converter(schema=schema_from_json(writer_schema), catalog=SchemaCatalog())
+    data = (
+        b"\x00"
+        + (1001).to_bytes(4, "big")
+        + writer.encode({**change().to_record(), "campaign": "winter"})[HEADER_SIZE:]
+    )
+    asked: list[int] = []
+
+    def lookup(schema_id: int) -> str | None:
+        asked.append(schema_id)
+        return json.dumps(writer_schema) if schema_id == 1001 else None
+
+    reader = load_contracts()
+    reader.catalog.use_registry({}, lookup)
+    assert reader.contact_change.decode(data) == change()
+    assert reader.contact_change.decode(data) == change()
+    assert asked == [1001]

@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from services.core.contracts import FieldValue
-from services.core.mapping import FieldRule, FieldValueType
+from services.core.mapping_settings import FieldRule, FieldValueType
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.transforms import MILLISECONDS_FROM, apply_rule
 

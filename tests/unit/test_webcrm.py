@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from services.core.contracts import Operation, Origin
-from services.core.sources import WebCrmSource
+from services.core.sources.webcrm import WebCrmSource
 from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import Checkpoint, PayloadError, PullPage, Stamp
 from services.ingest.connectors.webcrm import (

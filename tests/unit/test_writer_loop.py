@@ -21,7 +21,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Message, TopicPart
 from prometheus_client.registry import REGISTRY
 
 from services.core import metrics
-from services.core.contracts import ProfileUpdate, load_contracts
+from services.core.codecs import load_contracts
+from services.core.contracts import ProfileUpdate
 from services.core.retry import RetryPolicy
 from services.writer import loop as writer_loop
 from services.writer import main as writer_main

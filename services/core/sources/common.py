@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from croniter import croniter
 from pydantic import Field, field_validator, model_validator
 
-from services.core.mapping import SourceMapping
+from services.core.mapping_settings import SourceMapping
 from services.core.settings_base import SecretRef, Strict
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from services.core.contracts import ContactChange, Origin, RejectedEvent
 
 if TYPE_CHECKING:
-    from services.core.sources import ApiSettings, PollSettings
+    from services.core.sources.common import ApiSettings, PollSettings
     from services.ingest.api_client import ApiClient, Credentials, ThrottleCheck, WaitHint
 
 

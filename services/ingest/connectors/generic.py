@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from services.core.contracts import ContactChange, Operation, Origin
-from services.core.sources import GenericWebhookSource
+from services.core.sources.generic import GenericWebhookSource
 from services.ingest.auth import Authenticator
 from services.ingest.connectors.base import (
     InboundRequest,

@@ -14,8 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.core.contracts import ContactChange, Operation, RejectedEvent
-from services.core.sources import GenericRestSource
-from services.core.sources.generic_rest import CursorPaging, OffsetPaging, PagePaging
+from services.core.sources.generic_rest import (
+    CursorPaging,
+    GenericRestSource,
+    OffsetPaging,
+    PagePaging,
+)
 from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
     Checkpoint,

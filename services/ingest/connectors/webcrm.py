@@ -50,6 +50,9 @@ never skip):
 
 webCRM deletes persons without trace in the API (no deleted flag, no deletion list):
 a deleted person simply stops appearing, so no DELETE comes from webCRM.
+
+One CRM's connector in one module (its login, pull pages and field conversions), read
+against webCRM's documentation as a whole; hence over 400 lines.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from services.core.contracts import FieldValue
-from services.core.expressions import is_blank, is_number, parse_number, value_text
-from services.core.mapping import Clause, Condition, ScalarSetting
+from services.core.mapping_settings import Clause, Condition, ScalarSetting
 from services.mapper.rules.transforms import BOOLEAN_TEXT
+from services.mapper.rules.values import is_blank, is_number, parse_number, value_text
 
 _ORDER: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "gt": operator.gt,

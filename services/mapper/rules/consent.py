@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Final
 
 from services.core.contracts import Channel, ConsentChange, ConsentStatus, FieldValue
-from services.core.expressions import is_blank
-from services.core.mapping import ConsentRule, ProfileSettings
+from services.core.mapping_settings import ConsentRule, ProfileSettings
 from services.mapper.rules.errors import RuleError
+from services.mapper.rules.values import is_blank
 
 CHECKED: Final = frozenset({"true", "yes", "y", "1", "on", "checked", "x"})
 UNCHECKED: Final = frozenset({"false", "no", "n", "0", "off", "unchecked"})

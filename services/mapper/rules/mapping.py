@@ -34,21 +34,21 @@ from services.core.contracts import (
     ProfileUpdate,
     UpdateOperation,
 )
-from services.core.expressions import (
+from services.core.mapping_settings import FieldRule, ProfileSettings, writable
+from services.core.sources.common import SourceBase
+from services.mapper.rules.conditions import matches
+from services.mapper.rules.consent import consent_changes
+from services.mapper.rules.errors import RuleError
+from services.mapper.rules.expressions import (
     Expression,
     Template,
     compile_expression,
     compile_template,
-    is_blank,
 )
-from services.core.mapping import FieldRule, ProfileSettings, writable
-from services.core.sources import SourceBase
-from services.mapper.rules.conditions import matches
-from services.mapper.rules.consent import consent_changes
-from services.mapper.rules.errors import RuleError
 from services.mapper.rules.identity import CRM, EMAIL, match_key
 from services.mapper.rules.normalise import normalise_email
 from services.mapper.rules.transforms import apply_rule
+from services.mapper.rules.values import is_blank
 
 EMAIL_ATTRIBUTE: Final = "email"
 # Sets of changed fields whose attributes are remembered per source (a bound on a

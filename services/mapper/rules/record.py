@@ -44,10 +44,10 @@ from services.core.contracts import (
     ProfileUpdate,
     UpdateOperation,
 )
-from services.core.expressions import is_blank
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import Version
 from services.mapper.rules.mapping import CompiledSource, Drop, Touched, map_change
+from services.mapper.rules.values import is_blank
 
 OLDEST: Final[Version] = (-(2**63), -(2**63))
 STATE_FORMAT: Final = 1

@@ -52,14 +52,14 @@ from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.core.contracts import FieldValue
-from services.core.expressions import INT_LIMIT, is_blank, is_number, parse_number, value_text
-from services.core.mapping import FieldRule, FieldValueType
+from services.core.mapping_settings import FieldRule, FieldValueType
 from services.mapper.rules.errors import RuleError
 from services.mapper.rules.normalise import (
     normalise_currency,
     normalise_email,
     normalise_phone,
 )
+from services.mapper.rules.values import INT_LIMIT, is_blank, is_number, parse_number, value_text
 
 BOOLEAN_TEXT: Final[dict[str, bool]] = {
     **dict.fromkeys(("true", "yes", "y", "1", "on"), True),

@@ -8,7 +8,7 @@ from services.core.config import (
     SqliteStoreSettings,
     StoreSettings,
 )
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.writer.stores.base import ProfileStore
 from services.writer.stores.http import HttpProfileStore
 from services.writer.stores.postgres import PostgresProfileStore

@@ -23,6 +23,9 @@ reconnecting); any other error of a write is poison (the batch is redone an upda
 a time, without a pipeline, each update in a savepoint that an error can be rolled
 back to, and the refused update rejected: a data or constraint error, or a program
 limit such as an identity too long for the identities index).
+
+One store in one module: its schema, migrations and the batch it applies in one
+transaction are read together (the SQLite store mirrors it); hence over 400 lines.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import psycopg
 
 from services.core.config import PostgresStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 from services.writer.profiles import (
     TIME_NOT_LOADED,

@@ -12,6 +12,9 @@ identities and writes back the rows the book changed.
 Errors are classified by SQLite's result code (services/writer/stores/failures.py):
 a locked, full or unreadable file is transient (the writer retries the batch); any
 other error of an update's writes refuses that update.
+
+One store in one module: its schema, migrations and the batch it applies in one
+transaction are read together (the PostgreSQL store mirrors it); hence over 400 lines.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from services.core.contracts import Identity, ProfileUpdate
-from services.core.mapping import ProfileSettings
+from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
 from services.writer.profiles import (
     BatchWrites,

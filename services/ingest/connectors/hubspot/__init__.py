@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from services.core.sources import HubSpotSource
+from services.core.sources.hubspot import HubSpotSource
 from services.ingest.connectors.base import SourceConnectors
 from services.ingest.connectors.hubspot.pull import HubSpotPullConnector, is_throttled
 from services.ingest.connectors.hubspot.push import HubSpotWebhookConnector

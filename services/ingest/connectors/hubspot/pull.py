@@ -34,8 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from services.core.contracts import ContactChange, Operation, RejectedEvent
-from services.core.sources import HubSpotSource
-from services.core.sources.hubspot import SEARCH_MAX_LIMIT
+from services.core.sources.hubspot import SEARCH_MAX_LIMIT, HubSpotSource
 from services.ingest.api_client import ApiClient, ApiError, rate_limit
 from services.ingest.connectors.base import (
     Checkpoint,

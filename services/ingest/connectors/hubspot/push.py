@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
-from services.core.sources import HubSpotSource
+from services.core.sources.hubspot import HubSpotSource
 from services.ingest.auth import check_timestamp, header, hmac_sha256
 from services.ingest.connectors.base import (
     AuthError,

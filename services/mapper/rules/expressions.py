@@ -1,7 +1,7 @@
 """Computed attributes: a tiny, safe expression language and ``{field}`` templates.
 
 A source's config builds an attribute from several CRM fields (``computed`` in
-``services/core/mapping.py``). The text comes from the config, is compiled once (at
+``services/core/mapping_settings.py``). The text comes from the config, is compiled once (at
 config validation and at start-up) and is evaluated for every change by the mapper.
 
 Expressions are parsed with Python's ``ast`` and compiled into closures; nothing is
@@ -30,6 +30,9 @@ text minus a number, ...) is an ``ExpressionError`` naming the problem and its p
 Templates: ``{field}`` placeholders in text, ``{{``/``}}`` for literal braces. A
 blank field renders as empty text, whitespace is collapsed and trimmed, and the
 result is None when every placeholder is blank.
+
+One small language in one module (its compiler, evaluation rules and templates), so that
+what compiles and what it means are read side by side; hence over 400 lines.
 """
 
 from __future__ import annotations
@@ -37,28 +40,25 @@ from __future__ import annotations
 import ast
 import math
 import operator
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 from services.core.contracts import FieldValue
+from services.mapper.rules.values import (
+    INT_LIMIT,
+    is_blank,
+    is_number,
+    parse_number,
+    value_text,
+)
 
 MAX_EXPRESSION_LENGTH: Final = 500
 MAX_TEMPLATE_LENGTH: Final = 1000
 MAX_DEPTH: Final = 32
 MAX_ROUND_DIGITS: Final = 15
-# The Avro contract carries integers as 64-bit longs.
-INT_LIMIT: Final = 2**63
-# Floats are integral and exact below 2**53; those print without ".0".
-EXACT_FLOAT_LIMIT: Final = 2**53
-LIST_SEPARATOR: Final = ";"
-# Plain decimal notation only: no thousands separators, no decimal comma, no nan/inf,
-# no Unicode digits; so "1,234" is never misread as 1.234 or 1234.
-_NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 # Room for any float's digits plus MAX_ROUND_DIGITS, so quantize never loses digits.
 _ROUNDING: Final = Context(prec=400)
 
@@ -75,59 +75,6 @@ class ExpressionError(ValueError):
         self.column = column
         place = f"line {line}, column {column}: " if line and column else ""
         super().__init__(f"{place}{reason}")
-
-
-def is_number(value: object) -> TypeGuard[int | float]:
-    """An int or float; booleans are not numbers here (True + 1 is a mistake)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-_NEVER_BLANK: Final = frozenset((int, float, bool))
-
-
-def is_blank(value: object) -> bool:
-    """None, text of whitespace only, or a list without a non-blank item."""
-    if value is None:
-        return True
-    # Exact type checks first: the mapper asks this dozens of times per change, and
-    # decoded values are plain str, int, float, bool or list.
-    if type(value) is str:
-        return not value.strip()
-    if type(value) in _NEVER_BLANK:
-        return False
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list):
-        return all(is_blank(item) for item in value)
-    return False
-
-
-def value_text(value: FieldValue, *, separator: str = LIST_SEPARATOR) -> str:
-    """A value as text, the one way expressions, templates and rules print values:
-    booleans as ``true``/``false``, whole floats without ``.0`` (CRMs send 12.0 for
-    12), other floats in Python's shortest round-trip form, lists joined."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_LIMIT:
-        return str(int(value))
-    if isinstance(value, list):
-        return separator.join(value_text(item) for item in value)
-    return str(value) if isinstance(value, int | str) else repr(value)
-
-
-def parse_number(text: str) -> int | float | None:
-    """The number a text writes in plain decimal notation (``-12``, ``1234.5``,
-    ``1e3``), or None. An integer text gives an int, anything else a float."""
-    text = text.strip()
-    if not _NUMBER.fullmatch(text):
-        return None
-    try:
-        number: int | float = int(text) if _INTEGER.fullmatch(text) else float(text)
-    except ValueError:  # more digits than Python converts
-        return None
-    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)
