@@ -9,6 +9,7 @@ wrong partition count is an error, because keys would then move between partitio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,11 +19,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from services.core import metrics
 from services.core.config import KafkaSettings, TopicSettings
+from services.core.retry import RetryLater, RetryPolicy
 
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S: Final = 30.0
+# Waits while newly created topics reach every broker's metadata.
+METADATA_RETRY: Final = RetryPolicy(initial_s=0.1, max_s=1.0, within_s=ADMIN_TIMEOUT_S)
 
 # Bytes librdkafka may prefetch per partition for a consumer (its default, 64 MB,
 # times a dozen partitions would dwarf a service's own memory, and would grow with
@@ -234,12 +239,15 @@ def ensure_topics(settings: KafkaSettings, *, client_id: str = "crmsync-admin") 
 
 def _partition_counts(admin: AdminClient, names: list[str]) -> dict[str, int]:
     """Partition counts of topics that exist, waiting out metadata propagation."""
-    deadline = time.monotonic() + ADMIN_TIMEOUT_S
-    while True:
-        topics = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
-        if all(name in topics for name in names) or time.monotonic() > deadline:
-            return {name: len(topics[name].partitions) for name in names if name in topics}
-        time.sleep(0.2)
+    found: dict[str, int] = {}
+    with contextlib.suppress(RetryLater):  # past the wait: those known by then
+        for attempt in METADATA_RETRY.retrying():
+            with attempt:
+                topics = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+                found = {name: len(topics[name].partitions) for name in names if name in topics}
+                if len(found) < len(names):
+                    raise RetryLater("new topics not in the metadata yet")
+    return found
 
 
 def _check_partitions(specs: dict[str, TopicSettings], counts: dict[str, int]) -> None:
@@ -276,16 +284,31 @@ def watermarks(
     Right after a topic is created, or while a leader moves, the broker answers "not
     leader"; a service starting at that moment should wait, not crash.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
+    policy = RetryPolicy(initial_s=0.1, max_s=1.0, within_s=timeout_s)
+    for attempt in policy.retrying(on=KafkaException, when=_leader_may_come):
+        with attempt:
             low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
             return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() not in RETRIABLE_OFFSET_ERRORS or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    raise AssertionError("the retry loop ends by returning or raising")
+
+
+def _leader_may_come(failure: BaseException) -> bool:
+    error = kafka_error(failure)
+    return error is not None and error.code() in RETRIABLE_OFFSET_ERRORS
+
+
+def kafka_error(failure: BaseException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries, if any."""
+    if not isinstance(failure, KafkaException) or not failure.args:
+        return None
+    error = failure.args[0]
+    return error if isinstance(error, KafkaError) else None
+
+
+def retriable(failure: BaseException) -> bool:
+    """A Kafka failure that librdkafka says may pass if the call is made again."""
+    error = kafka_error(failure)
+    return error is not None and bool(error.retriable())
 
 
 def end_offsets(
@@ -301,3 +324,37 @@ def end_offsets(
         }
     finally:
         consumer.close()
+
+
+class ConsumerLag:
+    """Keeps ``crmsync_consumer_lag_messages`` current for a consumer's partitions: the
+    messages between its position and the partition's end as the last fetch saw it (no
+    request to the broker). Called after each batch; it measures every ``every_s`` at
+    most. A partition no longer assigned is set to 0, so that the sum over the
+    processes of a group counts each partition once."""
+
+    def __init__(self, consumer: Consumer, *, group: str, every_s: float = 5.0) -> None:
+        self._consumer = consumer
+        self._group = group
+        self._every_s = every_s
+        self._next_at = 0.0
+        self._reported: set[tuple[str, int]] = set()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        self._next_at = now + self._every_s
+        seen: set[tuple[str, int]] = set()
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset < 0 or high is None or high < 0:
+                continue  # nothing fetched yet
+            key = (tp.topic, tp.partition)
+            seen.add(key)
+            metrics.CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
+                max(0, high - tp.offset)
+            )
+        for topic, partition in self._reported - seen:
+            metrics.CONSUMER_LAG.labels(self._group, topic, str(partition)).set(0)
+        self._reported = seen

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import logging
 import threading
@@ -38,12 +39,17 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     Retrying,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
+    stop_any,
     stop_never,
     wait_exponential,
     wait_random_exponential,
 )
+from tenacity.retry import retry_base
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 RETRY_AFTER_CAP_S: Final = 600.0
@@ -125,20 +131,28 @@ class Stopped(Exception):
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a loop retries: waits from ``initial_s`` doubling to ``max_s`` (with full
-    jitter unless ``jitter`` is off), at most ``attempts`` attempts (None: until
-    stopped), a server's Retry-After honoured up to ``retry_after_cap_s``."""
+    jitter unless ``jitter`` is off), at most ``attempts`` attempts and no new one
+    after ``within_s`` seconds (both None: until stopped), a server's Retry-After
+    honoured up to ``retry_after_cap_s``."""
 
     initial_s: float
     max_s: float
     attempts: int | None = None
     jitter: bool = True
     retry_after_cap_s: float = RETRY_AFTER_CAP_S
+    within_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.initial_s <= 0 or self.max_s <= 0:
             raise ValueError(f"waits must be positive, got {self.initial_s} and {self.max_s}")
         if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if self.within_s is not None and self.within_s < 0:
+            raise ValueError(f"within_s must not be negative, got {self.within_s}")
+
+    def with_time(self, within_s: float) -> RetryPolicy:
+        """This policy, with no attempt started after ``within_s`` seconds."""
+        return dataclasses.replace(self, within_s=within_s)
 
     def wait(self) -> wait_base:
         backoff: wait_base = (
@@ -148,16 +162,28 @@ class RetryPolicy:
         )
         return _WaitAsAsked(backoff, cap_s=self.retry_after_cap_s)
 
+    def _stop(self) -> stop_base:
+        stops: list[stop_base] = []
+        if self.attempts is not None:
+            stops.append(stop_after_attempt(self.attempts))
+        if self.within_s is not None:
+            stops.append(stop_after_delay(self.within_s))
+        return stop_any(*stops) if stops else stop_never
+
     def _options(
         self,
         on: type[BaseException] | tuple[type[BaseException], ...],
+        when: Callable[[BaseException], bool] | None,
         before_sleep: BeforeSleep | None,
     ) -> dict[str, Any]:
         """What the sync and the async loop share: stop, wait, what is retried."""
+        retry: retry_base = retry_if_exception_type(on)
+        if when is not None:
+            retry = retry & retry_if_exception(when)
         return {
-            "stop": stop_never if self.attempts is None else stop_after_attempt(self.attempts),
+            "stop": self._stop(),
             "wait": self.wait(),
-            "retry": retry_if_exception_type(on),
+            "retry": retry,
             "before_sleep": before_sleep,
             "reraise": True,
         }
@@ -166,12 +192,13 @@ class RetryPolicy:
         self,
         *,
         on: type[BaseException] | tuple[type[BaseException], ...] = RetryLater,
+        when: Callable[[BaseException], bool] | None = None,
         stop: threading.Event | None = None,
         sleep: Callable[[float], object] | None = None,
         before_sleep: BeforeSleep | None = None,
     ) -> Retrying:
-        """A blocking retry loop over failures of the types in ``on``; ``sleep`` is for
-        tests that do not want to wait."""
+        """A blocking retry loop over failures of the types in ``on`` (those ``when``
+        says may pass, when given); ``sleep`` is for tests that do not want to wait."""
 
         def wait_or_stop(seconds: float) -> None:
             if sleep is not None:
@@ -181,18 +208,19 @@ class RetryPolicy:
             elif stop.is_set() or stop.wait(seconds):
                 raise Stopped
 
-        return Retrying(sleep=wait_or_stop, **self._options(on, before_sleep))
+        return Retrying(sleep=wait_or_stop, **self._options(on, when, before_sleep))
 
     def retrying_async(
         self,
         *,
         on: type[BaseException] | tuple[type[BaseException], ...] = RetryLater,
+        when: Callable[[BaseException], bool] | None = None,
         stop: asyncio.Event | None = None,
         sleep: Callable[[float], object] | None = None,
         before_sleep: BeforeSleep | None = None,
     ) -> AsyncRetrying:
-        """An asyncio retry loop over failures of the types in ``on``; ``sleep`` is for
-        tests that do not want to wait."""
+        """An asyncio retry loop over failures of the types in ``on`` (those ``when``
+        says may pass, when given); ``sleep`` is for tests that do not want to wait."""
 
         async def wait_or_stop(seconds: float) -> None:
             if sleep is not None:
@@ -207,7 +235,7 @@ class RetryPolicy:
             if stop is not None and stop.is_set():
                 raise Stopped
 
-        return AsyncRetrying(sleep=wait_or_stop, **self._options(on, before_sleep))
+        return AsyncRetrying(sleep=wait_or_stop, **self._options(on, when, before_sleep))
 
 
 class Backoff:

@@ -100,10 +100,6 @@ class KafkaPublisher:
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._poller.start()
 
-    @property
-    def available(self) -> bool:
-        return self._brokers_up and self._fatal is None
-
     def unavailable_reason(self) -> str | None:
         if self._fatal is not None:
             return f"producer failed: {self._fatal}"

@@ -73,9 +73,11 @@ from services.core.crash_points import crash_point
 from services.core.kafka import (
     PREFETCH_KBYTES,
     SESSION_TIMEOUT_MS,
+    ConsumerLag,
     TopicNames,
     consumer_config,
     is_error,
+    kafka_error,
     producer_config,
     reader_config,
     watermarks,
@@ -86,7 +88,7 @@ from services.core.rejections import (
     producible_rejection,
     rejection_message_limit,
 )
-from services.core.retry import Backoff, RetryPolicy
+from services.core.retry import Backoff, RetryPolicy, logged
 from services.core.serde import DecodeError
 from services.mapper.barrier import Barriers
 from services.mapper.barrier_feed import BarrierFeed
@@ -117,6 +119,11 @@ STALL_AFTER_S: Final = 2 * TRANSACTION_TIMEOUT_MS / 1000
 # Waits after an aborted transaction, from 0.1 s doubling to 5 s with jitter: a
 # failing broker is not hammered.
 ABORT_RETRY: Final = RetryPolicy(initial_s=0.1, max_s=5.0)
+# Waits while the group's committed offsets are held by an undecided transaction, up to
+# twice a transaction's timeout (by then the broker has aborted it).
+COMMITTED_RETRY: Final = RetryPolicy(
+    initial_s=0.2, max_s=5.0, within_s=2 * TRANSACTION_TIMEOUT_MS / 1000
+)
 INSTANCE_ID_ENV: Final = "CRMSYNC_MAPPER_INSTANCE_ID"
 DATA_DIR_ENV: Final = "CRMSYNC_MAPPER_DATA_DIR"
 # Set by `make run` (services.devstack), where the default instance id is fine.
@@ -278,6 +285,7 @@ class MapperEngine:
             transaction_timeout_s=TRANSACTION_TIMEOUT_MS / 1000,
             message_max_bytes=self._engine.message_max_bytes,
         )
+        self._lag = ConsumerLag(self._consumer, group=self._engine.group_id)
         self._barrier = BarrierFeed(
             Consumer(
                 {
@@ -321,6 +329,7 @@ class MapperEngine:
                 messages = self._consumer.consume(
                     self._engine.batch_max_records, self._engine.batch_max_wait_ms / 1000
                 )
+                self._lag()
                 try:
                     self._batch(messages)
                 except TransactionAborted:
@@ -621,18 +630,14 @@ class MapperEngine:
         """The group's committed offsets, once every transaction that commits some is
         decided (librdkafka asks for stable offsets under read_committed). A zombie's
         transaction stays undecided until it wakes or times out: wait for it."""
-        give_up = time.monotonic() + 2 * TRANSACTION_TIMEOUT_MS / 1000
-        while True:
-            try:
+        for attempt in COMMITTED_RETRY.retrying(
+            on=KafkaException,
+            when=_committed_may_come,
+            before_sleep=logged(log, "committed offsets not readable yet"),
+        ):
+            with attempt:
                 return list(consumer.committed(partitions, timeout=30))
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                retriable = isinstance(error, KafkaError) and (
-                    error.retriable() or error.code() == KafkaError._TIMED_OUT
-                )
-                if not retriable or time.monotonic() > give_up:
-                    raise
-                log.warning("committed offsets not readable yet, retrying: %s", exc)
+        raise AssertionError("the retry loop ends by returning or raising")
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -656,6 +661,11 @@ class MapperEngine:
             self._barrier.close()
             self._restorer.close()
             self._out.close()
+
+
+def _committed_may_come(failure: BaseException) -> bool:
+    error = kafka_error(failure)
+    return error is not None and (error.retriable() or error.code() == KafkaError._TIMED_OUT)
 
 
 def _reason(exc: BaseException) -> str:

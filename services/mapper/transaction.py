@@ -37,8 +37,9 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.core.crash_points import crash_point
+from services.core.kafka import kafka_error, retriable
 from services.core.rejections import DEFAULT_MESSAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
-from services.core.retry import Backoff, RetryPolicy
+from services.core.retry import Backoff, RetryPolicy, logged
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ ABORT_TIMEOUT_S: Final = 30.0
 INIT_TIMEOUT_S: Final = 30.0
 # Waits while the transaction coordinator is not there yet: 0.5 s doubling to 5 s.
 INIT_RETRY: Final = RetryPolicy(initial_s=0.5, max_s=5.0)
+# A commit or an abort that librdkafka says may pass is made again at once, then after
+# waits up to a second.
+COMMIT_RETRY: Final = RetryPolicy(initial_s=0.01, max_s=1.0)
+ABORT_CALL_RETRY: Final = RetryPolicy(initial_s=0.01, max_s=1.0)
 QUEUE_FULL_WAIT_S: Final = 0.05
 # How long past its own timeout a transactional call may take before it is given up.
 STUCK_GRACE_S: Final = 10.0
@@ -64,11 +69,6 @@ class OutputTooLarge(ValueError):
 
 class CallStuck(Exception):
     """librdkafka did not return from a transactional call within its timeout."""
-
-
-def kafka_error(exc: KafkaException) -> KafkaError | None:
-    error = exc.args[0] if exc.args else None
-    return error if isinstance(error, KafkaError) else None
 
 
 class TransactionalProducer:
@@ -184,18 +184,16 @@ class TransactionalProducer:
             self._replace(exc)
 
     def _commit_with_retries(self) -> None:
-        while True:
-            try:
+        # Retried while librdkafka says a commit may pass, and time is left in the
+        # transaction for one more.
+        policy = COMMIT_RETRY.with_time(max(0.0, self._left_s() - 1))
+        for attempt in policy.retrying(on=KafkaException, when=retriable):
+            with attempt:
                 left = self._left_s()
                 self._bounded(
                     "commit_transaction", partial(self._producer.commit_transaction, left), left
                 )
                 return
-            except KafkaException as exc:
-                error = kafka_error(exc)
-                if error is not None and error.retriable() and self._left_s() > 1:
-                    continue
-                raise
 
     def abort(self, exc: BaseException) -> None:
         """Abort the open transaction because of ``exc``; always raises:
@@ -204,21 +202,20 @@ class TransactionalProducer:
         if error is not None and error.fatal():
             raise exc
         log.warning("transaction aborted, the batch is consumed again: %s", exc)
-        while True:
-            try:
-                self._bounded(
-                    "abort_transaction",
-                    partial(self._producer.abort_transaction, ABORT_TIMEOUT_S),
-                    ABORT_TIMEOUT_S,
-                )
-                break
-            except CallStuck as stuck:
-                self._replace(stuck)
-            except KafkaException as abort_exc:
-                abort_error = kafka_error(abort_exc)
-                if abort_error is None or not abort_error.retriable():
-                    raise
-                log.warning("abort not complete yet, retrying: %s", abort_exc)
+        try:
+            for attempt in ABORT_CALL_RETRY.retrying(
+                on=KafkaException,
+                when=retriable,
+                before_sleep=logged(log, "abort not complete yet"),
+            ):
+                with attempt:
+                    self._bounded(
+                        "abort_transaction",
+                        partial(self._producer.abort_transaction, ABORT_TIMEOUT_S),
+                        ABORT_TIMEOUT_S,
+                    )
+        except CallStuck as stuck:
+            self._replace(stuck)  # raises TransactionAborted
         raise TransactionAborted(str(exc)) from exc
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -166,8 +166,11 @@ class WriterLoop:
         settings: LoopSettings,
         stop: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lag: Callable[[], None] = lambda: None,
     ) -> None:
+        """``lag`` measures the consumer's lag after each batch (``ConsumerLag``)."""
         self._consumer = consumer
+        self._lag = lag
         self._producer = producer
         self._store = store
         self._updates = updates
@@ -209,6 +212,7 @@ class WriterLoop:
                 batch = [m for m in messages if not is_error(m)]
                 if batch:
                     self._process(batch)
+                self._lag()
         finally:
             self._producer.flush(REJECT_FLUSH_TIMEOUT_S)
             self._consumer.close()

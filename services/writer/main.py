@@ -19,6 +19,7 @@ from services.core.config import Settings
 from services.core.kafka import (
     PREFETCH_KBYTES,
     SESSION_TIMEOUT_MS,
+    ConsumerLag,
     TopicNames,
     consumer_config,
     producer_config,
@@ -50,20 +51,21 @@ def writer_loop(
     writer = settings.services.writer
     topics = TopicNames.from_settings(kafka)
     group = f"{kafka.topics.prefix}writer"
+    consumer = Consumer(
+        {
+            **consumer_config(kafka, client_id="crmsync-writer", group_id=group),
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            # An eager protocol: the loop replaces its whole assignment, in the
+            # rebalance callback or later once the store says where partitions
+            # start (assign()); a cooperative one would refuse assign().
+            "partition.assignment.strategy": "range",
+            # How long a vanished writer's partitions wait before another member
+            # (or its own restart) takes them over; the mapper's too.
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+        }
+    )
     return WriterLoop(
-        consumer=Consumer(
-            {
-                **consumer_config(kafka, client_id="crmsync-writer", group_id=group),
-                "queued.max.messages.kbytes": PREFETCH_KBYTES,
-                # An eager protocol: the loop replaces its whole assignment, in the
-                # rebalance callback or later once the store says where partitions
-                # start (assign()); a cooperative one would refuse assign().
-                "partition.assignment.strategy": "range",
-                # How long a vanished writer's partitions wait before another member
-                # (or its own restart) takes them over; the mapper's too.
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
-            }
-        ),
+        consumer=consumer,
         producer=Producer(producer_config(kafka, client_id="crmsync-writer")),
         store=store,
         updates=contracts.profile_update,
@@ -78,6 +80,7 @@ def writer_loop(
             rejected_max_bytes=rejection_message_limit(kafka),
         ),
         stop=stop,
+        lag=ConsumerLag(consumer, group=group),
     )
 
 

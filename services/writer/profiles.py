@@ -47,8 +47,6 @@ from services.core.versions import to_micros
 Version = tuple[int, int]
 IdentityConflictPolicy = Literal["merge", "reject"]
 
-ATTRIBUTE_POLICIES: Final = ("owner_only", "last_writer_wins", "source_priority")
-
 
 def identity_hash(identity: Identity) -> str:
     """What a tombstone keeps of an erased identity."""
@@ -254,10 +252,6 @@ class ProfileBook:
         in its final state."""
         changes, self.changes = self.changes, BookChanges()
         return changes
-
-    def profile_of(self, identity: Identity) -> Profile | None:
-        owner = self._owner.get(identity)
-        return None if owner is None else self._profiles[owner]
 
     def apply(self, update: ProfileUpdate, identities: list[Identity] | None = None) -> Result:
         """Apply one update; ``identities`` is ``identities_of(update)`` if known."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import subprocess
 import sys
 
@@ -131,6 +133,38 @@ def test_every_service_serves_health_readiness_and_metrics(stack: Stack) -> None
         b'crmsync_records_written_total{source="demo"} 1.0'
         in (http_get(f"{stack['writer'].url}/metrics")[1])
     )
+
+
+def lag_lines(service_url: str, group: str) -> dict[str, float]:
+    """The consumer lag a service reports for ``group``, by "topic/partition"."""
+    text = http_get(f"{service_url}/metrics")[1].decode()
+    found: dict[str, float] = {}
+    for labels, value in re.findall(r"crmsync_consumer_lag_messages\{([^}]*)\} (\S+)", text):
+        named = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if named.get("group") == group:
+            found[f"{named['topic']}/{named['partition']}"] = float(value)
+    return found
+
+
+def drained(service_url: str, group: str, wanted: set[str]) -> bool:
+    lags = lag_lines(service_url, group)
+    return wanted <= set(lags) and all(lags[k] == 0 for k in wanted)
+
+
+def test_the_mapper_and_the_writer_report_their_lag_and_it_drains(stack: Stack) -> None:
+    stack.start()
+    body = [contact(f"lag{i}") for i in range(30)]
+    assert post_webhook(stack["ingest"].url, body)[0] == 200
+    assert wait_for(lambda: attribute(stack.db_path, record_id="lag29", name="email"))
+    for service, group, topics in (
+        ("mapper", "mapper", ("changes",)),
+        ("writer", "writer", ("profile-updates",)),
+    ):
+        url, group_id = stack[service].url, f"{stack.prefix}{group}"
+        wanted = {f"{stack.topic(t)}/{p}" for t in topics for p in range(3)}
+        assert wait_for(functools.partial(drained, url, group_id, wanted), timeout_s=30), lag_lines(
+            url, group_id
+        )
 
 
 def test_logs_carry_no_email_addresses_or_tokens(stack: Stack) -> None:

@@ -133,6 +133,34 @@ def test_only_the_failures_named_are_retried() -> None:
     assert run_sync(policy, Flaky(2, KeyError("now transient")), on=KeyError)[0] == "ok"
 
 
+def test_only_the_failures_when_says_may_pass_are_retried() -> None:
+    policy = RetryPolicy(initial_s=0.1, max_s=1.0, attempts=5)
+
+    def passing(failure: BaseException) -> bool:
+        return "busy" in str(failure)
+
+    assert run_sync(policy, Flaky(2, KeyError("busy")), on=KeyError, when=passing)[0] == "ok"
+    work = Flaky(2, KeyError("gone"))
+    with pytest.raises(KeyError, match="gone"):
+        run_sync(policy, work, on=KeyError, when=passing)
+    assert work.calls == 1
+
+
+def test_no_attempt_starts_after_the_time_allowed() -> None:
+    policy = RetryPolicy(initial_s=0.05, max_s=0.05, jitter=False, within_s=0.3)
+    work = Flaky(1000)
+    started = datetime.now(UTC)
+    with pytest.raises(RetryLater):
+        for attempt in policy.retrying():
+            with attempt:
+                work()
+    took = (datetime.now(UTC) - started).total_seconds()
+    assert 0.3 <= took < 2
+    assert 3 <= work.calls <= 8
+    with pytest.raises(ValueError, match="within_s"):
+        RetryPolicy(initial_s=1, max_s=1, within_s=-1)
+
+
 def test_without_a_limit_it_retries_until_it_succeeds() -> None:
     policy = RetryPolicy(initial_s=0.01, max_s=0.02)
     work = Flaky(40)
