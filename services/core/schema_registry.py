@@ -19,10 +19,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-import httpx2
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-
 from services.core.config import SchemaRegistrySettings
 from services.core.kafka import TopicNames
 from services.core.retry import RetryLater, RetryPolicy, logged
@@ -58,9 +54,14 @@ def subjects_by_schema(topics: TopicNames) -> dict[str, list[str]]:
 
 
 class SchemaRegistry:
+    """confluent-kafka's client (imported here only: its modules take some 18 MiB,
+    which a deployment without a registry does not load)."""
+
     def __init__(
         self, settings: SchemaRegistrySettings, *, lookup_retry: RetryPolicy = LOOKUP_RETRY
     ) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
         self._lookup_retry = lookup_retry
         conf: dict[str, Any] = {
             "url": settings.url,
@@ -76,6 +77,10 @@ class SchemaRegistry:
 
     def register(self, subject: str, schema: RegisteredSchema) -> int:
         """The id of ``schema`` under ``subject``, registered if it is new there."""
+        import httpx2
+        from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
         try:
             return self._client.register_schema(subject, Schema(schema.schema_json, "AVRO"))
         except SchemaRegistryError as exc:
@@ -106,6 +111,9 @@ class SchemaRegistry:
         raise AssertionError("the retry loop ends by returning or raising")
 
     def _fetch(self, schema_id: int) -> str | None:
+        import httpx2
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
         try:
             return self._client.get_schema(schema_id).schema_str
         except SchemaRegistryError as exc:
