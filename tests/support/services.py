@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,10 +40,27 @@ SECRETS_ENV: Final = {
 }
 
 
+# Ports for the services a test starts: below the kernel's ephemeral range
+# (32768-60999), where a port the kernel handed out (bind to 0) can be taken by some
+# client connection's source port before the service binds it.
+SERVICE_PORTS: Final = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never handed out before in this run."""
+    for _ in range(1000):
+        port = random.choice(SERVICE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {SERVICE_PORTS}")
 
 
 def child_pids(pid: int) -> set[int]:
