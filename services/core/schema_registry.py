@@ -77,21 +77,17 @@ class SchemaRegistry:
 
     def register(self, subject: str, schema: RegisteredSchema) -> int:
         """The id of ``schema`` under ``subject``, registered if it is new there."""
-        import httpx2
         from confluent_kafka.schema_registry import Schema
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
             return self._client.register_schema(subject, Schema(schema.schema_json, "AVRO"))
-        except SchemaRegistryError as exc:
-            if exc.http_status_code in TRANSIENT_STATUS:
-                raise RegistryUnavailable(f"{self.url}: {exc.error_message}") from exc
+        except _client_failures() as exc:
+            passing = _may_pass(exc)
+            if passing is not None:
+                raise RegistryUnavailable(f"{self.url}: {passing}") from exc
             raise SchemaRejected(
-                f"the schema registry refused {schema.full_name} under {subject}: "
-                f"{exc.error_message} (HTTP {exc.http_status_code})"
+                f"the schema registry refused {schema.full_name} under {subject}: {_answer(exc)}"
             ) from exc
-        except httpx2.TransportError as exc:
-            raise RegistryUnavailable(f"{self.url}: {type(exc).__name__}") from exc
 
     def schema_json(self, schema_id: int) -> str | None:
         """The schema with registry id ``schema_id`` (None: the registry has none),
@@ -111,22 +107,40 @@ class SchemaRegistry:
         raise AssertionError("the retry loop ends by returning or raising")
 
     def _fetch(self, schema_id: int) -> str | None:
-        import httpx2
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
         try:
             return self._client.get_schema(schema_id).schema_str
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
+        except _client_failures() as exc:
+            if getattr(exc, "http_status_code", None) == 404:
                 return None
-            if exc.http_status_code in TRANSIENT_STATUS:
-                raise RetryLater(f"HTTP {exc.http_status_code}") from exc
+            passing = _may_pass(exc)
+            if passing is not None:
+                raise RetryLater(passing) from exc
             raise DecodeError(
-                f"schema id {schema_id}: the schema registry answered "
-                f"{exc.http_status_code}: {exc.error_message}"
+                f"schema id {schema_id}: the schema registry answered {_answer(exc)}"
             ) from exc
-        except httpx2.TransportError as exc:
-            raise RetryLater(type(exc).__name__) from exc
+
+
+def _client_failures() -> tuple[type[Exception], ...]:
+    """What confluent-kafka's registry client raises: the registry's error answer, or
+    no answer (its HTTP library's transport errors)."""
+    import httpx2
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    return (SchemaRegistryError, httpx2.TransportError)
+
+
+def _may_pass(failure: Exception) -> str | None:
+    """Why a retry may succeed (no answer, or a registry that says it is failing), or
+    None when the answer stands."""
+    status = getattr(failure, "http_status_code", None)
+    if status is None:
+        return type(failure).__name__
+    return f"HTTP {status}" if status in TRANSIENT_STATUS else None
+
+
+def _answer(failure: Exception) -> str:
+    message = getattr(failure, "error_message", str(failure))
+    return f"{message} (HTTP {getattr(failure, 'http_status_code', '?')})"
 
 
 def register_schemas(

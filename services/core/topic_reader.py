@@ -49,11 +49,16 @@ def read_to_end(
     none, unless ``deadline_s`` passed or ``stopped()`` said so first. While it
     reads, ``waiting`` hears every ``waiting_every_s`` which partitions are left; a
     consumer error other than EOF raises."""
-    if starts is None:
-        partitions = consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics[topic].partitions
-        starts = {p: watermarks(consumer, TopicPartition(topic, p))[0] for p in partitions}
-    if ends is None:
-        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in starts}
+    if starts is None or ends is None:
+        # One request per partition gives both bounds.
+        if starts is None:
+            metadata = consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S)
+            partitions = list(metadata.topics[topic].partitions)
+        else:
+            partitions = list(starts)
+        bounds = {p: watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
+        starts = starts if starts is not None else {p: low for p, (low, _) in bounds.items()}
+        ends = ends if ends is not None else {p: high for p, (_, high) in bounds.items()}
     reading = {p for p, start in starts.items() if ends.get(p, 0) > start}
     if assign:
         consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items() if p in reading])
