@@ -16,6 +16,7 @@ from services.core.contracts import (
     RejectedEvent,
     SyncControl,
 )
+from services.core.profile_changed import ProfileChanged
 from services.core.serde import Converter, DecodeError, SchemaCatalog, load_schema_file
 
 SCHEMAS_DIR_ENV: Final = "CRMSYNC_SCHEMAS_DIR"
@@ -70,6 +71,7 @@ class WireContracts:
     sync_control: Codec[SyncControl]
     rejected_event: Codec[RejectedEvent]
     audit_event: Codec[AuditEvent]
+    profile_changed: Codec[ProfileChanged]
 
 
 SCHEMA_FILES: Final = {
@@ -78,6 +80,7 @@ SCHEMA_FILES: Final = {
     "sync_control": "sync_control.avsc",
     "rejected_event": "rejected_event.avsc",
     "audit_event": "audit_event.avsc",
+    "profile_changed": "profile_changed.avsc",
 }
 
 
@@ -116,5 +119,10 @@ def load_contracts(
             converter=converter("audit_event"),
             to_record=AuditEvent.to_record,
             from_record=AuditEvent.from_record,
+        ),
+        profile_changed=Codec(
+            converter=converter("profile_changed"),
+            to_record=ProfileChanged.to_record,
+            from_record=ProfileChanged.from_record,
         ),
     )

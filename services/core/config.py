@@ -53,6 +53,7 @@ class TopicsSettings(Strict):
     profile_updates: TopicSettings = TopicSettings()
     rejected: TopicSettings = TopicSettings(partitions=3)
     audit: TopicSettings = TopicSettings(partitions=3)
+    profile_changes: TopicSettings = TopicSettings()
     connector_state: TopicSettings = _compacted(1)
     schemas: TopicSettings = _compacted(1)
     mapper_state: TopicSettings = Field(

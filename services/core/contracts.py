@@ -449,8 +449,8 @@ def audit_record(
         "changes": [
             {
                 "field": field,
-                "old_value": _tagged_value(old),
-                "new_value": _tagged_value(new),
+                "old_value": tagged_value(old),
+                "new_value": tagged_value(new),
                 "rule": rule,
             }
             for field, old, new, rule in changes
@@ -466,6 +466,6 @@ def audit_record(
     }
 
 
-def _tagged_value(value: FieldValue) -> Any:
+def tagged_value(value: FieldValue) -> Any:
     branch = _BRANCHES.get(type(value))
     return (branch, value) if branch is not None else value

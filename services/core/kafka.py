@@ -43,6 +43,7 @@ class TopicNames:
     profile_updates: str
     rejected: str
     audit: str
+    profile_changes: str
     connector_state: str
     schemas: str
     mapper_state: str
@@ -57,6 +58,7 @@ class TopicNames:
             profile_updates=f"{prefix}profile-updates",
             rejected=f"{prefix}rejected",
             audit=f"{prefix}audit",
+            profile_changes=f"{prefix}profile-changes",
             connector_state=f"{prefix}connector-state",
             schemas=f"{prefix}schemas",
             mapper_state=f"{prefix}mapper-state",
@@ -73,6 +75,7 @@ def topic_specs(settings: KafkaSettings) -> dict[str, TopicSettings]:
         names.profile_updates: topics.profile_updates,
         names.rejected: topics.rejected,
         names.audit: topics.audit,
+        names.profile_changes: topics.profile_changes,
         names.connector_state: topics.connector_state,
         names.schemas: topics.schemas,
         names.mapper_state: topics.mapper_state,

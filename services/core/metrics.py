@@ -80,6 +80,14 @@ PROFILE_MERGES: Final = Counter(
 RECORDS_WRITTEN: Final = Counter(
     "crmsync_records_written_total", "Profile updates applied to the store", ["source"]
 )
+PROFILE_CHANGES_RELAYED: Final = Counter(
+    "crmsync_profile_changes_relayed_total",
+    "ProfileChanged events put on the profile-changes topic from the store's outbox",
+)
+OUTBOX_LAG: Final = Gauge(
+    "crmsync_outbox_lag_seconds",
+    "Seconds since the writer last emptied the store's outbox, while a relay could not (0: empty)",
+)
 STORE_BATCHES: Final = Histogram(
     "crmsync_store_batch_seconds", "Time to apply and commit one batch", buckets=LATENCY_BUCKETS
 )

@@ -48,6 +48,7 @@ def subjects_by_schema(topics: TopicNames) -> dict[str, list[str]]:
         "crmsync.SyncControl": [topics.barrier],
         "crmsync.RejectedEvent": [topics.rejected],
         "crmsync.AuditEvent": [topics.audit],
+        "crmsync.ProfileChanged": [topics.profile_changes],
         "crmsync.ConnectorState": [topics.connector_state],
     }
     return {name: [f"{topic}-value" for topic in names] for name, names in on.items()}

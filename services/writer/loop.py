@@ -23,6 +23,9 @@ The life of a message here:
    audit event for every merge and store-side drop, is flushed to Kafka before that
    transaction commits (so a crash can repeat them, never lose them).
 5. Only after the store commit are the offsets committed to Kafka (asynchronously).
+   Then the batch's ProfileChanged events, committed in the store's outbox with it, are
+   relayed to Kafka (services/writer/outbox_relay.py); an outbox that could not be
+   emptied then is tried again at least every ``RELAY_RETRY_S``.
 6. A transient store failure retries the same batch with backoff, consumption paused
    (polling goes on); nothing is skipped. A stop request is honoured between batches
    and while waiting for the store, so no batch is ever half-applied. Should the
@@ -73,6 +76,7 @@ from services.core.rejections import (
 )
 from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
+from services.writer.outbox_relay import CRASH_AFTER_RELAY_PRODUCE
 from services.writer.stores.base import (
     BatchReport,
     ProfileStore,
@@ -88,12 +92,17 @@ STORE_RETRY: Final = RetryPolicy(initial_s=0.2, max_s=10.0)
 REJECT_FLUSH_TIMEOUT_S: Final = 30.0
 # Kafka's committed offsets and earliest offsets, read only to warn (step 1).
 OFFSET_LOOKUP_TIMEOUT_S: Final = 10.0
+# How often the outbox is looked at when no batch relayed it (step 5): events left by
+# a relay that Kafka or the store interrupted, or by a crash.
+RELAY_RETRY_S: Final = 1.0
 
 # Where a kill -9 tests that nothing is lost or applied twice, in the order a batch
 # passes them (services/core/crash_points.py):
 # - before the store commit: rejections and audit events are out, the data is not in;
 # - after the store commit: the data and its positions are in, Kafka's offsets not;
-# - after the offset commit: asked of Kafka (asynchronously), before the next batch.
+# - after the offset commit: asked of Kafka (asynchronously), before the next batch;
+# - after the relay's produce: Kafka has the outbox's events, the outbox still holds
+#   them (services/writer/outbox_relay.py).
 CRASH_BEFORE_STORE_COMMIT: Final = "writer-before-store-commit"
 CRASH_AFTER_STORE_COMMIT: Final = "writer-after-store-commit"
 CRASH_AFTER_OFFSET_COMMIT: Final = "writer-after-offset-commit"
@@ -101,6 +110,7 @@ CRASH_POINTS: Final = (
     CRASH_BEFORE_STORE_COMMIT,
     CRASH_AFTER_STORE_COMMIT,
     CRASH_AFTER_OFFSET_COMMIT,
+    CRASH_AFTER_RELAY_PRODUCE,
 )
 
 
@@ -167,10 +177,16 @@ class WriterLoop:
         stop: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lag: Callable[[], None] = lambda: None,
+        relay: Callable[[], bool] = lambda: True,
     ) -> None:
-        """``lag`` measures the consumer's lag after each batch (``ConsumerLag``)."""
+        """``lag`` measures the consumer's lag after each batch (``ConsumerLag``);
+        ``relay`` empties the store's outbox, False when it could not finish
+        (``OutboxRelay.relay``)."""
         self._consumer = consumer
         self._lag = lag
+        self._relay = relay
+        # When the outbox is next looked at without a batch (step 5).
+        self._next_relay = 0.0
         self._producer = producer
         self._store = store
         self._updates = updates
@@ -212,6 +228,8 @@ class WriterLoop:
                 batch = [m for m in messages if not is_error(m)]
                 if batch:
                     self._process(batch)
+                elif time.monotonic() >= self._next_relay:
+                    self._relay_outbox()
                 self._lag()
         finally:
             self._producer.flush(REJECT_FLUSH_TIMEOUT_S)
@@ -351,6 +369,12 @@ class WriterLoop:
         )
         crash_point(CRASH_AFTER_OFFSET_COMMIT)
         self.batches_applied += 1
+        self._relay_outbox()
+
+    def _relay_outbox(self) -> None:
+        """Step 5: the events committed so far, to Kafka."""
+        self._relay()
+        self._next_relay = time.monotonic() + RELAY_RETRY_S
 
     def _apply_with_retry(
         self, decoded: _Decoded, next_offsets: dict[TopicPartitionKey, int]

@@ -33,6 +33,7 @@ from services.core.runtime import (
 )
 from services.core.schema_topic import schema_resolver
 from services.writer.loop import LoopSettings, StoreBackoff, WriterLoop
+from services.writer.outbox_relay import OutboxRelay
 from services.writer.read_api import ReadApi
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, TransientStoreError
@@ -64,9 +65,24 @@ def writer_loop(
             "session.timeout.ms": SESSION_TIMEOUT_MS,
         }
     )
+    producer = Producer(
+        {
+            **producer_config(kafka, client_id="crmsync-writer"),
+            # Every send here (rejections, audit events, the outbox's events) only
+            # needs to hear of a failure: no Python callback per message sent.
+            "delivery.report.only.error": True,
+        }
+    )
+    relay = OutboxRelay(
+        store=store,
+        producer=producer,
+        topic=topics.profile_changes,
+        rejected=contracts.rejected_event,
+        rejected_topic=topics.rejected,
+    )
     return WriterLoop(
         consumer=consumer,
-        producer=Producer(producer_config(kafka, client_id="crmsync-writer")),
+        producer=producer,
         store=store,
         updates=contracts.profile_update,
         rejected=contracts.rejected_event,
@@ -81,6 +97,7 @@ def writer_loop(
         ),
         stop=stop,
         lag=ConsumerLag(consumer, group=group),
+        relay=relay.relay,
     )
 
 
@@ -110,7 +127,11 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     started = threading.Event()
 
     def body(stop_loop: threading.Event) -> None:
-        store = open_store(settings.store, profile=settings.profile)
+        store = open_store(
+            settings.store,
+            profile=settings.profile,
+            encode_change=contracts.profile_changed.converter.encode,
+        )
         try:
             if not migrate_when_reachable(store, stop=stop_loop):
                 return

@@ -27,6 +27,12 @@ Applying one update:
 Every comparison is a version guard, so applying any update a second time changes
 nothing: replaying any range of the topic leaves the book as it was.
 
+Each update that changes a profile (a value, a consent status or an identity; or
+creates, detaches or erases it) also yields a ``ProfileChanged`` event with the old
+and new values, which the store commits to its outbox with the batch. A write of the
+same value under a newer version moves the provenance and is no event; a replay is
+none either.
+
 The profile model in one module (identity resolution, merges, field ownership and
 conflicts), the rules every store applies alike; hence over 400 lines.
 """
@@ -38,10 +44,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from services.core.contracts import FieldValue, Identity, ProfileUpdate, UpdateOperation
 from services.core.mapping_settings import ProfileSettings
+from services.core.profile_changed import ProfileChangeKind, change_key, change_record
 from services.core.versions import to_micros
 
 Version = tuple[int, int]
@@ -59,17 +66,6 @@ Such a store writes only the updated time of a partial profile it writes (the bo
 sets it anew), never its created time."""
 
 
-class ValueNotLoaded:
-    """Stands for a stored non-blank value a store did not read: deciding a write needs
-    only versions, so a batch without merges skips decoding every stored value."""
-
-    def __repr__(self) -> str:
-        return "NOT_LOADED"
-
-
-NOT_LOADED: Final = ValueNotLoaded()
-
-
 class NeedsValues(Exception):
     """A merge met a profile loaded without its values: load them and start again."""
 
@@ -81,7 +77,7 @@ class StoredValue(NamedTuple):
     reads, and a tuple is built in C, a frozen dataclass in Python.
     """
 
-    value: FieldValue | ValueNotLoaded
+    value: FieldValue
     source: str
     record_id: str
     version: Version
@@ -109,9 +105,9 @@ class Profile:
     attributes: dict[str, StoredValue] = field(default_factory=dict)
     consents: dict[ConsentKey, StoredConsent] = field(default_factory=dict)
     partial: bool = False
-    """Loaded with only what its batch writes (see BatchWrites), attributes as versions,
-    its times perhaps TIME_NOT_LOADED: enough to decide those writes, not to merge or
-    show."""
+    """Loaded with only the attributes its batch writes (see BatchWrites), its times
+    perhaps TIME_NOT_LOADED: enough to decide those writes and say what they changed,
+    not to merge or show."""
 
 
 class Outcome(StrEnum):
@@ -158,6 +154,51 @@ class BookChanges:
     merges: list[Merge] = field(default_factory=list)
     erasures: dict[int, int] = field(default_factory=dict)
     """Erased profile id -> erasure time."""
+    events: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """What each applied update changed, in order, as ProfileChanged messages (key,
+    encoded value): what the store's outbox keeps for the relay."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one update changed, as the book applies it: its ProfileChanged events."""
+
+    attributes: dict[str, tuple[FieldValue, StoredValue]] = field(default_factory=dict)
+    """name -> (the value before this update, the value written)"""
+    consents: dict[ConsentKey, tuple[str | None, StoredConsent]] = field(default_factory=dict)
+    added: list[Identity] = field(default_factory=list)
+    removed: list[Identity] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)
+
+    def attribute(self, name: str, old: StoredValue | None, new: StoredValue) -> None:
+        before = self.attributes[name][0] if name in self.attributes else _value(old)
+        if _differs(before, new.value):
+            self.attributes[name] = (before, new)
+        else:
+            self.attributes.pop(name, None)
+
+    def consent(self, key: ConsentKey, old: StoredConsent | None, new: StoredConsent) -> None:
+        before = self.consents[key][0] if key in self.consents else _status(old)
+        if before != new.status:
+            self.consents[key] = (before, new)
+        else:
+            self.consents.pop(key, None)
+
+    def any(self) -> bool:
+        return bool(self.attributes or self.consents or self.added or self.removed or self.merged)
+
+
+def _value(stored: StoredValue | None) -> FieldValue:
+    return None if stored is None else stored.value
+
+
+def _status(stored: StoredConsent | None) -> str | None:
+    return None if stored is None else stored.status
+
+
+def _differs(old: FieldValue, new: FieldValue) -> bool:
+    # True == 1 in Python; a boolean attribute becoming 1 is a change.
+    return type(old) is not type(new) or old != new
 
 
 class ConflictRules:
@@ -228,7 +269,12 @@ class ProfileBook:
         on_identity_conflict: IdentityConflictPolicy,
         next_id: Callable[[], int],
         now: int,
+        encode_change: Callable[[dict[str, Any]], bytes] | None = None,
     ) -> None:
+        """``encode_change`` encodes each ProfileChanged record as it is decided (a
+        batch's records, kept as dicts until its end, cost the garbage collector more
+        than their encoding); without it the book records no events."""
+        self._encode_change = encode_change
         self._profiles = {profile.id: profile for profile in profiles}
         self._owner = {
             identity: profile.id
@@ -241,6 +287,7 @@ class ProfileBook:
         self._on_conflict = on_identity_conflict
         self._next_id = next_id
         self._now = now
+        self._seen = _Seen()
         self.changes = BookChanges()
 
     def take_changes(self) -> BookChanges:
@@ -257,6 +304,7 @@ class ProfileBook:
         """Apply one update; ``identities`` is ``identities_of(update)`` if known."""
         version: Version = (to_micros(update.source_modified_at), update.sequence)
         identities = identities_of(update) if identities is None else identities
+        self._seen = _Seen()
         # Step 1
         if self._tombstones and self._erased(identities, version[0]):
             return Result(Outcome.DROPPED, reason="erased")
@@ -267,7 +315,7 @@ class ProfileBook:
             if any(self._profiles[profile_id].partial for profile_id in found):
                 raise NeedsValues("erasing needs every identity of the profile")
             for profile_id in found:
-                self._erase(self._profiles[profile_id], version[0])
+                self._erase(self._profiles[profile_id], version[0], update)
             for identity in identities:
                 self._tombstone(identity, version[0])
             return Result(Outcome.APPLIED, profile_id=found[0] if found else None)
@@ -290,6 +338,8 @@ class ProfileBook:
             changed = self._detach(
                 profile, Identity("crm", f"{update.source}:{update.record_id}"), version
             )
+            kind = ProfileChangeKind.DETACHED if changed else ProfileChangeKind.UPDATED
+            self._observed(profile, update, kind)
             return self._result(profile, changed or bool(merges), merges, ())
         # Step 5
         profile = self._profiles[found[0]] if found else self._create()
@@ -299,6 +349,9 @@ class ProfileBook:
         drops: list[tuple[str, str]] = []
         changed |= self._write_attributes(profile, update, version, drops)
         changed |= self._write_consents(profile, update, drops)
+        self._observed(
+            profile, update, ProfileChangeKind.UPDATED if found else ProfileChangeKind.CREATED
+        )
         return self._result(profile, changed, merges, drops)
 
     # --- the steps --------------------------------------------------------------
@@ -320,6 +373,56 @@ class ProfileBook:
             if erased_at is not None and erased_at >= moment:
                 return True
         return False
+
+    def _observed(self, profile: Profile, update: ProfileUpdate, kind: ProfileChangeKind) -> None:
+        """The update's ProfileChanged event, when it changed a value, a consent or an
+        identity of ``profile`` (or created it)."""
+        seen = self._seen
+        if self._encode_change is None or (
+            kind is not ProfileChangeKind.CREATED and not seen.any()
+        ):
+            return
+        self._event(
+            profile,
+            update,
+            kind,
+            attributes=[(name, old, new.value) for name, (old, new) in seen.attributes.items()],
+            consents=[
+                (sub, channel, old, new.status, new.changed_at)
+                for (sub, channel), (old, new) in seen.consents.items()
+            ],
+        )
+
+    def _event(
+        self,
+        profile: Profile,
+        update: ProfileUpdate,
+        kind: ProfileChangeKind,
+        *,
+        attributes: list[tuple[str, FieldValue, FieldValue]] | None = None,
+        consents: list[tuple[str, str, str | None, str, int]] | None = None,
+    ) -> None:
+        seen, encode = self._seen, self._encode_change
+        if encode is None:
+            return
+        record = change_record(
+            event_id=f"{update.event_id}:{profile.id}",
+            profile_id=profile.id,
+            kind=kind,
+            committed_at=self._now,
+            source=update.source,
+            record_id=update.record_id,
+            source_event_id=update.event_id,
+            source_modified_at=update.source_modified_at,
+            mapping_version=update.mapping_version,
+            identities=sorted(profile.identities),
+            identities_added=seen.added,
+            identities_removed=seen.removed,
+            attributes=attributes or (),
+            consents=consents or (),
+            merged_profile_ids=seen.merged,
+        )
+        self.changes.events.append((change_key(profile.id), encode(record)))
 
     def _result(
         self, profile: Profile, changed: bool, merges: list[Merge], drops: Iterable[tuple[str, str]]
@@ -346,6 +449,7 @@ class ProfileBook:
         profile.identities.add(identity)
         self._owner[identity] = profile.id
         self.changes.identities[identity] = profile.id
+        self._seen.added.append(identity)
         return True
 
     def _detach(self, profile: Profile, identity: Identity, version: Version) -> bool:
@@ -359,6 +463,7 @@ class ProfileBook:
         profile.identities.discard(identity)
         del self._owner[identity]
         self.changes.identities[identity] = None
+        self._seen.removed.append(identity)
         return True
 
     def _write_attributes(
@@ -372,6 +477,7 @@ class ProfileBook:
         rules, attributes, written = self._rules, profile.attributes, self.changes.attributes
         source, record_id, now = update.source, update.record_id, self._now
         profile_id, mapping_version = profile.id, update.mapping_version
+        seen = self._seen
         changed = False
         writes: list[tuple[str, FieldValue]] = [
             (name, value) for name, value in update.attributes.items() if value is not None
@@ -389,6 +495,7 @@ class ProfileBook:
                 continue
             attributes[name] = incoming
             written[(profile_id, name)] = incoming
+            seen.attribute(name, stored, incoming)
             changed = True
         return changed
 
@@ -411,10 +518,12 @@ class ProfileBook:
             value = StoredConsent(consent.status.value, changed_at, update.source, self._now)
             profile.consents[key] = value
             self.changes.consents[(profile.id, *key)] = value
+            self._seen.consent(key, stored, value)
             changed = True
         return changed
 
     def _set_attribute(self, profile: Profile, name: str, value: StoredValue) -> None:
+        self._seen.attribute(name, profile.attributes.get(name), value)
         profile.attributes[name] = value
         self.changes.attributes[(profile.id, name)] = value
 
@@ -426,6 +535,7 @@ class ProfileBook:
             lead.identities.add(identity)
             self._owner[identity] = lead.id
             self.changes.identities[identity] = lead.id
+            self._seen.added.append(identity)
         for name, value in merged.attributes.items():
             if self._rules.wins(name, value, lead.attributes.get(name)):
                 self._set_attribute(lead, name, value)
@@ -434,13 +544,16 @@ class ProfileBook:
             if stored is None or consent.changed_at > stored.changed_at:
                 lead.consents[key] = consent
                 self.changes.consents[(lead.id, *key)] = consent
+                self._seen.consent(key, stored, consent)
         lead.created_at = min(lead.created_at, merged.created_at)
+        self._seen.merged.append(merged.id)
         self._remove(merged)
         merge = Merge(merged_id=merged.id, into_id=lead.id, event_id=update.event_id)
         self.changes.merges.append(merge)
         return merge
 
-    def _erase(self, profile: Profile, erased_at: int) -> None:
+    def _erase(self, profile: Profile, erased_at: int, update: ProfileUpdate) -> None:
+        self._event(profile, update, ProfileChangeKind.ERASED)
         for identity in profile.identities:
             self._tombstone(identity, erased_at)
             del self._owner[identity]

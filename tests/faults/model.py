@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from services.core.codecs import load_contracts
 from services.core.contracts import (
@@ -39,6 +39,7 @@ from services.core.contracts import (
     PartitionOffset,
     SyncControl,
 )
+from tests.support.broker_fixtures import read_committed
 from tests.support.store import query
 
 CONTRACTS = load_contracts()
@@ -193,39 +194,6 @@ class Emitted:
     event_id: str
 
 
-def read_committed(
-    bootstrap: str, topic: str, *, timeout_s: float = 30, uncommitted: bool = False
-) -> list[Message]:
-    """Every committed message of ``topic`` (with ``uncommitted``, aborted ones too),
-    in partition and offset order."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"fault-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_uncommitted" if uncommitted else "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        reading = set(partitions)
-        messages: list[Message] = []
-        deadline = time.monotonic() + timeout_s
-        while reading and time.monotonic() < deadline:
-            for message in consumer.consume(5000, 0.5):
-                error = message.error()
-                if error is None:
-                    messages.append(message)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    reading.discard(message.partition())
-        assert not reading, f"{topic} not read to its end in {timeout_s}s"
-        return sorted(messages, key=lambda m: (m.partition() or 0, m.offset() or 0))
-    finally:
-        consumer.close()
-
-
 def emitted_updates(bootstrap: str, prefix: str) -> list[Emitted]:
     found = []
     for message in read_committed(bootstrap, f"{prefix}profile-updates"):
@@ -317,6 +285,57 @@ def check_store(
         time.sleep(1)
     recover_s = time.monotonic() - since
     return judge(load, finals, emitted_updates(load.bootstrap, load.prefix), recover_s)
+
+
+def relayed_changes(bootstrap: str, prefix: str) -> tuple[list[Emitted], int]:
+    """The first_name versions the writer's ProfileChanged events carry, per record, in
+    the order of their profile's partition, each event id once; and how many events
+    came again (a relay interrupted after Kafka had them sends them again)."""
+    seen: set[str] = set()
+    repeats = 0
+    found: list[Emitted] = []
+    for message in read_committed(bootstrap, f"{prefix}profile-changes"):
+        event = CONTRACTS.profile_changed.decode(message.value() or b"")
+        if event.event_id in seen:
+            repeats += 1
+            continue
+        seen.add(event.event_id)
+        records = [
+            identity.value.split(":", 1)[1]
+            for identity in event.identities
+            if identity.kind == "crm" and identity.value.startswith(f"{SOURCE}:")
+        ]
+        for change in event.attributes:
+            if change.name == "first_name" and isinstance(change.new_value, str):
+                found.extend(
+                    Emitted(record, version_of(change.new_value), event.event_id)
+                    for record in records
+                )
+    return found, repeats
+
+
+def check_relayed(
+    load: Load, db: Path, *, since: float, timeout_s: float = 120
+) -> tuple[Outcome, int]:
+    """Wait until the profile-changes topic says every record's stored value and the
+    store's outbox is empty (or the timeout), then judge the topic: lost (a stored
+    change no event told), regressions (an older value told after a newer); and the
+    events that came again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stored = stored_versions(db)
+        emitted, repeats = relayed_changes(load.bootstrap, load.prefix)
+        told = {item.record: item.version for item in emitted}
+        pending = query(db, "SELECT count(*) FROM profile_outbox")
+        done = told == stored and pending == [(0,)]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    outcome = judge(load, told, emitted, time.monotonic() - since)
+    missing = sorted(r for r, v in stored.items() if told.get(r) != v)
+    outcome.lost = sorted(set(outcome.lost) | set(missing))
+    outcome.stored = outcome.records - len(outcome.lost)
+    return outcome, repeats
 
 
 def audited_twice(bootstrap: str, prefix: str) -> list[str]:

@@ -1,12 +1,15 @@
 """kill -9 of the writer at each of its named crash points, under a running load:
-after a restart the store holds every acked change's newest version."""
+after a restart the store holds every acked change's newest version, and the
+profile-changes topic tells every stored change, in order (only a kill after the
+relay's produce may send events again, with their event ids)."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.writer.loop import CRASH_POINTS
-from tests.faults.model import Load, check_store
+from services.writer.outbox_relay import CRASH_AFTER_RELAY_PRODUCE
+from tests.faults.model import Load, check_relayed, check_store
 from tests.faults.running import SteadyLoad, restart, wait_killed
 from tests.support.services import Stack
 
@@ -32,3 +35,10 @@ def test_writer_killed_at_a_crash_point_under_load(
         steady.stop()
     outcome = check_store(load, stack.db_path, since=started)
     outcome.assert_exact(f"writer killed at {point}")
+    relayed, repeats = check_relayed(load, stack.db_path, since=started)
+    relayed.assert_exact(f"profile changes relayed, writer killed at {point}")
+    print(f"[fault] writer killed at {point}: profile changes sent again={repeats}")
+    if point == CRASH_AFTER_RELAY_PRODUCE:
+        assert repeats > 0, "the events Kafka had before the kill are sent again"
+    else:
+        assert repeats == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from services.core.contracts import ProfileUpdate
 from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, StoredProfile
 from tests.stores.changes import update
-from tests.support.broker_fixtures import ReadAll, end_offsets
+from tests.support.broker_fixtures import ReadAll, end_offsets, read_committed
 from tests.support.polling import wait_for
 from tests.support.postgres import LocalPostgres, fresh_database
 from tests.support.services import REPO_ROOT, SECRETS_ENV, ServiceProcess, Stack
@@ -114,6 +115,43 @@ def assert_final_round(stack: Stack, version: int, count: int = PROFILES) -> Non
         assert profile.attributes["name"].value == f"Person {record.split(':')[1]} v{version}"
 
 
+def told_rounds(stack: Stack) -> dict[int, list[int]]:
+    """Per profile, the 'round' values its ProfileChanged events told, in topic order,
+    each event id once."""
+    told: dict[int, list[int]] = {}
+    seen: set[str] = set()
+    for message in read_committed(stack.bootstrap, stack.topic("profile-changes")):
+        event = CONTRACTS.profile_changed.decode(message.value() or b"")
+        assert message.key() == str(event.profile_id).encode()
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        told.setdefault(event.profile_id, []).extend(
+            int(change.new_value)  # type: ignore[arg-type]
+            for change in event.attributes
+            if change.name == "round"
+        )
+    return told
+
+
+def outbox_empty(stack: Stack) -> bool:
+    store = reader(stack)
+    try:
+        return store.pending_changes(1) == []
+    except Exception:
+        return False
+    finally:
+        store.close()
+
+
+def assert_told_in_order(stack: Stack, versions: list[int], count: int = PROFILES) -> None:
+    """Every profile's changes left the writer as events, once each, in order."""
+    assert wait_for(lambda: outbox_empty(stack), timeout_s=60), stack["writer"].log_tail()
+    told = told_rounds(stack)
+    assert len(told) == count
+    assert all(rounds_of == versions for rounds_of in told.values()), sorted(told.items())[:3]
+
+
 def test_kill_9_between_store_commit_and_offset_commit_loses_and_duplicates_nothing(
     writer_stack: Stack,
 ) -> None:
@@ -127,6 +165,7 @@ def test_kill_9_between_store_commit_and_offset_commit_loses_and_duplicates_noth
     stack.start("writer")
     assert wait_for(lambda: caught_up(stack), timeout_s=120), writer.log_tail()
     assert_final_round(stack, 3)
+    assert_told_in_order(stack, [1, 2, 3])
 
 
 def test_replaying_the_whole_topic_changes_nothing(writer_stack: Stack) -> None:
@@ -220,6 +259,7 @@ def test_postgres_restarted_mid_run_pauses_and_resumes_with_nothing_skipped(
     assert wait_for(lambda: caught_up(stack), timeout_s=120), stack["writer"].log_tail()
     assert not store_unavailable(stack)
     assert_final_round(stack, 4)
+    assert_told_in_order(stack, [1, 2, 3, 4])
 
 
 def alive(writer: ServiceProcess) -> bool:
@@ -344,3 +384,27 @@ def test_a_merge_is_audited_once_and_a_refused_consent_is_audited(
     assert {event_id for event_id, _drop in refusals} == {joining.event_id}
     assert "consent source is demo" in refusals[0][1].reason
     assert all(e.stage == "writer" for e in events)
+
+
+def test_an_outbox_row_that_is_no_event_is_rejected_and_the_rest_relayed(
+    stack: Stack, read_topic: ReadAll
+) -> None:
+    """Nothing crmsync writes, but a store can be edited by hand: one bad row goes to
+    rejected with the reason and never holds the events after it back."""
+    stack.start("writer")
+    produce(stack, rounds([1], profiles=3))
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    assert wait_for(lambda: outbox_empty(stack), timeout_s=30)
+    with sqlite3.connect(stack.db_path, timeout=10) as db:
+        db.execute("INSERT INTO profile_outbox (messages) VALUES (?)", (b"\xc1 no messages",))
+    produce(stack, rounds([2], profiles=3))
+    assert wait_for(lambda: caught_up(stack), timeout_s=60)
+    assert wait_for(lambda: outbox_empty(stack), timeout_s=30), stack["writer"].log_tail()
+    assert sorted(told_rounds(stack).values()) == [[1, 2]] * 3
+    [rejected] = [
+        CONTRACTS.rejected_event.decode(m.value() or b"")
+        for m in read_topic(stack.topic("rejected"), count=1, timeout_s=10)
+    ]
+    assert rejected.stage == "outbox"
+    assert "not a list of messages" in rejected.reason
+    assert rejected.value == b"\xc1 no messages"

@@ -52,16 +52,24 @@ class StoreFactory(Protocol):
         """The store ``name`` (a new empty one the first time), migrated."""
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", marks=pytest.mark.unit),
-        pytest.param("postgres", marks=pytest.mark.integration),
-        pytest.param("http", marks=pytest.mark.integration),
-    ]
-)
+SQLITE = pytest.param("sqlite", marks=pytest.mark.unit)
+POSTGRES = pytest.param("postgres", marks=pytest.mark.integration)
+HTTP = pytest.param("http", marks=pytest.mark.integration)
+
+
+@pytest.fixture(params=[SQLITE, POSTGRES, HTTP])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens (and migrates) the store with the given profile rules; reopening keeps data."""
-    kind = str(request.param)
+    yield from _stores(str(request.param), request, tmp_path)
+
+
+@pytest.fixture(params=[SQLITE, POSTGRES])
+def open_sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """``open_store`` for the stores that apply the profile model themselves (SQL)."""
+    yield from _stores(str(request.param), request, tmp_path)
+
+
+def _stores(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[ProfileStore] = []
     servers: dict[str, str] = {}
     with ExitStack() as stack:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from tests.conftest import BROKER_KEY
 from tests.support.kafka import KAFKA_VERSION, REPO_ROOT, LocalKafka
@@ -106,6 +106,39 @@ def read_topic(kafka_bootstrap: str) -> ReadAll:
             consumer.close()
 
     return read
+
+
+def read_committed(
+    bootstrap: str, topic: str, *, timeout_s: float = 30, uncommitted: bool = False
+) -> list[Message]:
+    """Every committed message of ``topic`` (with ``uncommitted``, aborted ones too),
+    in partition and offset order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fault-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted" if uncommitted else "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        reading = set(partitions)
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while reading and time.monotonic() < deadline:
+            for message in consumer.consume(5000, 0.5):
+                error = message.error()
+                if error is None:
+                    messages.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    reading.discard(message.partition())
+        assert not reading, f"{topic} not read to its end in {timeout_s}s"
+        return sorted(messages, key=lambda m: (m.partition() or 0, m.offset() or 0))
+    finally:
+        consumer.close()
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

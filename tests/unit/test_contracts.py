@@ -27,6 +27,12 @@ from services.core.contracts import (
     SyncControl,
     UpdateOperation,
 )
+from services.core.profile_changed import (
+    AttributeChange,
+    ConsentStatusChange,
+    ProfileChanged,
+    ProfileChangeKind,
+)
 from services.core.serde import DecodeError
 
 pytestmark = pytest.mark.unit
@@ -39,6 +45,7 @@ CLASSES = {
     "sync_control": SyncControl,
     "rejected_event": RejectedEvent,
     "audit_event": AuditEvent,
+    "profile_changed": ProfileChanged,
 }
 
 
@@ -122,6 +129,42 @@ def test_audit_event_round_trip() -> None:
     assert decoded == event
     assert decoded.changes[2].old_value == 1
     assert type(decoded.changes[2].new_value) is bool
+
+
+def full_profile_change() -> ProfileChanged:
+    return ProfileChanged(
+        event_id="e1:7",
+        profile_id=7,
+        kind=ProfileChangeKind.UPDATED,
+        committed_at=NOW,
+        source="demo",
+        record_id="1",
+        source_event_id="e1",
+        source_modified_at=NOW,
+        mapping_version=2,
+        identities=(Identity("crm", "demo:1:with:colons"), Identity("email", "ada@example.com")),
+        identities_added=(Identity("email", "ada@example.com"),),
+        identities_removed=(Identity("email", "old@example.com"),),
+        attributes=(
+            AttributeChange("first_name", None, "Ada"),
+            AttributeChange("age", 35, 36),
+            AttributeChange("vip", 1, True),
+            AttributeChange("tags", ["a"], ["a", "b"]),
+            AttributeChange("city", "London", None),
+        ),
+        consents=(ConsentStatusChange("news", "EMAIL", None, "OPT_IN", NOW),),
+        merged_profile_ids=(3,),
+    )
+
+
+def test_profile_changed_round_trip() -> None:
+    codec = load_contracts().profile_changed
+    change = full_profile_change()
+    decoded = codec.decode(codec.encode(change))
+    assert decoded == change
+    assert type(decoded.attributes[2].new_value) is bool
+    assert decoded.attributes[2].old_value == 1
+    assert decoded.key == b"7"
 
 
 def test_sync_control_round_trip() -> None:

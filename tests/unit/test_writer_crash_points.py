@@ -44,4 +44,5 @@ def test_the_crash_point_list_names_every_crash_point_of_the_writer() -> None:
         "writer-before-store-commit",
         "writer-after-store-commit",
         "writer-after-offset-commit",
+        "writer-after-relay-produce",
     )

@@ -70,6 +70,16 @@ class BatchReport:
     """(index, why): whole updates left out, e.g. for an erased identity."""
 
 
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A committed ProfileChanged waiting in the store's outbox to be relayed."""
+
+    seq: int
+    """Its place in commit order."""
+    messages: bytes
+    """Its ProfileChanged messages, packed (``services/writer/stores/outbox.py``)."""
+
+
 class TransientStoreError(Exception):
     """The store is unavailable for now; the same batch is retried, nothing is skipped."""
 
@@ -106,6 +116,14 @@ class ProfileStore(Protocol):
         commits; if it raises, nothing is committed.
         """
 
+    def pending_changes(self, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` outbox rows of committed ProfileChanged events not yet
+        relayed, in commit order; none while another writer relays this store's outbox
+        (one relay at a time, so the events leave in order)."""
+
+    def changes_relayed(self, up_to: int) -> None:
+        """Forget the outbox's rows up to the ``seq`` ``up_to``: Kafka has them."""
+
     def find_profile(self, identity: Identity) -> StoredProfile | None:
         """The live profile owning ``identity`` (None for unknown or erased ones)."""
 
@@ -132,7 +150,7 @@ def stored_profile(profile: Profile) -> StoredProfile:
         identities=tuple(sorted(profile.identities, key=lambda i: (i.kind, i.value))),
         attributes={
             name: StoredAttribute(
-                value=value.value,  # type: ignore[arg-type]  # whole: no NOT_LOADED
+                value=value.value,
                 source=value.source,
                 source_modified_at=from_micros(value.version[0]),
                 mapping_version=value.mapping_version,

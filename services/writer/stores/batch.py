@@ -5,13 +5,15 @@ Every SQL store applies a batch the same way:
 1. Updates no store can hold (``update_problem``) are refused up front.
 2. The store finds the profiles owning the batch's identities and loads them, with
    the tombstones and detachments of those identities and the highest profile id.
-   Only the attributes the batch writes are read, and only their versions, and the
-   consents only if the batch writes any: that is all the book needs to decide
-   writes. A merge needs every value it moves; it raises NeedsValues, and the batch
-   starts again from here with whole profiles loaded (merges are rare).
+   Only the attributes the batch writes are read (their values too: the batch's
+   ProfileChanged events say old and new), every identity of those profiles, and the
+   consents only if the batch writes any: that is all the book needs to decide writes
+   and report them. A merge needs every value it moves; it raises NeedsValues, and the
+   batch starts again from here with whole profiles loaded (merges are rare).
 3. The book applies the updates in order; what it reports (rejected identity
    conflicts, merges, drops) goes into the batch report.
-4. The store writes back what the book changed: once the batch is decided or, for a
+4. The store writes back what the book changed, the batch's ProfileChanged events
+   into its outbox included: once the batch is decided or, for a
    store that can write while the book decides (``write_every``), in parts as it goes.
    Should a merge raise NeedsValues after a part was written, the store undoes the
    attempt's writes before the batch starts again.
@@ -45,6 +47,7 @@ from services.writer.profiles import (
     update_problem,
 )
 from services.writer.stores.base import BatchReport, StoreRejection
+from services.writer.stores.outbox import ChangeEncoder, standalone_encoder
 
 
 class StorePoison(Exception):
@@ -78,9 +81,8 @@ class BookSession(Protocol):
         ``identities``, and the highest profile id ever given.
 
         With ``only``, a profile is partial: its attributes are just those the batch
-        writes, each with its version and NOT_LOADED for a value; its consents none
-        unless the batch writes some; its identities just those in ``owners``.
-        Without, profiles are whole."""
+        writes; its consents none unless the batch writes some; its times perhaps
+        TIME_NOT_LOADED. Its identities are all there. Without, profiles are whole."""
 
     def write(self, changes: BookChanges, *, more: bool) -> None:
         """Write ``changes``; ``more`` when further parts of this attempt follow."""
@@ -99,6 +101,8 @@ class BookSession(Protocol):
 class BookSettings:
     rules: ConflictRules
     on_identity_conflict: IdentityConflictPolicy
+    encode_change: ChangeEncoder | None = None
+    """The outbox's ProfileChanged codec (the writer's; a standalone one by default)."""
 
 
 def apply_updates(
@@ -180,6 +184,7 @@ def _decide(
         on_identity_conflict=settings.on_identity_conflict,
         next_id=lambda: next(ids),
         now=now,
+        encode_change=settings.encode_change or standalone_encoder(),
     )
     every, last = session.write_every, len(updates)
     # Step 3

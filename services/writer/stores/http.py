@@ -40,6 +40,7 @@ from services.writer.profiles import Merge, update_problem
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
+    OutboxEntry,
     StoredProfile,
     StoreRejection,
     TopicPartitionKey,
@@ -86,6 +87,14 @@ class HttpProfileStore:
 
     def migrate(self) -> None:
         """The CDP owns its schema; there is nothing to migrate here."""
+
+    def pending_changes(self, limit: int) -> list[OutboxEntry]:
+        """None: the CDP applies the profile model itself and tells no change back, so
+        this store has no outbox (its profile changes are the CDP's to publish)."""
+        return []
+
+    def changes_relayed(self, up_to: int) -> None:
+        """Nothing is ever pending."""
 
     def ping(self) -> None:
         self._request("GET", "/v1/profiles", params={"limit": 1})

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from services.core.config import PostgresStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
@@ -54,6 +55,7 @@ from services.writer.profiles import (
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
+    OutboxEntry,
     StoredProfile,
     TopicPartitionKey,
     TransientStoreError,
@@ -62,17 +64,15 @@ from services.writer.stores.base import (
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
 from services.writer.stores.failures import postgres_is_transient, postgres_reason
+from services.writer.stores.outbox import ChangeEncoder, pack
 from services.writer.stores.postgres_schema import MIGRATIONS
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
-    VERSION_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
     identity_rows,
-    not_loaded,
-    owned_identities,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 # "crms" as an integer: the advisory lock every crmsync writer takes per batch.
 BATCH_LOCK: Final = 0x63726D73
 MIGRATION_LOCK: Final = BATCH_LOCK + 1
+# Held for its session by the writer relaying the outbox: one relay at a time keeps
+# the events in commit order.
+RELAY_LOCK: Final = BATCH_LOCK + 2
 
 # Updates the book decides between two writes of its changes (BookSession.write_every):
 # the server writes one part while the book decides the next, and only the last part
@@ -181,10 +184,14 @@ JOIN profiles p ON p.id = b.id::bigint
 # One index scan per profile for all the names: a batch writing 30 attribute names
 # costs what one writing 2 does (7 ms for 2,000 profiles, against 139 ms for a probe
 # per profile and name).
-ATTRIBUTE_VERSIONS: Final = f"""
-SELECT {VERSION_COLUMNS} FROM json_array_elements_text(%s::json) AS b (id)
+ATTRIBUTES_NAMED: Final = f"""
+SELECT {ATTRIBUTE_COLUMNS} FROM json_array_elements_text(%s::json) AS b (id)
 JOIN attributes a ON a.profile_id = b.id::bigint AND a.name = ANY(%b::text[])
 """  # noqa: S608 (constant column lists, no input)
+IDENTITIES_OF_PROFILES: Final = """
+SELECT i.profile_id, i.kind, i.value FROM json_array_elements_text(%s::json) AS b (id)
+JOIN identities i ON i.profile_id = b.id::bigint
+"""
 ANY_TOMBSTONES_OR_DETACHMENTS: Final = """
 SELECT EXISTS (SELECT 1 FROM erased_identities) OR EXISTS (SELECT 1 FROM detached_identities)
 """
@@ -206,15 +213,22 @@ class PostgresProfileStore:
         profile: ProfileSettings | None = None,
         read_only: bool = False,
         write_every: int = WRITE_EVERY,
+        encode_change: ChangeEncoder | None = None,
     ) -> None:
+        """``encode_change`` encodes the outbox's ProfileChanged records (the writer's
+        codec; a standalone one by default)."""
         self._settings = settings
         self._read_only = read_only
         profile = profile or ProfileSettings()
         self._book = BookSettings(
-            rules=ConflictRules(profile), on_identity_conflict=profile.on_identity_conflict
+            rules=ConflictRules(profile),
+            on_identity_conflict=profile.on_identity_conflict,
+            encode_change=encode_change,
         )
         self._conn: psycopg.Connection[Any] | None = None
         self._write_every = write_every
+        self._relaying: psycopg.Connection[Any] | None = None
+        """The connection holding RELAY_LOCK, if one does."""
 
     # --- connection -------------------------------------------------------------
 
@@ -230,6 +244,8 @@ class PostgresProfileStore:
             conn = psycopg.connect(self._settings.dsn, application_name="crmsync", **kwargs)
         except psycopg.OperationalError as exc:
             raise TransientStoreError(f"PostgreSQL store unreachable: {exc}") from exc
+        # jsonb values (attributes) read by orjson, in C: a batch reads those it writes.
+        set_json_loads(orjson.loads, conn)
         self._conn = conn
         return conn
 
@@ -324,6 +340,27 @@ class PostgresProfileStore:
         with self._outage_is_transient(), conn.transaction():
             return query(conn)
 
+    # --- the outbox -------------------------------------------------------------------
+
+    def pending_changes(self, limit: int) -> list[OutboxEntry]:
+        def read(conn: psycopg.Connection[Any]) -> list[OutboxEntry]:
+            if self._relaying is not conn:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)).fetchone()
+                if row is None or not row[0]:
+                    return []
+                self._relaying = conn
+            rows = conn.execute(
+                "SELECT seq, messages FROM profile_outbox ORDER BY seq LIMIT %s", (limit,)
+            ).fetchall()
+            return [OutboxEntry(int(seq), bytes(messages)) for seq, messages in rows]
+
+        return list(self._read(read))
+
+    def changes_relayed(self, up_to: int) -> None:
+        self._read(
+            lambda conn: conn.execute("DELETE FROM profile_outbox WHERE seq <= %s", (up_to,))
+        )
+
     # --- the batch --------------------------------------------------------------------
 
     def apply_batch(
@@ -361,7 +398,10 @@ class PostgresProfileStore:
         *,
         isolate: bool,
     ) -> BatchReport:
-        session = _Session(conn, write_every=0 if isolate else self._write_every)
+        session = _Session(
+            conn,
+            write_every=0 if isolate else self._write_every,
+        )
         topics, partitions, offsets = _columns(
             [(topic, partition, offset) for (topic, partition), offset in next_offsets.items()], 3
         )
@@ -433,7 +473,7 @@ class _Session:
             }
         highest = conn.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(conn, profile_ids, only=only, owners=owners),
+            profiles=_load_profiles(conn, profile_ids, only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(highest[0]) if highest is not None else 0,
@@ -484,6 +524,7 @@ class _Session:
                 consents = [consent_row(key, c) for key, c in changes.consents.items()]
                 self._execute("consents", UPSERT_CONSENTS, (_json(consents),))
             self._rare(changes)
+            self._outbox(changes)
         except psycopg.Error as exc:
             if postgres_is_transient(exc):
                 raise
@@ -498,6 +539,14 @@ class _Session:
     def discard_writes(self) -> None:
         if self._savepoint:
             self._conn.execute("ROLLBACK TO SAVEPOINT batch_writes")
+
+    def _outbox(self, changes: BookChanges) -> None:
+        if changes.events:
+            self._execute(
+                "profile_outbox",
+                "INSERT INTO profile_outbox (messages) VALUES (%s)",
+                (pack(changes.events),),
+            )
 
     def _rare(self, changes: BookChanges) -> None:
         """Rows few batches have: detachments, tombstones, merges, erasures."""
@@ -540,7 +589,6 @@ def _load_profiles(
     profile_ids: Sequence[int],
     *,
     only: BatchWrites | None = None,
-    owners: dict[Identity, int] | None = None,
 ) -> list[Profile]:
     """Whole profiles, or with ``only`` what the batch's decisions need (see BookSession)."""
     if not profile_ids:
@@ -553,7 +601,7 @@ def _load_profiles(
             ids,
         ).fetchall()
     else:
-        attributes = conn.execute(ATTRIBUTE_VERSIONS, (id_json, sorted(only.attributes))).fetchall()
+        attributes = conn.execute(ATTRIBUTES_NAMED, (id_json, sorted(only.attributes))).fetchall()
     return assemble_profiles(
         profile_ids,
         # A partial profile exists (an identity of the batch names it) and goes without
@@ -561,15 +609,8 @@ def _load_profiles(
         profiles=conn.execute(PROFILES_BY_ID, (id_json,)).fetchall()
         if only is None
         else [(pid, TIME_NOT_LOADED, TIME_NOT_LOADED) for pid in profile_ids],
-        identities=identity_rows(
-            conn.execute(
-                "SELECT profile_id, kind, value FROM identities "
-                "WHERE profile_id = ANY(%b::bigint[])",
-                ids,
-            ).fetchall()
-        )
-        if only is None or owners is None
-        else owned_identities(owners),
+        # Every identity, partial or not: a ProfileChanged event names them all.
+        identities=identity_rows(conn.execute(IDENTITIES_OF_PROFILES, (id_json,)).fetchall()),
         attributes=attributes,
         consents=conn.execute(
             f"SELECT {CONSENT_COLUMNS} FROM consents WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
@@ -577,6 +618,6 @@ def _load_profiles(
         ).fetchall()
         if only is None or only.consents
         else [],
-        decode_value=(lambda value: value) if only is None else not_loaded,  # jsonb: decoded
+        decode_value=lambda value: value,  # jsonb: decoded by psycopg
         partial=only is not None,
     )

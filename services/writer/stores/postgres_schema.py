@@ -12,6 +12,11 @@ that no row names a profile that is not there). A foreign key cost every row ins
 a lookup of its profile and a row lock on it, logged to the WAL: a third of the time
 of a batch of new profiles (bench/postgres_ceiling.py: 6,100 against 9,700 new
 profiles/s for the bare merge of the same rows).
+
+Migration 3 adds the outbox: each batch's ProfileChanged messages, in the batch's
+transaction, until the writer's relay has put them on Kafka (a row per written part,
+services/writer/stores/outbox.py). Batches commit one at a time (the batch lock), so
+``seq`` order is commit order.
 """
 
 from __future__ import annotations
@@ -88,6 +93,15 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         ALTER TABLE identities DROP CONSTRAINT IF EXISTS identities_profile_id_fkey;
         ALTER TABLE attributes DROP CONSTRAINT IF EXISTS attributes_profile_id_fkey;
         ALTER TABLE consents DROP CONSTRAINT IF EXISTS consents_profile_id_fkey
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE profile_outbox (
+            seq       bigserial PRIMARY KEY,
+            messages  bytea     NOT NULL
+        )
         """,
     ),
 )

@@ -12,30 +12,15 @@ from typing import Any, Final
 import orjson
 
 from services.core.contracts import Identity
-from services.writer.profiles import (
-    NOT_LOADED,
-    Profile,
-    StoredConsent,
-    StoredValue,
-    ValueNotLoaded,
-)
+from services.writer.profiles import Profile, StoredConsent, StoredValue
 
 ATTRIBUTE_COLUMNS: Final = (
     "profile_id, name, value, source, source_record_id, source_modified_at, sequence, "
     "mapping_version, written_at"
 )
-# ATTRIBUTE_COLUMNS with the value reduced to "is there one" (1 or NULL): what deciding
-# a write needs, without reading and decoding every stored value.
-VERSION_COLUMNS: Final = ATTRIBUTE_COLUMNS.replace(
-    "value,", "CASE WHEN value IS NULL THEN NULL ELSE 1 END,"
-)
 CONSENT_COLUMNS: Final = "profile_id, subscription, channel, status, changed_at, source, written_at"
 
 Row = Sequence[Any]
-
-
-def not_loaded(_value: Any) -> ValueNotLoaded:
-    return NOT_LOADED
 
 
 def encode_value(value: object) -> str:
@@ -44,12 +29,6 @@ def encode_value(value: object) -> str:
     checked by ``update_problem``: finite numbers within 64 bits, so orjson's null for
     NaN and its refusal of larger integers never arise."""
     return orjson.dumps(value).decode()
-
-
-def owned_identities(owners: dict[Identity, int]) -> list[tuple[int, Identity]]:
-    """(profile_id, identity) from an owners map: what a partial profile knows of its
-    identities (those its batch carries)."""
-    return [(owner, identity) for identity, owner in owners.items()]
 
 
 def identity_rows(rows: Iterable[Row]) -> list[tuple[int, Identity]]:

@@ -41,6 +41,7 @@ from services.writer.profiles import (
 from services.writer.stores.base import (
     BatchReport,
     BeforeCommit,
+    OutboxEntry,
     StoredProfile,
     TopicPartitionKey,
     TransientStoreError,
@@ -49,16 +50,14 @@ from services.writer.stores.base import (
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
 from services.writer.stores.failures import sqlite_is_transient, sqlite_reason
+from services.writer.stores.outbox import ChangeEncoder, pack
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
-    VERSION_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
     identity_rows,
-    not_loaded,
-    owned_identities,
 )
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
@@ -125,11 +124,16 @@ class SqliteProfileStore:
         *,
         profile: ProfileSettings | None = None,
         read_only: bool = False,
+        encode_change: ChangeEncoder | None = None,
     ) -> None:
+        """``encode_change`` encodes the outbox's ProfileChanged records (the writer's
+        codec; a standalone one by default)."""
         self._path = path
         profile = profile or ProfileSettings()
         self._book = BookSettings(
-            rules=ConflictRules(profile), on_identity_conflict=profile.on_identity_conflict
+            rules=ConflictRules(profile),
+            on_identity_conflict=profile.on_identity_conflict,
+            encode_change=encode_change,
         )
         if read_only:
             uri = f"file:{path}?mode=ro"
@@ -235,6 +239,18 @@ class SqliteProfileStore:
         )
         return report
 
+    def pending_changes(self, limit: int) -> list[OutboxEntry]:
+        # One writer per SQLite file (the file is the writer's own): no relay lock.
+        with self._locked_is_transient():
+            rows = self._db.execute(
+                "SELECT seq, messages FROM profile_outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [OutboxEntry(int(seq), bytes(messages)) for seq, messages in rows]
+
+    def changes_relayed(self, up_to: int) -> None:
+        with self._locked_is_transient():
+            self._db.execute("DELETE FROM profile_outbox WHERE seq <= ?", (up_to,))
+
     def find_profile(self, identity: Identity) -> StoredProfile | None:
         db = self._db
         with self._locked_is_transient():
@@ -322,7 +338,7 @@ class _Session:
             }
         (max_id,) = db.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(db, profile_ids, only=only, owners=owners),
+            profiles=_load_profiles(db, profile_ids, only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(max_id),
@@ -368,6 +384,11 @@ class _Session:
                 "INSERT OR REPLACE INTO erasures (profile_id, erased_at) VALUES (?, ?)",
                 list(changes.erasures.items()),
             )
+            if changes.events:
+                db.execute(
+                    "INSERT INTO profile_outbox (messages) VALUES (?)",
+                    (pack(changes.events),),
+                )
         except sqlite3.Error as exc:
             if sqlite_is_transient(exc):
                 raise
@@ -398,7 +419,7 @@ def _attribute_rows(
     if not only.attributes:
         return []
     names = ", ".join("?" * len(only.attributes))
-    query = f"SELECT {VERSION_COLUMNS} FROM attributes {in_batch} AND name IN ({names})"  # noqa: S608
+    query = f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch} AND name IN ({names})"  # noqa: S608
     return db.execute(query, sorted(only.attributes)).fetchall()
 
 
@@ -412,7 +433,6 @@ def _load_profiles(
     profile_ids: Sequence[int],
     *,
     only: BatchWrites | None = None,
-    owners: dict[Identity, int] | None = None,
 ) -> list[Profile]:
     """Whole profiles, or with ``only`` what the batch's decisions need (see BookSession)."""
     if not profile_ids:
@@ -428,15 +448,14 @@ def _load_profiles(
             "WHERE id IN (SELECT id FROM batch_profiles)"
         ).fetchall(),
         # Constant SQL put together from constants: nothing from input.
+        # Every identity, partial or not: a ProfileChanged event names them all.
         identities=identity_rows(
             db.execute(f"SELECT profile_id, kind, value FROM identities {in_batch}")  # noqa: S608
-        )
-        if only is None or owners is None
-        else owned_identities(owners),
+        ),
         attributes=_attribute_rows(db, in_batch, only),
         consents=db.execute(f"SELECT {CONSENT_COLUMNS} FROM consents {in_batch}")  # noqa: S608
         if only is None or only.consents
         else (),
-        decode_value=orjson.loads if only is None else not_loaded,
+        decode_value=orjson.loads,
         partial=only is not None,
     )

@@ -2,6 +2,9 @@
 
 Times are integer microseconds since the Unix epoch (UTC), so versions compare as
 integers in SQL. Attribute values are JSON text so every FieldValue round-trips.
+The outbox (migration 3) holds each batch's ProfileChanged messages until the writer's
+relay has put them on Kafka (services/writer/stores/outbox.py); AUTOINCREMENT, so a
+``seq`` is never given twice, even after the rows before it were relayed and deleted.
 """
 
 from __future__ import annotations
@@ -91,6 +94,15 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
             merged_id  INTEGER PRIMARY KEY,
             into_id    INTEGER NOT NULL,
             event_id   TEXT    NOT NULL
+        );
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE profile_outbox (
+            seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+            messages  BLOB    NOT NULL
         );
         """,
     ),
