@@ -14,6 +14,8 @@ KAFKA := $(PYTHON) deploy/kafka/local_kafka.py
 export CRMSYNC_DEMO_TOKEN ?= demo-token
 export CRMSYNC_ADMIN_TOKEN ?= admin-token
 export CRMSYNC_READ_TOKEN ?= read-token
+# The secret the demo's webhook destination signs with (its local receiver checks it).
+export CRMSYNC_DEMO_WEBHOOK_SECRET ?= whsec_Y3Jtc3luYy1kZW1vLXdlYmhvb2stc2VjcmV0
 # The token the demo's fake HubSpot expects (it is a fake: nothing real is behind it).
 export CRMSYNC_DEMO_HUBSPOT_TOKEN ?= pat-na1-11111111-2222-3333-4444-555555555555
 
@@ -48,8 +50,8 @@ kafka-down: ## Stop the local Kafka cluster
 	@$(KAFKA) stop --name local
 
 .PHONY: run
-run: install kafka-up ## Start Kafka, a fake HubSpot and the three services on the example config
-	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090
+run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the four services on the example config
+	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090 --fake webhook_receiver=8095
 	@echo
 	@echo "crmsync is running (logs in var/log/). Send a contact to the demo source:"
 	@echo
@@ -62,6 +64,10 @@ run: install kafka-up ## Start Kafka, a fake HubSpot and the three services on t
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --email ada@example.com"
 	@echo "  curl -sS -H 'Authorization: Bearer $(CRMSYNC_READ_TOKEN)' 'http://127.0.0.1:8082/profiles?email=ada@example.com'"
 	@echo
+	@echo "and what went out to the demo's webhook destination (signed Standard Webhooks):"
+	@echo
+	@echo "  curl -sS http://127.0.0.1:8095/received"
+	@echo
 	@echo "Backfill the demo HubSpot (a fake with 1,000 contacts) and watch its progress:"
 	@echo
 	@echo "  export CRMSYNC_ADMIN_TOKEN=$(CRMSYNC_ADMIN_TOKEN)"
@@ -69,7 +75,7 @@ run: install kafka-up ## Start Kafka, a fake HubSpot and the three services on t
 	@echo "  $(BIN)/crmsync --config $(CONFIG) status"
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --id hubspot-demo:1000"
 	@echo
-	@echo "Health and metrics: http://127.0.0.1:808{0,1,2}/readyz and /metrics. Stop with: make stop"
+	@echo "Health and metrics: http://127.0.0.1:808{0,1,2,3}/readyz and /metrics. Stop with: make stop"
 
 .PHONY: stop
 stop: ## Stop the services and Kafka

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from services.core.destinations import DestinationSettings
 from services.core.mapping_settings import ProfileSettings, check_profile
 from services.core.settings_base import SecretRef, Strict
 from services.core.sources.kinds import SourceKinds
@@ -273,10 +274,22 @@ class WriterSettings(Strict):
     batch_max_wait_ms: int = Field(default=100, ge=0)
 
 
+class OutboundSettings(Strict):
+    http: HttpListen = HttpListen(port=8083)
+    batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="profile changes a destination's loop takes from Kafka at once",
+    )
+    batch_max_wait_ms: int = Field(default=200, ge=0, le=60_000)
+
+
 class ServicesSettings(Strict):
     ingest: IngestSettings = IngestSettings()
     mapper: MapperSettings = MapperSettings()
     writer: WriterSettings = WriterSettings()
+    outbound: OutboundSettings = OutboundSettings()
 
 
 SourceSettings = Annotated[SourceKinds, Field(discriminator="kind")]
@@ -299,7 +312,18 @@ class Settings(Strict):
     store: StoreSettings
     services: ServicesSettings = ServicesSettings()
     sources: dict[SourceName, SourceSettings] = Field(default_factory=dict)
+    destinations: dict[SourceName, DestinationSettings] = Field(default_factory=dict)
     profile: ProfileSettings = ProfileSettings()
+
+    @model_validator(mode="after")
+    def _destination_sources_exist(self) -> Settings:
+        for name, destination in self.destinations.items():
+            if destination.source is not None and destination.source not in self.sources:
+                raise ValueError(
+                    f"destination {name!r} names source {destination.source!r}, "
+                    "which is not configured"
+                )
+        return self
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -361,3 +362,20 @@ class ConsumerLag:
         for topic, partition in self._reported - seen:
             metrics.CONSUMER_LAG.labels(self._group, topic, str(partition)).set(0)
         self._reported = seen
+
+
+def wait_paused(consumer: Consumer, delay_s: float, stop: threading.Event, *, why: str) -> bool:
+    """Wait ``delay_s`` seconds with every partition of ``consumer`` paused, polling so
+    that the group keeps the member (max.poll.interval.ms); True when ``stop`` is set.
+
+    No message can arrive while every partition is paused: one would have been skipped
+    by the caller, so it is a bug, raised with ``why`` the caller waits."""
+    deadline = time.monotonic() + delay_s
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.is_set():
+            return True
+        message = consumer.poll(min(left, 0.5))
+        if message is not None and message.error() is None:
+            where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+            raise RuntimeError(f"message consumed while waiting for {why}: {where}")
+    return stop.is_set()

@@ -1,10 +1,10 @@
-"""A service whose work is one blocking Kafka loop: the loop on its own thread, HTTP
+"""A service whose work is blocking Kafka loops: each loop on its own thread, HTTP
 health on the event loop.
 
 Start: listen for HTTP, prepare Kafka (topics, schemas) with retries, then start the
-loop thread. Stop (SIGTERM): the stop event is set; the loop finishes the unit of work
-in hand (a batch applied and committed, or not applied at all) and returns. A loop
-that fails ends the service with code 1, so that its supervisor restarts it.
+loop threads. Stop (SIGTERM): the stop event is set; each loop finishes the unit of
+work in hand (a batch applied and committed, or not applied at all) and returns. A
+loop that fails ends the service with code 1, so that its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -65,7 +65,7 @@ async def serve_loop(
     catalog: SchemaCatalog,
     http: HttpListen | None,
     health: HealthEndpoints,
-    loop: LoopThread,
+    loops: Sequence[LoopThread],
     stop: asyncio.Event,
     routes: Callable[[web.Application], None] | None = None,
 ) -> None:
@@ -82,19 +82,23 @@ async def serve_loop(
         if await prepare_kafka_with_retry(
             kafka, catalog=catalog, client_id=f"crmsync-{service}", stop=stop
         ):
-            loop.start()
+            for loop in loops:
+                loop.start()
             stopping = asyncio.create_task(stop.wait())
+            # One loop ending (failed, or done) ends the service.
             await asyncio.wait(
-                [stopping, asyncio.create_task(loop.finished())],
+                [stopping, *(asyncio.create_task(loop.finished()) for loop in loops)],
                 return_when=asyncio.FIRST_COMPLETED,
             )
             stopping.cancel()
     finally:
         watcher.cancel()
-        loop.stop.set()
-        await loop.join()
+        for loop in loops:
+            loop.stop.set()
+        for loop in loops:
+            await loop.join()
         if runner is not None:
             await runner.cleanup()
         log.info("%s stopped", service)
-    if loop.failure is not None:
+    if any(loop.failure is not None for loop in loops):
         raise SystemExit(1)

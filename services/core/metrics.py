@@ -87,6 +87,7 @@ PROFILE_CHANGES_RELAYED: Final = Counter(
 OUTBOX_LAG: Final = Gauge(
     "crmsync_outbox_lag_seconds",
     "Seconds since the writer last emptied the store's outbox, while a relay could not (0: empty)",
+    multiprocess_mode="livemax",
 )
 STORE_BATCHES: Final = Histogram(
     "crmsync_store_batch_seconds", "Time to apply and commit one batch", buckets=LATENCY_BUCKETS
@@ -154,3 +155,38 @@ def scrape_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
+
+
+# --- outbound -----------------------------------------------------------------------
+DESTINATION_SENT: Final = Counter(
+    "crmsync_destination_sent_total",
+    "Profile changes a destination accepted",
+    ["destination"],
+)
+DESTINATION_SKIPPED: Final = Counter(
+    "crmsync_destination_skipped_total",
+    "Profile changes not sent to a destination: from its own system, or nothing it maps",
+    ["destination", "why"],
+)
+DESTINATION_RETRIES: Final = Counter(
+    "crmsync_destination_retries_total",
+    "Deliveries to a destination retried after it did not take them (down, throttled)",
+    ["destination"],
+)
+DESTINATION_DEAD_LETTERED: Final = Counter(
+    "crmsync_destination_dead_lettered_total",
+    "Profile changes a destination refused, sent to rejected with its answer",
+    ["destination"],
+)
+DESTINATION_UNAVAILABLE: Final = Gauge(
+    "crmsync_destination_unavailable",
+    "1 while a destination does not take deliveries and its changes wait in Kafka",
+    ["destination"],
+    multiprocess_mode="livemax",
+)
+DESTINATION_LAG: Final = Histogram(
+    "crmsync_destination_lag_seconds",
+    "From a profile change's commit in the store to the destination's acknowledgement",
+    ["destination"],
+    buckets=LATENCY_BUCKETS,
+)

@@ -18,7 +18,10 @@ its rejections here, within the limit:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Final
+
+from confluent_kafka import Message
 
 from services.core.codecs import Codec
 from services.core.config import KafkaSettings
@@ -131,3 +134,30 @@ def _as_int(value: Any, default: int) -> int:
     if value is None:
         return default
     return int(value)
+
+
+def consumed_rejection(
+    message: Message,
+    *,
+    stage: str,
+    reason: str,
+    rejected_at: datetime,
+    source: str | None = None,
+    event_id: str | None = None,
+    attributes: dict[str, str] | None = None,
+) -> RejectedEvent:
+    """The rejection of a consumed ``message``: its key and value as they came, and its
+    origin to replay it from."""
+    return RejectedEvent(
+        stage=stage,
+        reason=reason,
+        rejected_at=rejected_at,
+        source=source,
+        event_id=event_id,
+        key=message.key(),
+        value=message.value(),
+        origin_topic=message.topic(),
+        origin_partition=message.partition(),
+        origin_offset=message.offset(),
+        attributes=attributes or {},
+    )

@@ -1,8 +1,8 @@
 """``python -m services.devstack up|down|status``: the local stack in the background.
 
-``up`` starts the demo's fake CRMs (``--fake hubspot=8090``: the test fakes, serving
-their vendor's API on loopback) and then ingest, mapper and writer on the given
-config, all as detached processes (pid files and logs under ``var/``), waits until
+``up`` starts the demo's fakes (``--fake hubspot=8090``: the test fakes, serving
+their vendor's API on loopback) and then ingest, mapper, writer and outbound on the
+given config, all as detached processes (pid files and logs under ``var/``), waits until
 each answers, and returns. ``down`` sends SIGTERM to everything it started, waits
 for the clean stop, and only then resorts to SIGKILL. A pid is signalled only if its
 command line is still the process started, so a recycled pid is never touched.
@@ -23,7 +23,7 @@ from typing import Final
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.http import TRANSIENT, client
 
-SERVICES: Final = ("ingest", "mapper", "writer")
+SERVICES: Final = ("ingest", "mapper", "writer", "outbound")
 READY_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 40.0
 

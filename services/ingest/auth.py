@@ -7,8 +7,6 @@ tolerance window so a captured request cannot be replayed later.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -21,6 +19,13 @@ from services.core.sources.common import (
     NoAuth,
     StandardWebhooksAuth,
     WebhookAuth,
+)
+from services.core.standard_webhooks import (
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+    signing_key,
 )
 from services.ingest.connectors.base import AuthError, InboundRequest
 
@@ -69,24 +74,15 @@ def verify_hmac_sha256(
         raise AuthError(f"invalid signature in {auth.signature_header}")
 
 
-def standard_webhooks_key(secret: str) -> bytes:
-    """The signing key from a ``whsec_``-prefixed, base64-encoded secret."""
-    try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except binascii.Error as exc:
-        raise ValueError("Standard Webhooks secret is not base64 after 'whsec_'") from exc
-
-
 def verify_standard_webhooks(
     request: InboundRequest, *, key: bytes, tolerance_seconds: int, now: datetime
 ) -> None:
     """Standard Webhooks: HMAC-SHA256 over ``id.timestamp.body``, any ``v1,`` signature."""
-    message_id = header(request.headers, "webhook-id")
-    timestamp = header(request.headers, "webhook-timestamp")
+    message_id = header(request.headers, ID_HEADER)
+    timestamp = header(request.headers, TIMESTAMP_HEADER)
     check_timestamp(timestamp, now=now, tolerance_seconds=tolerance_seconds)
-    signed = f"{message_id}.{timestamp}.".encode() + request.body
-    expected = base64.b64encode(hmac_sha256(key, signed))
-    presented = header(request.headers, "webhook-signature").split()
+    expected = signature(key, message_id=message_id, timestamp=timestamp, body=request.body)
+    presented = header(request.headers, SIGNATURE_HEADER).split()
     # Several signatures may be present while a secret is rotated; one must match.
     # Every candidate is compared, so timing does not reveal which one did.
     matches = [
@@ -110,7 +106,7 @@ class Authenticator:
         elif isinstance(auth, HmacSha256Auth):
             self._secret = auth.secret.resolve()
         elif isinstance(auth, StandardWebhooksAuth):
-            self._key = standard_webhooks_key(auth.secret.resolve())
+            self._key = signing_key(auth.secret.resolve())
 
     def verify(self, request: InboundRequest, *, now: datetime) -> None:
         auth = self._auth

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from services.core import metrics
+from services.core.api_client import ApiError
 from services.core.codecs import Codec
 from services.core.contracts import (
     ContactChange,
@@ -48,7 +49,6 @@ from services.core.contracts import (
     RejectedEvent,
     SyncControl,
 )
-from services.ingest.api_client import ApiError
 from services.ingest.connectors.base import PullPage
 from services.ingest.publisher import BrokerUnavailable, KafkaPublisher, OutgoingMessage
 from services.ingest.state import FullSyncState, StateStore, SyncStatus

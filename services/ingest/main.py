@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import httpx
 from aiohttp import web
 
+from services.core.api_client import ApiClient, StaticBearer
 from services.core.bootstrap import prepare_kafka_with_retry
 from services.core.codecs import WireContracts, load_contracts
 from services.core.config import Settings
@@ -40,7 +41,6 @@ from services.core.kafka import TopicNames, client_config, end_offsets, producer
 from services.core.runtime import HealthEndpoints, start_http
 from services.core.workers import WorkerPool
 from services.ingest.admin import AdminApi
-from services.ingest.api_client import ApiClient, StaticBearer
 from services.ingest.connectors.base import (
     Checkpoint,
     PullConnector,

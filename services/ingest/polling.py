@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 from services.core import metrics
+from services.core.api_client import ApiClient, ApiError
 from services.core.codecs import Codec
 from services.core.contracts import ContactChange, Origin, RejectedEvent
 from services.core.sources.common import PollSettings
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import Checkpoint, PullConnector, Stamp
 from services.ingest.publisher import BrokerUnavailable, KafkaPublisher, OutgoingMessage
 from services.ingest.state import PollState, StateStore

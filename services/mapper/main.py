@@ -59,6 +59,6 @@ async def run(settings: Settings, *, stop: asyncio.Event, worker: int = 0) -> No
             catalog=contracts.catalog,
             http=settings.services.mapper.http if worker == 0 else None,
             health=health,
-            loop=loop,
+            loops=[loop],
             stop=stop,
         )

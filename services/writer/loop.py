@@ -68,10 +68,11 @@ from services.core.contracts import (
     RejectedEvent,
 )
 from services.core.crash_points import crash_point
-from services.core.kafka import is_error
+from services.core.kafka import is_error, wait_paused
 from services.core.rejections import (
     DEFAULT_MESSAGE_MAX_BYTES,
     ProducibleRejection,
+    consumed_rejection,
     producible_rejection,
 )
 from services.core.retry import Backoff, RetryPolicy
@@ -423,17 +424,7 @@ class WriterLoop:
         meanwhile stay out of the assignment until it ends (step 1, deferred), so no
         message can arrive: one would be a bug (it would have been skipped).
         """
-        deadline = time.monotonic() + delay
-        while (left := deadline - time.monotonic()) > 0:
-            if self._stop.is_set():
-                return True
-            message = self._consumer.poll(min(left, 0.5))
-            if message is not None and message.error() is None:
-                topic, partition, offset = position_of(message)
-                raise RuntimeError(
-                    f"message consumed while waiting for the store: {topic}[{partition}]@{offset}"
-                )
-        return self._stop.is_set()
+        return wait_paused(self._consumer, delay, self._stop, why="the store")
 
     def _decode(self, batch: Sequence[Message]) -> _Decoded:
         decoded = _Decoded(updates=[], update_messages=[], rejected=[])
@@ -563,17 +554,13 @@ class WriterLoop:
         source: str | None = None,
         event_id: str | None = None,
     ) -> RejectedEvent:
-        return RejectedEvent(
+        return consumed_rejection(
+            message,
             stage="writer",
             reason=reason,
             rejected_at=self._clock(),
             source=source,
             event_id=event_id,
-            key=message.key(),
-            value=message.value(),
-            origin_topic=message.topic(),
-            origin_partition=message.partition(),
-            origin_offset=message.offset(),
         )
 
     def _observe(self, decoded: _Decoded, report: BatchReport) -> None:

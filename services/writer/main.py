@@ -174,7 +174,7 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         catalog=contracts.catalog,
         http=settings.services.writer.http,
         health=health,
-        loop=loop,
+        loops=[loop],
         stop=stop,
         routes=reads.install,
     )

@@ -28,7 +28,8 @@ def test_topics_are_created_with_partitions_and_cleanup_policy(kafka_bootstrap: 
     kafka = settings_for(kafka_bootstrap, prefix, 4)
     created = ensure_topics(kafka)
     names = TopicNames.from_settings(kafka)
-    assert len(created) == 9
+    assert len(created) == 10
+    assert names.profile_changes in created
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     metadata = wait_for(
         lambda: (m := admin.list_topics(timeout=10)).topics.get(names.fullsync) and m

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from services.core.codecs import load_contracts
 from services.core.config import PostgresStoreSettings, SqliteStoreSettings
@@ -31,6 +31,7 @@ from services.writer.stores import open_store
 from services.writer.stores.base import ProfileStore, StoredProfile
 from tests.stores.changes import update
 from tests.support.broker_fixtures import ReadAll, end_offsets, read_committed
+from tests.support.broker_fixtures import produce_updates as produce
 from tests.support.polling import wait_for
 from tests.support.postgres import LocalPostgres, fresh_database
 from tests.support.services import REPO_ROOT, SECRETS_ENV, ServiceProcess, Stack
@@ -61,14 +62,6 @@ def reader(stack: Stack) -> ProfileStore:
     if store["kind"] == "postgres":
         return open_store(PostgresStoreSettings.model_validate(store), read_only=True)
     return open_store(SqliteStoreSettings.model_validate(store), read_only=True)
-
-
-def produce(stack: Stack, updates: Sequence[ProfileUpdate]) -> None:
-    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
-    topic = stack.topic("profile-updates")
-    for one in updates:
-        producer.produce(topic, key=one.key, value=CONTRACTS.profile_update.encode(one))
-    assert producer.flush(30) == 0
 
 
 def rounds(versions: Sequence[int], profiles: int = PROFILES) -> list[ProfileUpdate]:

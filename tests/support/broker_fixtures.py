@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from services.core.codecs import load_contracts
+from services.core.contracts import ProfileUpdate
 from tests.conftest import BROKER_KEY
 from tests.support.kafka import KAFKA_VERSION, REPO_ROOT, LocalKafka
 from tests.support.services import Stack, kill_leftovers
@@ -176,3 +178,14 @@ def schema_registry_url() -> Iterator[str]:
         yield started.stdout.strip()
     finally:
         subprocess.run([*script, "stop"], timeout=60, cwd=REPO_ROOT, check=False)
+
+
+def produce_updates(stack: Stack, updates: Sequence[ProfileUpdate]) -> None:
+    """ProfileUpdates straight onto the stack's profile-updates topic, as the mapper
+    would put them (for tests of the writer and what follows it)."""
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
+    topic = stack.topic("profile-updates")
+    codec = load_contracts().profile_update
+    for one in updates:
+        producer.produce(topic, key=one.key, value=codec.encode(one))
+    assert producer.flush(30) == 0

@@ -27,6 +27,8 @@ import yaml
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SERVICES: Final = ("ingest", "mapper", "writer")
+"""What a stack starts unless told otherwise."""
+ALL_SERVICES: Final = (*SERVICES, "outbound")
 # Every process a test started, so the session can kill what a failed or timed-out
 # test left behind.
 STARTED: Final[list[subprocess.Popen[bytes]]] = []
@@ -108,6 +110,7 @@ def stack_config(
             },
             "mapper": {"http": {"port": ports["mapper"]}, "data_dir": str(workdir / "mapper")},
             "writer": {"http": {"port": ports["writer"]}, "batch_max_wait_ms": 50},
+            "outbound": {"http": {"port": ports["outbound"]}, "batch_max_wait_ms": 50},
         },
         "sources": {
             "demo": {
@@ -211,7 +214,8 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """The three services on one config; ``workdir`` holds config, logs and the store."""
+    """The services on one config; ``workdir`` holds config, logs and the store. Ingest,
+    mapper and writer start by default, the outbound service when named."""
 
     bootstrap: str
     workdir: Path
@@ -222,14 +226,14 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in (*SERVICES, "admin")}
+        ports = {name: free_port() for name in (*ALL_SERVICES, "admin")}
         self.config = stack_config(
             bootstrap=self.bootstrap, prefix=self.prefix, workdir=self.workdir, ports=ports
         )
         self.config["sources"].update(self.sources)
         self.config_path = self.workdir / "crmsync.yaml"
         self.write_config()
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             self.services[name] = ServiceProcess(
                 name=name,
                 config_path=self.config_path,
@@ -255,7 +259,7 @@ class Stack:
             self.services[name].wait_ready()
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed(ALL_SERVICES):
             # A service that ignored SIGTERM was killed; the test reports that itself.
             with contextlib.suppress(RuntimeError):
                 self.services[name].stop()

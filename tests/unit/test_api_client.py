@@ -11,13 +11,13 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from services.core.sources.common import ApiSettings
-from services.ingest.api_client import (
+from services.core.api_client import (
     ApiClient,
     ApiError,
     ApiUnavailable,
     StaticBearer,
 )
+from services.core.sources.common import ApiSettings
 
 pytestmark = pytest.mark.unit
 

@@ -24,12 +24,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from services.core.api_client import ApiClient, ApiError, ApiUnavailable, StaticBearer
 from services.core.config import ConfigError, parse_settings
 from services.core.contracts import Operation, Origin
 from services.core.settings_base import SecretRef
 from services.core.sources.common import ApiSettings
 from services.core.sources.hubspot import SEARCH_BODY_OVERHEAD, HubSpotSource
-from services.ingest.api_client import ApiClient, ApiError, ApiUnavailable, StaticBearer
 from services.ingest.connectors.base import (
     AuthError,
     Checkpoint,

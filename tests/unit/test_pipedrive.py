@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
+from services.core.api_client import ApiClient, ApiError
 from services.core.contracts import Operation, Origin
 from services.core.sources.pipedrive import PipedriveSource
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
     AuthError,
     Checkpoint,

@@ -22,9 +22,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
+from services.core.api_client import ApiClient, ApiError, StaticBearer
 from services.core.contracts import Operation, Origin
 from services.core.sources.salesforce import SalesforceSource
-from services.ingest.api_client import ApiClient, ApiError, StaticBearer
 from services.ingest.connectors.base import (
     AuthError,
     Checkpoint,

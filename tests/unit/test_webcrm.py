@@ -19,9 +19,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
+from services.core.api_client import ApiClient, ApiError
 from services.core.contracts import Operation, Origin
 from services.core.sources.webcrm import WebCrmSource
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import Checkpoint, PayloadError, PullPage, Stamp
 from services.ingest.connectors.webcrm import (
     AccessToken,

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 from services.core.contracts import ContactChange, Origin, RejectedEvent
 
 if TYPE_CHECKING:
+    from services.core.api_client import ApiClient, Credentials, ThrottleCheck, WaitHint
     from services.core.sources.common import ApiSettings, PollSettings
-    from services.ingest.api_client import ApiClient, Credentials, ThrottleCheck, WaitHint
 
 
 class AuthError(Exception):

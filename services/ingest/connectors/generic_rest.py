@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from services.core.api_client import ApiClient, ApiError
 from services.core.contracts import ContactChange, Operation, RejectedEvent
 from services.core.sources.generic_rest import (
     CursorPaging,
@@ -20,7 +21,6 @@ from services.core.sources.generic_rest import (
     OffsetPaging,
     PagePaging,
 )
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
     Checkpoint,
     PayloadError,

@@ -74,10 +74,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core.api_client import ApiClient, ApiError
 from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin, RejectedEvent
 from services.core.sources.pipedrive import PERSONS_MAX_LIMIT, PipedriveSource, PipedriveWebhooks
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.auth import header
 from services.ingest.connectors.base import (
     AuthError,

@@ -68,11 +68,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from services.core.api_client import ApiClient, ApiError
 from services.core.contracts import ContactChange, Operation, RejectedEvent
 from services.core.http import TRANSIENT, async_client
 from services.core.retry import RetryLater, retry_after_seconds
 from services.core.sources.webcrm import WebCrmSource
-from services.ingest.api_client import ApiClient, ApiError
 from services.ingest.connectors.base import (
     Checkpoint,
     PayloadError,

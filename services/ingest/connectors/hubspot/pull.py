@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core.api_client import ApiClient, ApiError, rate_limit
 from services.core.contracts import ContactChange, Operation, RejectedEvent
 from services.core.sources.hubspot import SEARCH_MAX_LIMIT, HubSpotSource
-from services.ingest.api_client import ApiClient, ApiError, rate_limit
 from services.ingest.connectors.base import (
     Checkpoint,
     PayloadError,

@@ -9,13 +9,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
+from services.core.api_client import ApiError
 from services.core.http import TRANSIENT, async_client
 from services.core.retry import RetryLater, retry_after_seconds
 from services.core.sources.salesforce import (
     TOKEN_PATH,
     SalesforceOAuth,
 )
-from services.ingest.api_client import ApiError
 
 log = logging.getLogger(__name__)
 

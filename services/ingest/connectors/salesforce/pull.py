@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from services.core.api_client import ApiClient, ApiError, ApiResponse
 from services.core.contracts import ContactChange, Operation, RejectedEvent
 from services.core.sources.salesforce import (
     SalesforceSource,
 )
-from services.ingest.api_client import ApiClient, ApiError, ApiResponse
 from services.ingest.connectors.base import (
     Checkpoint,
     PayloadError,

@@ -1,6 +1,7 @@
-"""Calling a CRM's REST API politely: rate limits, retries, backoff with jitter.
+"""Calling a vendor's REST API politely: rate limits, retries, backoff with jitter.
 
-Every pull (poll or full sync) goes through one ``ApiClient`` per source. A request:
+Every pull (poll or full sync) goes through one ``ApiClient`` per source, and every
+delivery to a destination through one per destination. A request:
 
 1. waits for its turn under the source's rate limit (``max_requests_per_second``,
    an ``aiolimiter`` leaky bucket), so crmsync stays under the CRM's published
@@ -118,6 +119,8 @@ class _Call:
     params: Mapping[str, str] | None
     json_body: Any
     headers: Mapping[str, str] | None
+    content: bytes | None = None
+    """A body sent as these exact bytes (one that is signed), instead of ``json_body``."""
 
     @property
     def shown(self) -> str:
@@ -179,8 +182,9 @@ class ApiClient:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> ApiResponse:
-        call = _Call(method, path, params, json_body, headers)
+        call = _Call(method, path, params, json_body, headers, content)
         shown = call.shown
         refreshed = False
         try:
@@ -266,7 +270,8 @@ class ApiClient:
                 call.method,
                 self.url(call.path),
                 params=call.params,
-                json=call.json_body,
+                json=call.json_body if call.content is None else None,
+                content=call.content,
                 headers=all_headers,
                 timeout=self._timeout_s,
             )

@@ -1,0 +1,5 @@
+"""python -m services.outbound"""
+
+from services.outbound.main import main
+
+main()

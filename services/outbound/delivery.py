@@ -1,0 +1,303 @@
+"""One destination's delivery loop: profile changes from Kafka to the destination, in
+order, nothing lost.
+
+Each destination has a loop of its own, on a thread of its own, in a consumer group
+of its own (``<prefix>outbound.<destination>``): a destination that is down, slow or
+paused holds back only its own changes, which wait in Kafka, and never another's.
+
+The life of a batch:
+
+1. Up to ``batch_max_records`` ProfileChanged messages are consumed, in partition
+   order (a profile's changes are on one partition, keyed by its id).
+2. Each is decoded; an undecodable one becomes a RejectedEvent (stage ``outbound``).
+3. Each change is shaped for the destination (services/outbound/outgoing.py): a
+   change from the destination's own system, or one that touches nothing it maps,
+   is skipped.
+4. The changes go out in chunks of the destination's ``batch_size``, in order. A chunk
+   the destination does not take (down, throttled, no answer: ``ApiUnavailable``
+   after the client's own retries) is sent again after a backoff, its partitions
+   paused meanwhile and the consumer polled so the group keeps this member, until it
+   is taken or the service stops; nothing after it goes first. A chunk refused as a
+   whole is sent again a change at a time. A change the destination refuses (a 4xx)
+   is dead-lettered: a RejectedEvent on ``rejected`` with
+   the destination's answer, the destination and status in its attributes, and the
+   message's origin to replay it from.
+5. The rejections are flushed to Kafka, then the batch's offsets are committed.
+
+Delivery is at least once: a crash before step 5 sends the batch again on restart.
+A destination dedupes by the event ids (the webhook's ``webhook-id`` is derived from
+them; vendors with idempotency keys get them from the event ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from services.core import metrics
+from services.core.api_client import ApiUnavailable
+from services.core.codecs import Codec
+from services.core.contracts import RejectedEvent
+from services.core.crash_points import crash_point
+from services.core.destinations import DestinationCommon
+from services.core.kafka import is_error, wait_paused
+from services.core.profile_changed import ProfileChanged
+from services.core.rejections import (
+    DEFAULT_MESSAGE_MAX_BYTES,
+    consumed_rejection,
+    producible_rejection,
+)
+from services.core.retry import Backoff, RetryPolicy
+from services.core.serde import DecodeError
+from services.outbound.destinations.base import Destination, Refusal
+from services.outbound.outgoing import OutgoingChange, outgoing
+
+log = logging.getLogger(__name__)
+
+# Waits while a destination does not take a chunk: from 1 s doubling to 60 s, with
+# jitter (the client has already retried it a few times within seconds).
+UNAVAILABLE_RETRY: Final = RetryPolicy(initial_s=1.0, max_s=60.0)
+FLUSH_TIMEOUT_S: Final = 30.0
+STAGE: Final = "outbound"
+
+# Where a kill -9 tests the loop: the destination has the batch, Kafka's offsets do not.
+CRASH_AFTER_DELIVERY: Final = "outbound-after-delivery"
+CRASH_POINTS: Final = (CRASH_AFTER_DELIVERY,)
+
+
+class RejectsNotDurable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    topic: str
+    rejected_topic: str
+    batch_max_records: int
+    batch_max_wait_ms: int
+    rejected_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
+
+
+class DeliveryLoop:
+    def __init__(
+        self,
+        *,
+        destination: Destination,
+        settings: DestinationCommon,
+        consumer: Consumer,
+        producer: Producer,
+        changes: Codec[ProfileChanged],
+        rejected: Codec[RejectedEvent],
+        loop_settings: LoopSettings,
+        stop: threading.Event,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._destination = destination
+        self._name = destination.name
+        self._settings = settings
+        self._consumer = consumer
+        self._producer = producer
+        self._changes = changes
+        self._rejected = rejected
+        self._loop = loop_settings
+        self._stop = stop
+        self._clock = clock
+        self.delivered = 0
+
+    def run(self) -> None:
+        if self._settings.paused:
+            log.info("destination=%s paused: its changes wait in Kafka", self._name)
+            self._stop.wait()
+            return
+        self._consumer.subscribe([self._loop.topic])
+        try:
+            with asyncio.Runner() as runner:
+                runner.run(self._destination.open())
+                try:
+                    while not self._stop.is_set():
+                        # Step 1
+                        messages = self._consumer.consume(
+                            num_messages=self._loop.batch_max_records,
+                            timeout=self._loop.batch_max_wait_ms / 1000,
+                        )
+                        batch = [m for m in messages if not is_error(m)]
+                        if batch and not self._process(batch, runner):
+                            break
+                finally:
+                    runner.run(self._destination.close())
+        finally:
+            self._producer.flush(FLUSH_TIMEOUT_S)
+            self._consumer.close()
+            log.info(
+                "delivery loop stopped destination=%s delivered=%s", self._name, self.delivered
+            )
+
+    def _process(self, batch: Sequence[Message], runner: asyncio.Runner) -> bool:
+        """One batch through steps 2 to 5; False when asked to stop before it was all
+        delivered (it is consumed again on restart)."""
+        # Steps 2 and 3
+        rejections: list[RejectedEvent] = []
+        sending: list[tuple[OutgoingChange, Message]] = []
+        for message in batch:
+            try:
+                event = self._changes.decode(message.value() or b"")
+            except DecodeError as exc:
+                rejections.append(self._rejection(message, f"undecodable ProfileChanged: {exc}"))
+                continue
+            shaped = outgoing(event, self._settings)
+            if isinstance(shaped, str):
+                metrics.DESTINATION_SKIPPED.labels(self._name, shaped).inc()
+                continue
+            sending.append((shaped, message))
+        # Step 4
+        size = self._destination.batch_size
+        for start in range(0, len(sending), size):
+            chunk = sending[start : start + size]
+            refusals = self._send_until_taken([change for change, _ in chunk], runner)
+            if refusals is None:
+                return False
+            if len(chunk) > 1 and len(refusals) == len(chunk):
+                # Refused as a whole: a change at a time, so that a poison change does
+                # not take its neighbours to the dead letter with it.
+                refusals = []
+                for change, _message in chunk:
+                    alone = self._send_until_taken([change], runner)
+                    if alone is None:
+                        return False
+                    refusals.extend(alone)
+            refused = {id(r.change): r for r in refusals}
+            for change, message in chunk:
+                refusal = refused.get(id(change))
+                if refusal is not None:
+                    rejections.append(self._dead_letter(message, refusal))
+            self._observe_sent(chunk, len(refusals))
+        crash_point(CRASH_AFTER_DELIVERY)
+        # Step 5
+        if rejections:
+            self._reject(rejections)
+        try:
+            self._consumer.commit(offsets=_next_offsets(batch), asynchronous=False)
+        except KafkaException as exc:
+            # The partitions moved to another member meanwhile (a rebalance): it
+            # delivers the batch again, which at least once allows.
+            log.warning("destination=%s offsets not committed: %s", self._name, exc)
+        return True
+
+    def _send_until_taken(
+        self, chunk: list[OutgoingChange], runner: asyncio.Runner
+    ) -> list[Refusal] | None:
+        """The chunk's refusals once the destination took it; None on stop."""
+        backoff = Backoff(UNAVAILABLE_RETRY)
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    refusals = runner.run(self._destination.send(chunk))
+                except ApiUnavailable as exc:
+                    if not paused:
+                        paused = self._consumer.assignment()
+                        self._consumer.pause(paused)
+                    metrics.DESTINATION_UNAVAILABLE.labels(self._name).set(1)
+                    metrics.DESTINATION_RETRIES.labels(self._name).inc()
+                    delay = backoff.next_wait_s(exc)
+                    log.warning(
+                        "destination=%s did not take %s changes, retrying in %.1fs: %s",
+                        self._name,
+                        len(chunk),
+                        delay,
+                        exc,
+                    )
+                    if wait_paused(self._consumer, delay, self._stop, why=self._name):
+                        return None
+                    continue
+                metrics.DESTINATION_UNAVAILABLE.labels(self._name).set(0)
+                return refusals
+        finally:
+            if paused:
+                self._consumer.resume(paused)
+
+    def _observe_sent(self, chunk: list[tuple[OutgoingChange, Message]], refused: int) -> None:
+        taken = len(chunk) - refused
+        self.delivered += taken
+        metrics.DESTINATION_SENT.labels(self._name).inc(taken)
+        if refused:
+            metrics.DESTINATION_DEAD_LETTERED.labels(self._name).inc(refused)
+        now = self._clock()
+        lag = metrics.DESTINATION_LAG.labels(self._name)
+        for change, _message in chunk:
+            lag.observe((now - change.event.committed_at).total_seconds())
+
+    def _dead_letter(self, message: Message, refusal: Refusal) -> RejectedEvent:
+        event = refusal.change.event
+        log.warning(
+            "destination=%s refused profile=%s event=%s status=%s",
+            self._name,
+            event.profile_id,
+            event.event_id,
+            refusal.status,
+        )
+        return self._rejection(
+            message,
+            f"destination {self._name} refused it ({refusal.status}): {refusal.answer}",
+            source=event.source,
+            event_id=event.event_id,
+            attributes={"destination": self._name, "status": str(refusal.status)},
+        )
+
+    def _rejection(
+        self,
+        message: Message,
+        reason: str,
+        *,
+        source: str | None = None,
+        event_id: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> RejectedEvent:
+        return consumed_rejection(
+            message,
+            stage=STAGE,
+            reason=reason,
+            rejected_at=self._clock(),
+            source=source,
+            event_id=event_id,
+            attributes={"destination": self._name, **(attributes or {})},
+        )
+
+    def _reject(self, rejections: list[RejectedEvent]) -> None:
+        failures: list[str] = []
+
+        def on_delivery(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for rejection in rejections:
+            producible = producible_rejection(
+                rejection, codec=self._rejected, max_message_bytes=self._loop.rejected_max_bytes
+            )
+            self._producer.produce(
+                self._loop.rejected_topic,
+                key=producible.key,
+                value=producible.value,
+                on_delivery=on_delivery,
+            )
+        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
+        if remaining or failures:
+            raise RejectsNotDurable(f"rejections not acknowledged: {failures or remaining}")
+
+
+def _next_offsets(batch: Sequence[Message]) -> list[TopicPartition]:
+    """Per partition of ``batch``, the offset after its last message."""
+    following: dict[tuple[str, int], int] = {}
+    for message in batch:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            raise RuntimeError("consumed message without topic, partition or offset")
+        following[(topic, partition)] = offset + 1
+    return [TopicPartition(t, p, o) for (t, p), o in following.items()]

@@ -1,0 +1,122 @@
+"""The outbound service: one delivery loop per configured destination, each on its own
+thread with its own consumer group, HTTP health on the event loop.
+
+Stop (SIGTERM): each loop finishes the chunk in hand (taken, or left to be consumed
+again) and exits. A loop that fails ends the service with code 1 so that its
+supervisor restarts it; what it had not committed is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from confluent_kafka import Consumer, Producer
+
+from services.core.codecs import WireContracts, load_contracts
+from services.core.config import Settings
+from services.core.destinations import DestinationSettings
+from services.core.kafka import (
+    PREFETCH_KBYTES,
+    SESSION_TIMEOUT_MS,
+    TopicNames,
+    consumer_config,
+    producer_config,
+)
+from services.core.loop_service import LoopThread, serve_loop
+from services.core.rejections import rejection_message_limit
+from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
+from services.core.schema_topic import schema_resolver
+from services.outbound.delivery import DeliveryLoop, LoopSettings
+from services.outbound.destinations import open_destination
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    pass
+
+
+def group_of(settings: Settings, destination: str) -> str:
+    """Each destination's consumer group: its own place in the profile changes."""
+    return f"{settings.kafka.topics.prefix}outbound.{destination}"
+
+
+def delivery_loop(
+    settings: Settings,
+    *,
+    name: str,
+    destination: DestinationSettings,
+    contracts: WireContracts,
+    stop: threading.Event,
+) -> DeliveryLoop:
+    kafka = settings.kafka
+    outbound = settings.services.outbound
+    topics = TopicNames.from_settings(kafka)
+    client_id = f"crmsync-outbound-{name}"
+    consumer = Consumer(
+        {
+            **consumer_config(kafka, client_id=client_id, group_id=group_of(settings, name)),
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+        }
+    )
+    return DeliveryLoop(
+        destination=open_destination(name, destination),
+        settings=destination,
+        consumer=consumer,
+        producer=Producer(producer_config(kafka, client_id=client_id)),
+        changes=contracts.profile_changed,
+        rejected=contracts.rejected_event,
+        loop_settings=LoopSettings(
+            topic=topics.profile_changes,
+            rejected_topic=topics.rejected,
+            batch_max_records=outbound.batch_max_records,
+            batch_max_wait_ms=outbound.batch_max_wait_ms,
+            rejected_max_bytes=rejection_message_limit(kafka),
+        ),
+        stop=stop,
+    )
+
+
+async def run(settings: Settings, *, stop: asyncio.Event) -> None:
+    contracts = load_contracts()
+    contracts.catalog.add_resolver(
+        schema_resolver(settings.kafka, client_id="crmsync-outbound-schemas")
+    )
+    loops: list[LoopThread] = []
+    for name, destination in settings.destinations.items():
+
+        def body(
+            stop_loop: threading.Event, name: str = name, dest: DestinationSettings = destination
+        ) -> None:
+            delivery_loop(
+                settings, name=name, destination=dest, contracts=contracts, stop=stop_loop
+            ).run()
+
+        loops.append(LoopThread(f"outbound-{name}", body))
+    if not loops:
+        log.info("no destinations configured: nothing to deliver")
+
+    async def loops_ready() -> None:
+        for loop in loops:
+            if loop.failure is not None:
+                raise NotReady(f"{loop.name} failed: {loop.failure}")
+
+    health = HealthEndpoints(service="outbound")
+    health.add_check("destinations", loops_ready)
+    await serve_loop(
+        service="outbound",
+        kafka=settings.kafka,
+        catalog=contracts.catalog,
+        http=settings.services.outbound.http,
+        health=health,
+        loops=loops,
+        stop=stop,
+    )
+
+
+def main() -> None:
+    settings = service_settings("outbound")
+    run_until_signalled(lambda stop: run(settings, stop=stop))

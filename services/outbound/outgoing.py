@@ -1,0 +1,65 @@
+"""What of a profile change goes to one destination: its own fields, nothing echoed.
+
+A ``ProfileChanged`` event becomes an ``OutgoingChange`` for a destination when:
+
+1. it did not come from the destination's own system (its ``source``): a change never
+   goes back where it came from;
+2. it changes something the destination takes: a mapped attribute (old and new value
+   under the destination's field name), a mapped subscription's status, the profile's
+   identities, a merge; or it creates, detaches or erases the profile.
+
+Anything else is skipped, counted by why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from services.core.contracts import FieldValue
+from services.core.destinations import DestinationCommon
+from services.core.profile_changed import ProfileChanged, ProfileChangeKind
+
+ECHO: Final = "own_source"
+UNMAPPED: Final = "nothing_mapped"
+OPT_IN: Final = "OPT_IN"
+
+
+@dataclass(frozen=True)
+class OutgoingChange:
+    event: ProfileChanged
+    fields: dict[str, FieldValue] = field(default_factory=dict)
+    """The destination's field -> the new value (None: cleared)."""
+    previous: dict[str, FieldValue] = field(default_factory=dict)
+    """The destination's field -> the value before."""
+    consents: dict[str, bool] = field(default_factory=dict)
+    """The destination's field -> opted in."""
+
+
+def outgoing(event: ProfileChanged, settings: DestinationCommon) -> OutgoingChange | str:
+    """The change as the destination takes it, or why it is skipped."""
+    # Step 1
+    if settings.source is not None and event.source == settings.source:
+        return ECHO
+    # Step 2
+    fields: dict[str, FieldValue] = {}
+    previous: dict[str, FieldValue] = {}
+    for change in event.attributes:
+        name = settings.attributes.get(change.name) if settings.attributes else change.name
+        if name is not None:
+            fields[name] = change.new_value
+            previous[name] = change.old_value
+    consents = {
+        settings.consents[c.subscription]: c.new_status == OPT_IN
+        for c in event.consents
+        if c.subscription in settings.consents
+    }
+    structural = (
+        event.kind is not ProfileChangeKind.UPDATED
+        or event.identities_added
+        or event.identities_removed
+        or event.merged_profile_ids
+    )
+    if not (fields or consents or structural):
+        return UNMAPPED
+    return OutgoingChange(event, fields, previous, consents)

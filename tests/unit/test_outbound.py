@@ -1,0 +1,154 @@
+"""What of a profile change goes to a destination, and how a webhook destination
+signs and shapes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from services.core.contracts import Identity
+from services.core.destinations import WebhookDestination
+from services.core.profile_changed import (
+    AttributeChange,
+    ConsentStatusChange,
+    ProfileChanged,
+    ProfileChangeKind,
+)
+from services.core.standard_webhooks import signature, signed_headers, signing_key
+from services.outbound.destinations.webhook import message_body, message_id
+from services.outbound.outgoing import ECHO, UNMAPPED, OutgoingChange, outgoing
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+
+
+def change(**values: object) -> ProfileChanged:
+    fields: dict[str, object] = {
+        "event_id": "e1:7",
+        "profile_id": 7,
+        "kind": ProfileChangeKind.UPDATED,
+        "committed_at": NOW,
+        "source": "hubspot",
+        "record_id": "1",
+        "source_event_id": "e1",
+        "source_modified_at": NOW,
+        "mapping_version": 1,
+        "identities": (Identity("crm", "hubspot:1"), Identity("email", "ada@x.io")),
+        "attributes": (
+            AttributeChange("first_name", "Ada", "Ada L."),
+            AttributeChange("score", None, 3),
+        ),
+        **values,
+    }
+    return ProfileChanged(**fields)  # type: ignore[arg-type]
+
+
+def destination(**values: object) -> WebhookDestination:
+    return WebhookDestination.model_validate(
+        {
+            "kind": "webhook",
+            "api": {"base_url": "http://127.0.0.1:1/hook"},
+            "secret": {"env": "UNUSED"},
+            **values,
+        }
+    )
+
+
+def test_a_change_never_goes_back_to_the_system_it_came_from() -> None:
+    assert outgoing(change(), destination(source="hubspot")) == ECHO
+    assert isinstance(outgoing(change(), destination(source="salesforce")), OutgoingChange)
+
+
+def test_only_mapped_attributes_go_out_under_the_destinations_names() -> None:
+    shaped = outgoing(change(), destination(attributes={"first_name": "FirstName"}))
+    assert isinstance(shaped, OutgoingChange)
+    assert shaped.fields == {"FirstName": "Ada L."}
+    assert shaped.previous == {"FirstName": "Ada"}
+    everything = outgoing(change(), destination())
+    assert isinstance(everything, OutgoingChange)
+    assert everything.fields == {"first_name": "Ada L.", "score": 3}
+
+
+def test_a_change_touching_nothing_mapped_is_skipped_unless_it_changes_the_profile() -> None:
+    narrow = destination(attributes={"city": "City"})
+    assert outgoing(change(), narrow) == UNMAPPED
+    created = outgoing(change(kind=ProfileChangeKind.CREATED), narrow)
+    assert isinstance(created, OutgoingChange) and created.fields == {}
+    assert isinstance(
+        outgoing(change(kind=ProfileChangeKind.ERASED, attributes=()), narrow), OutgoingChange
+    )
+    new_email = change(identities_added=(Identity("email", "new@x.io"),))
+    assert isinstance(outgoing(new_email, narrow), OutgoingChange)
+
+
+def test_consents_go_out_as_opted_in_or_not() -> None:
+    consented = change(
+        consents=(
+            ConsentStatusChange("newsletter", "EMAIL", None, "OPT_IN", NOW),
+            ConsentStatusChange("offers", "SMS", "OPT_IN", "OPT_OUT", NOW),
+        )
+    )
+    shaped = outgoing(
+        consented,
+        destination(attributes={"city": "City"}, consents={"newsletter": "nl", "offers": "of"}),
+    )
+    assert isinstance(shaped, OutgoingChange)
+    assert shaped.consents == {"nl": True, "of": False}
+
+
+def test_the_signature_is_the_standard_webhooks_reference_vector() -> None:
+    """The example of the Standard Webhooks reference libraries' tests."""
+    key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = b'{"test": 2432232314}'
+    assert (
+        signature(key, message_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp="1614265330", body=body)
+        == b"g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+    headers = signed_headers(key, message_id="msg_1", timestamp=1614265330, body=body)
+    assert headers["webhook-id"] == "msg_1"
+    assert headers["webhook-timestamp"] == "1614265330"
+    assert headers["webhook-signature"].startswith("v1,")
+
+
+def test_a_message_names_its_changes_and_keeps_its_id_when_sent_again() -> None:
+    shaped = outgoing(change(), destination())
+    assert isinstance(shaped, OutgoingChange)
+    body = orjson.loads(message_body([shaped], now=NOW))
+    assert body["type"] == "profile.changed"
+    assert body["timestamp"] == "2026-12-03T09:30:00Z"
+    [sent] = body["data"]["changes"]
+    assert sent["event_id"] == "e1:7" and sent["kind"] == "updated"
+    assert sent["identities"] == ["crm:hubspot:1", "email:ada@x.io"]
+    assert sent["fields"] == {"first_name": "Ada L.", "score": 3}
+    assert message_id([shaped]) == message_id([shaped])
+    other = outgoing(change(event_id="e2:7"), destination())
+    assert isinstance(other, OutgoingChange)
+    assert message_id([shaped]) != message_id([other])
+
+
+def test_a_destination_naming_an_unknown_source_is_a_config_error() -> None:
+    from pydantic import ValidationError
+
+    from services.core.config import Settings
+
+    config = {
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+        "store": {"kind": "sqlite"},
+        "destinations": {
+            "hook": {
+                "kind": "webhook",
+                "api": {"base_url": "https://hooks.example.com/x"},
+                "secret": {"env": "HOOK_SECRET"},
+                "source": "hubspot",
+            }
+        },
+    }
+    with pytest.raises(ValidationError, match="names source 'hubspot', which is not configured"):
+        Settings.model_validate(config)
+    config["sources"] = {
+        "hubspot": {"kind": "generic_webhook", "auth": {"kind": "none"}, "mapping": {}}
+    }
+    assert Settings.model_validate(config).destinations["hook"].source == "hubspot"
