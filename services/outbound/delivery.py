@@ -243,12 +243,14 @@ class DeliveryLoop:
             event.event_id,
             refusal.status,
         )
+        if refusal.status is None:
+            reason = f"not sendable to destination {self._name}: {refusal.answer}"
+            attributes = {}
+        else:
+            reason = f"destination {self._name} refused it ({refusal.status}): {refusal.answer}"
+            attributes = {"status": str(refusal.status)}
         return self._rejection(
-            message,
-            f"destination {self._name} refused it ({refusal.status}): {refusal.answer}",
-            source=event.source,
-            event_id=event.event_id,
-            attributes={"destination": self._name, "status": str(refusal.status)},
+            message, reason, source=event.source, event_id=event.event_id, attributes=attributes
         )
 
     def _rejection(

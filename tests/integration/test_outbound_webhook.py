@@ -206,8 +206,11 @@ def test_a_paused_destination_keeps_its_changes_for_later(
     assert wait_for(lambda: rounds_received(receiver) == expected, timeout_s=60)
 
 
-def test_signatures_are_checked_by_the_receiver(stack: Stack, destinations: Destinations) -> None:
-    """The receiver refuses a wrong secret (401): the test's own check of its checker."""
+def test_refused_credentials_hold_the_changes_until_they_are_fixed(
+    stack: Stack, destinations: Destinations
+) -> None:
+    """The receiver refuses a wrong signing secret (401): that is no verdict on the changes,
+    which wait, none dead-lettered, and go out once the secret is right."""
     receiver = destinations.add("wrong-secret-hook")
     stack.config["destinations"]["wrong-secret-hook"]["secret"] = {"env": "CRMSYNC_OTHER_SECRET"}
     stack.write_config()
@@ -215,6 +218,14 @@ def test_signatures_are_checked_by_the_receiver(stack: Stack, destinations: Dest
     stack.start("writer", "outbound")
     produce(stack, rounds("hubspot", [1], range(2)))
     assert wait_for(
-        lambda: metric(stack, "crmsync_destination_dead_lettered_total") == 2, timeout_s=60
+        lambda: (
+            metric(stack, "crmsync_destination_unavailable", destination="wrong-secret-hook") == 1
+        ),
+        timeout_s=60,
     ), stack["outbound"].log_tail()
     assert receiver.changes() == []
+    assert metric(stack, "crmsync_destination_dead_lettered_total") == 0
+    stack["outbound"].stop()
+    stack["outbound"].env["CRMSYNC_OTHER_SECRET"] = SECRET
+    stack.start("outbound")
+    assert wait_for(lambda: len(receiver.changes()) == 2, timeout_s=60)

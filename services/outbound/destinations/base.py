@@ -5,24 +5,49 @@ A destination sends changes in chunks of at most ``batch_size`` (its vendor's li
 retry would not change (a 4xx), which the delivery loop dead-letters. A destination
 that does not take the chunk at all (down, throttled past its retries, no answer)
 raises ``ApiUnavailable``: the loop waits and sends the same chunk again, skipping
-nothing.
+nothing. So does one that refuses crmsync's credentials (401, 403): every change would
+meet that answer, so it is an outage to fix, not a verdict on the changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
+import httpx
+
+from services.core.api_client import (
+    ApiClient,
+    ApiError,
+    ApiUnavailable,
+    StaticBearer,
+    ThrottleCheck,
+)
+from services.core.http import async_client
+from services.core.sources.common import ApiSettings
 from services.outbound.outgoing import OutgoingChange
+
+CREDENTIALS_REFUSED: Final = frozenset({401, 403})
 
 
 @dataclass(frozen=True)
 class Refusal:
     change: OutgoingChange
-    status: int
+    status: int | None
+    """The destination's HTTP status; None for a change crmsync could not send at all."""
     answer: str
-    """What the destination said (an excerpt of its response body)."""
+    """What the destination said (an excerpt of its response body), or why not sent."""
+
+
+def refusals(error: ApiError, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
+    """Every change of ``chunk`` refused with the destination's answer; raises
+    ApiUnavailable when the answer refuses the credentials instead."""
+    if error.status in CREDENTIALS_REFUSED:
+        raise ApiUnavailable(
+            status=error.status, path=error.path, detail=f"credentials refused: {error.detail}"
+        ) from error
+    return [Refusal(change, error.status, error.detail) for change in chunk]
 
 
 class Destination(Protocol):
@@ -37,3 +62,38 @@ class Destination(Protocol):
         destination did not take it."""
 
     async def close(self) -> None: ...
+
+
+class ApiConnection:
+    """A destination's API client, opened in the event loop that sends (its pooled
+    connections belong to that loop)."""
+
+    def __init__(
+        self, name: str, settings: ApiSettings, *, is_throttled: ThrottleCheck | None = None
+    ) -> None:
+        self._name = name
+        self._settings = settings
+        self._is_throttled = is_throttled
+        self._session: httpx.AsyncClient | None = None
+        self._client: ApiClient | None = None
+
+    @property
+    def client(self) -> ApiClient:
+        if self._client is None:
+            raise RuntimeError(f"destination {self._name} not opened")
+        return self._client
+
+    async def open(self) -> None:
+        api = self._settings
+        self._session = async_client(timeout_s=api.timeout_seconds)
+        self._client = ApiClient(
+            source=self._name,
+            settings=api,
+            session=self._session,
+            credentials=StaticBearer(api.token.resolve() if api.token is not None else None),
+            is_throttled=self._is_throttled,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.aclose()

@@ -23,14 +23,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import httpx
 import orjson
 
-from services.core.api_client import ApiClient, ApiError, ApiUnavailable, StaticBearer
+from services.core.api_client import ApiError, ApiUnavailable
 from services.core.destinations import WebhookDestination
-from services.core.http import async_client
 from services.core.standard_webhooks import signed_headers, signing_key
-from services.outbound.destinations.base import Refusal
+from services.outbound.destinations.base import ApiConnection, Refusal, refusals
 from services.outbound.outgoing import OutgoingChange
 
 MESSAGE_TYPE: Final = "profile.changed"
@@ -77,22 +75,12 @@ class StandardWebhook:
         self.batch_size = settings.batch_size
         self._settings = settings
         self._key = signing_key(settings.secret.resolve())
-        self._client: ApiClient | None = None
-        self._session: httpx.AsyncClient | None = None
+        self._api = ApiConnection(name, settings.api)
 
     async def open(self) -> None:
-        api = self._settings.api
-        self._session = async_client(timeout_s=api.timeout_seconds)
-        self._client = ApiClient(
-            source=self.name,
-            settings=api,
-            session=self._session,
-            credentials=StaticBearer(api.token.resolve() if api.token is not None else None),
-        )
+        await self._api.open()
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
-        if self._client is None:
-            raise RuntimeError("destination not opened")
         body = message_body(chunk, now=datetime.now(UTC))
         headers = {
             "Content-Type": "application/json",
@@ -101,15 +89,14 @@ class StandardWebhook:
             ),
         }
         try:
-            await self._client.request(
+            await self._api.client.request(
                 "POST", self._settings.api.base_url, content=body, headers=headers
             )
         except ApiUnavailable:
             raise  # not taken: the loop sends it again
         except ApiError as exc:
-            return [Refusal(change, exc.status, exc.detail) for change in chunk]
+            return refusals(exc, chunk)
         return []
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.aclose()
+        await self._api.close()
