@@ -107,7 +107,7 @@ schemas-check: install ## Fail when a schema change would break readers of an ea
 
 .PHONY: bench
 bench: install kafka-jars ## Run the benchmarks; figures go to bench/results/
-	@for b in ingest_webhooks fullsync_pull fullsync_to_store csv_import e2e_webhook_to_store mapper_throughput writer_store postgres_ceiling e2e_compare; do \
+	@for b in ingest_webhooks fullsync_pull fullsync_to_store csv_import e2e_webhook_to_store mapper_throughput writer_store postgres_ceiling outbound_delivery e2e_compare; do \
 		echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
 
 SOAK_MINUTES ?= 30

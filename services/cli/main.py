@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from services.cli.admin_client import admin_call
 from services.cli.erase_command import ErasureNotSent, erase
 from services.core.config import ConfigError, Settings, config_path, load_settings
@@ -78,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     csv_import.add_argument("--page-size", type=int, default=1000)
     csv_import.set_defaults(handler=_import_csv)
 
-    status = commands.add_parser("status", help="every source: polls, full syncs")
+    status = commands.add_parser(
+        "status", help="every source (polls, full syncs) and destination (changes waiting)"
+    )
     status.set_defaults(handler=_status)
 
     profile = commands.add_parser("profile", help="look up profiles in the store")
@@ -185,7 +189,25 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
                 print(f"    last error: {poll['last_error']}")
         if info["fullsync"] is not None:
             print(f"  full sync: {_progress_line(info['fullsync'])}")
+    _destinations_status(settings)
     return 0
+
+
+def _destinations_status(settings: Settings) -> None:
+    if not settings.destinations:
+        return
+    from services.outbound.backlog import waiting_changes
+
+    try:
+        waiting = waiting_changes(settings)
+    except KafkaException as exc:
+        sys.stderr.write(f"Kafka not readable, destinations' backlogs unknown: {exc}\n")
+        waiting = {}
+    for name, destination in settings.destinations.items():
+        state = "paused" if destination.paused else "delivering"
+        behind = waiting.get(name)
+        count = "" if behind is None else f", {behind} changes waiting"
+        print(f"{name} (destination, {destination.kind}): {state}{count}")
 
 
 def _profiles_by_mapping_version(settings: Settings) -> dict[str, dict[int, int]]:

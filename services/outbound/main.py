@@ -28,6 +28,7 @@ from services.core.loop_service import LoopThread, serve_loop
 from services.core.rejections import rejection_message_limit
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
+from services.outbound.backlog import group_of
 from services.outbound.delivery import DeliveryLoop, LoopSettings
 from services.outbound.destinations import open_destination
 
@@ -36,11 +37,6 @@ log = logging.getLogger(__name__)
 
 class NotReady(Exception):
     pass
-
-
-def group_of(settings: Settings, destination: str) -> str:
-    """Each destination's consumer group: its own place in the profile changes."""
-    return f"{settings.kafka.topics.prefix}outbound.{destination}"
 
 
 def delivery_loop(

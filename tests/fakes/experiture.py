@@ -65,10 +65,17 @@ class Workspace:
     upserts: int = 0
     """Records written, a repeated idempotent request not counted."""
     replayed: int = 0
+    _by_identity: dict[tuple[str, Any], dict[str, Any]] = field(default_factory=dict)
     _answers: dict[str, tuple[bytes, float, int, bytes]] = field(default_factory=dict)
 
+    def seed(self, row: dict[str, Any]) -> None:
+        """A row the workspace holds before the test."""
+        self.rows.append(row)
+        for key in self.identity_keys & row.keys():
+            self._by_identity[(key, row[key])] = row
+
     def row(self, key: str, value: Any) -> dict[str, Any] | None:
-        return next((r for r in self.rows if r.get(key) == value), None)
+        return self._by_identity.get((key, value))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES + 1024)
@@ -209,10 +216,14 @@ class Workspace:
             row = {}
             self.rows.append(row)
         for name, value in record.items():
+            if name in self.identity_keys and name in row:
+                self._by_identity.pop((name, row[name]), None)
             if value is None:
                 row.pop(name, None)
             else:
                 row[name] = value
+        for key in self.identity_keys & row.keys():
+            self._by_identity[(key, row[key])] = row
 
 
 def _answer(status: int, payload: bytes, correlation: str) -> web.Response:

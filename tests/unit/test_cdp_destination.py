@@ -125,7 +125,7 @@ def test_a_clear_is_sent_as_null_only_when_asked(
     workspace: tuple[Workspace, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space, server = workspace
-    space.rows.append({"email": "bob@x.io", "city": "Rome"})
+    space.seed({"email": "bob@x.io", "city": "Rome"})
     send(
         settings(server, monkeypatch), [change(2, "bob@x.io", {"city": ("Rome", None)}, event="e1")]
     )
