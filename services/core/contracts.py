@@ -38,6 +38,8 @@ class Origin(StrEnum):
     FULL_SYNC = "FULL_SYNC"
     CSV_IMPORT = "CSV_IMPORT"
     REPLAY = "REPLAY"
+    WRITE_BACK = "WRITE_BACK"
+    """The id a destination gave a profile crmsync wrote there (services/outbound/links.py)."""
 
 
 class UpdateOperation(StrEnum):

@@ -28,6 +28,12 @@ EVENTS_REJECTED: Final = Counter(
     "Inputs rejected, by stage and reason code",
     ["stage", "source", "reason"],
 )
+ECHOES_DROPPED: Final = Counter(
+    "crmsync_echoes_dropped_total",
+    "Changes a source reported that were crmsync's own writes there, recognised by the "
+    "vendor's change-source marker and dropped",
+    ["source"],
+)
 WEBHOOK_REQUESTS: Final = Counter(
     "crmsync_webhook_requests_total", "Webhook requests by answer", ["source", "status"]
 )
@@ -176,6 +182,11 @@ DESTINATION_RETRIES: Final = Counter(
 DESTINATION_DEAD_LETTERED: Final = Counter(
     "crmsync_destination_dead_lettered_total",
     "Profile changes a destination refused, sent to rejected with its answer",
+    ["destination"],
+)
+DESTINATION_LINKED: Final = Counter(
+    "crmsync_destination_ids_linked_total",
+    "Ids a destination gave profiles crmsync created there, linked back as identities",
     ["destination"],
 )
 DESTINATION_UNAVAILABLE: Final = Gauge(

@@ -21,8 +21,10 @@ The life of a batch:
    whole is sent again a change at a time. A change the destination refuses (a 4xx)
    is dead-lettered: a RejectedEvent on ``rejected`` with
    the destination's answer, the destination and status in its attributes, and the
-   message's origin to replay it from.
-5. The rejections are flushed to Kafka, then the batch's offsets are committed.
+   message's origin to replay it from. An id the destination gave a profile it
+   created becomes a link change on the changes topic (services/outbound/links.py).
+5. The rejections and links are flushed to Kafka, then the batch's offsets are
+   committed.
 
 Delivery is at least once: a crash before step 5 sends the batch again on restart.
 A destination dedupes by the event ids (the webhook's ``webhook-id`` is derived from
@@ -44,7 +46,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from services.core import metrics
 from services.core.api_client import ApiUnavailable
 from services.core.codecs import Codec
-from services.core.contracts import RejectedEvent
+from services.core.contracts import ContactChange, RejectedEvent, record_key
 from services.core.crash_points import crash_point
 from services.core.destinations import DestinationCommon
 from services.core.kafka import is_error, wait_paused
@@ -56,7 +58,8 @@ from services.core.rejections import (
 )
 from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
-from services.outbound.destinations.base import Destination, Refusal
+from services.outbound.destinations.base import Delivered, Destination, Refusal
+from services.outbound.links import link_change
 from services.outbound.outgoing import OutgoingChange, outgoing
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,8 @@ CRASH_AFTER_DELIVERY: Final = "outbound-after-delivery"
 CRASH_POINTS: Final = (CRASH_AFTER_DELIVERY,)
 
 
-class RejectsNotDurable(Exception):
-    pass
+class NotDurable(Exception):
+    """Rejections or links Kafka did not acknowledge: the batch is not committed."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,17 @@ class LoopSettings:
     batch_max_records: int
     batch_max_wait_ms: int
     rejected_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Where the ids a destination assigns go: the changes topic, as changes of the
+    destination's own source (whose email field carries the profile's email)."""
+
+    topic: str
+    source: str
+    email_field: str
+    codec: Codec[ContactChange]
 
 
 class DeliveryLoop:
@@ -97,6 +111,7 @@ class DeliveryLoop:
         rejected: Codec[RejectedEvent],
         loop_settings: LoopSettings,
         stop: threading.Event,
+        links: LinkSettings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._destination = destination
@@ -108,6 +123,7 @@ class DeliveryLoop:
         self._rejected = rejected
         self._loop = loop_settings
         self._stop = stop
+        self._links = links
         self._clock = clock
         self.delivered = 0
 
@@ -157,31 +173,34 @@ class DeliveryLoop:
                 continue
             sending.append((shaped, message))
         # Step 4
+        links: list[ContactChange] = []
         size = self._destination.batch_size
         for start in range(0, len(sending), size):
             chunk = sending[start : start + size]
-            refusals = self._send_until_taken([change for change, _ in chunk], runner)
-            if refusals is None:
+            delivered = self._send_until_taken([change for change, _ in chunk], runner)
+            if delivered is None:
                 return False
-            if len(chunk) > 1 and len(refusals) == len(chunk):
+            if len(chunk) > 1 and len(delivered.refused) == len(chunk):
                 # Refused as a whole: a change at a time, so that a poison change does
                 # not take its neighbours to the dead letter with it.
-                refusals = []
+                delivered = Delivered()
                 for change, _message in chunk:
                     alone = self._send_until_taken([change], runner)
                     if alone is None:
                         return False
-                    refusals.extend(alone)
-            refused = {id(r.change): r for r in refusals}
+                    delivered.refused += alone.refused
+                    delivered.assigned.update(alone.assigned)
+            refused = {id(r.change): r for r in delivered.refused}
             for change, message in chunk:
                 refusal = refused.get(id(change))
                 if refusal is not None:
                     rejections.append(self._dead_letter(message, refusal))
-            self._observe_sent(chunk, len(refusals))
+            links += self._linked(chunk, delivered.assigned)
+            self._observe_sent(chunk, len(delivered.refused))
         crash_point(CRASH_AFTER_DELIVERY)
         # Step 5
-        if rejections:
-            self._reject(rejections)
+        if rejections or links:
+            self._produce(rejections, links)
         try:
             self._consumer.commit(offsets=_next_offsets(batch), asynchronous=False)
         except KafkaException as exc:
@@ -192,14 +211,14 @@ class DeliveryLoop:
 
     def _send_until_taken(
         self, chunk: list[OutgoingChange], runner: asyncio.Runner
-    ) -> list[Refusal] | None:
-        """The chunk's refusals once the destination took it; None on stop."""
+    ) -> Delivered | None:
+        """What became of the chunk once the destination took it; None on stop."""
         backoff = Backoff(UNAVAILABLE_RETRY)
         paused: list[TopicPartition] = []
         try:
             while True:
                 try:
-                    refusals = runner.run(self._destination.send(chunk))
+                    delivered = runner.run(self._destination.send(chunk))
                 except ApiUnavailable as exc:
                     if not paused:
                         paused = self._consumer.assignment()
@@ -218,7 +237,7 @@ class DeliveryLoop:
                         return None
                     continue
                 metrics.DESTINATION_UNAVAILABLE.labels(self._name).set(0)
-                return refusals
+                return delivered
         finally:
             if paused:
                 self._consumer.resume(paused)
@@ -272,13 +291,53 @@ class DeliveryLoop:
             attributes={"destination": self._name, **(attributes or {})},
         )
 
-    def _reject(self, rejections: list[RejectedEvent]) -> None:
+    def _linked(
+        self, chunk: list[tuple[OutgoingChange, Message]], assigned: dict[int, str]
+    ) -> list[ContactChange]:
+        """The link changes of the ids ``assigned`` to profiles of ``chunk``."""
+        if not assigned:
+            return []
+        if self._links is None:
+            log.warning(
+                "destination=%s assigned %s ids but has no source to link them to",
+                self._name,
+                len(assigned),
+            )
+            return []
+        latest = {change.event.profile_id: change.event for change, _ in chunk}
+        found: list[ContactChange] = []
+        for profile_id, record_id in assigned.items():
+            event = latest.get(profile_id)
+            if event is None:
+                continue
+            link = link_change(
+                event,
+                record_id,
+                source=self._links.source,
+                email_field=self._links.email_field,
+                destination=self._name,
+                now=self._clock(),
+            )
+            if link is not None:
+                found.append(link)
+        return found
+
+    def _produce(self, rejections: list[RejectedEvent], links: list[ContactChange]) -> None:
         failures: list[str] = []
 
         def on_delivery(error: Any, _message: Any) -> None:
             if error is not None:
                 failures.append(str(error))
 
+        if self._links is not None:
+            for link in links:
+                self._producer.produce(
+                    self._links.topic,
+                    key=record_key(link.source, link.record_id),
+                    value=self._links.codec.encode(link),
+                    on_delivery=on_delivery,
+                )
+            metrics.DESTINATION_LINKED.labels(self._name).inc(len(links))
         for rejection in rejections:
             producible = producible_rejection(
                 rejection, codec=self._rejected, max_message_bytes=self._loop.rejected_max_bytes
@@ -291,7 +350,7 @@ class DeliveryLoop:
             )
         remaining = self._producer.flush(FLUSH_TIMEOUT_S)
         if remaining or failures:
-            raise RejectsNotDurable(f"rejections not acknowledged: {failures or remaining}")
+            raise NotDurable(f"rejections or links not acknowledged: {failures or remaining}")
 
 
 def _next_offsets(batch: Sequence[Message]) -> list[TopicPartition]:

@@ -29,7 +29,7 @@ from services.core.rejections import rejection_message_limit
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
 from services.outbound.backlog import group_of
-from services.outbound.delivery import DeliveryLoop, LoopSettings
+from services.outbound.delivery import DeliveryLoop, LinkSettings, LoopSettings
 from services.outbound.destinations import open_destination
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,16 @@ def delivery_loop(
             rejected_max_bytes=rejection_message_limit(kafka),
         ),
         stop=stop,
+        links=(
+            LinkSettings(
+                topic=topics.changes,
+                source=destination.source,
+                email_field=settings.sources[destination.source].email_field,
+                codec=contracts.contact_change,
+            )
+            if destination.source is not None
+            else None
+        ),
     )
 
 

@@ -96,7 +96,7 @@ def send(
         try:
             found: list[Refusal] = []
             for _ in range(times):
-                found = await cdp.send(chunk)
+                found = (await cdp.send(chunk)).refused
             return found
         finally:
             await cdp.close()

@@ -23,6 +23,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
+from prometheus_client import REGISTRY
 
 from services.core.api_client import ApiClient, ApiError, ApiUnavailable, StaticBearer
 from services.core.config import ConfigError, parse_settings
@@ -1046,3 +1047,35 @@ async def test_an_invalid_record_is_rejected_and_the_pull_goes_on() -> None:
         "results[2].properties.lastmodifieddate: not an ISO 8601 timestamp: 'last tuesday'",
     ]
     assert result.checkpoint.cursor is None
+
+
+# --- echoes of crmsync's own writes -------------------------------------------------------
+
+
+def echoes_dropped(source: str) -> float:
+    return REGISTRY.get_sample_value("crmsync_echoes_dropped_total", {"source": source}) or 0.0
+
+
+def firstname_change(object_id: int, change_source: str, source_id: str) -> dict[str, Any]:
+    return event(
+        "contact.propertyChange",
+        object_id=object_id,
+        propertyName="firstname",
+        propertyValue="Ada",
+        changeSource=change_source,
+        sourceId=source_id,
+    )
+
+
+def test_the_echo_of_crmsyncs_own_write_is_dropped_and_counted() -> None:
+    own = firstname_change(501, "INTEGRATION", "54321")
+    someone = firstname_change(502, "CRM_UI", "userId:4242")
+    before = echoes_dropped("hubspot")
+    changes = parse([own, someone], webhooks={"own_source_ids": ["54321"]})
+    assert [c.record_id for c in changes] == ["502"]
+    assert echoes_dropped("hubspot") == before + 1
+
+
+def test_without_own_source_ids_every_change_is_taken() -> None:
+    own = firstname_change(501, "INTEGRATION", "54321")
+    assert [c.record_id for c in parse([own])] == ["501"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from services.core.contracts import Identity
+from services.core.contracts import Identity, Operation, Origin
 from services.core.destinations import WebhookDestination
 from services.core.profile_changed import (
     AttributeChange,
@@ -18,6 +18,7 @@ from services.core.profile_changed import (
 )
 from services.core.standard_webhooks import signature, signed_headers, signing_key
 from services.outbound.destinations.webhook import message_body, message_id
+from services.outbound.links import link_change
 from services.outbound.outgoing import ECHO, UNMAPPED, OutgoingChange, outgoing
 
 pytestmark = pytest.mark.unit
@@ -152,3 +153,28 @@ def test_a_destination_naming_an_unknown_source_is_a_config_error() -> None:
         "hubspot": {"kind": "generic_webhook", "auth": {"kind": "none"}, "mapping": {}}
     }
     assert Settings.model_validate(config).destinations["hook"].source == "hubspot"
+
+
+def test_an_id_a_destination_assigns_links_back_as_a_change_of_its_source() -> None:
+    event = change(source="salesforce", record_id="003A")
+    link = link_change(
+        event, "901", source="hubspot", email_field="email", destination="hs", now=NOW
+    )
+    assert link is not None
+    assert (link.source, link.record_id, link.operation) == ("hubspot", "901", Operation.UPSERT)
+    assert link.origin is Origin.WRITE_BACK
+    assert dict(link.fields) == {"email": "ada@x.io"}
+    assert link.event_id == "writeback:hs:e1:7"
+    # The profile holds the id already (HubSpot's own contact): nothing to link.
+    assert (
+        link_change(event, "1", source="hubspot", email_field="email", destination="hs", now=NOW)
+        is None
+    )
+    # No email to be found by: nothing to link either.
+    anonymous = change(identities=(Identity("crm", "salesforce:003A"),))
+    assert (
+        link_change(
+            anonymous, "901", source="hubspot", email_field="email", destination="hs", now=NOW
+        )
+        is None
+    )

@@ -651,3 +651,13 @@ async def test_the_fake_checks_parameters_as_documented(
     assert got.status_code == status
     assert body["success"] is False
     assert error in body["error"]
+
+
+def test_the_echo_of_crmsyncs_own_api_write_is_dropped() -> None:
+    ours = event(meta=meta(change_source="api", user_id="123"))
+    by_hand = event(meta=meta(change_source="app", user_id="123"))
+    other_integration = event(meta=meta(change_source="api", user_id="456"))
+    assert parse(ours, own_user_ids=[123]) == []
+    assert len(parse(by_hand, own_user_ids=[123])) == 1
+    assert len(parse(other_integration, own_user_ids=[123])) == 1
+    assert len(parse(ours)) == 1

@@ -34,7 +34,7 @@ from services.ingest.connectors.base import (
     Stamp,
 )
 from services.ingest.connectors.salesforce import connectors
-from services.ingest.connectors.salesforce.events import soql_name
+from services.ingest.connectors.salesforce.events import made_by, soql_name
 from services.ingest.connectors.salesforce.oauth import OAuthSession
 from services.ingest.connectors.salesforce.pull import SalesforcePullConnector, is_throttled
 from services.ingest.connectors.salesforce.push import SalesforceWebhookConnector
@@ -1151,3 +1151,38 @@ async def test_the_fake_answers_bad_soql_as_documented(
             await client.request("GET", "/services/data/v62.0/query", params={"q": soql})
     assert caught.value.status == 400
     assert json.loads(caught.value.detail)[0]["errorCode"] == code
+
+
+def test_change_events_of_crmsyncs_own_writes_are_dropped() -> None:
+    def event(record: str, origin: str) -> dict[str, Any]:
+        return {
+            "ChangeEventHeader": {
+                "entityName": "Contact",
+                "recordIds": [record],
+                "changeType": "UPDATE",
+                "changeOrigin": origin,
+                "transactionKey": f"tx-{record}",
+                "sequenceNumber": 1,
+                "commitTimestamp": 1714156685000,
+                "commitNumber": 1,
+                "commitUser": "0055f000005mc66AAA",
+                "nulledFields": [],
+                "diffFields": [],
+                "changedFields": ["FirstName"],
+            },
+            "FirstName": "Ada",
+        }
+
+    ours = salesforce_id("003", 1)
+    theirs = salesforce_id("003", 2)
+    events = [
+        event(ours, "com/salesforce/api/rest/60.0;client=crmsync"),
+        event(theirs, "com/salesforce/api/rest/60.0;client=crmsync-other"),
+    ]
+    relay = {"auth": {"kind": "standard_webhooks", "secret": {"env": RELAY_ENV}}}
+    org = FakeSalesforce(clock=lambda: RECEIVED)
+    connector = webhook(change_events={**relay, "own_client": "crmsync"})
+    assert [c.record_id for c in accept(connector, inbound(*org.relay_request(events)))] == [theirs]
+    assert made_by("com/salesforce/api/rest/60.0;client=crmsync", "crmsync")
+    assert not made_by("com/salesforce/api/soap/60.0;client=SfdcInternalAPI/", "crmsync")
+    assert not made_by("", "crmsync")

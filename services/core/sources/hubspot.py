@@ -71,6 +71,13 @@ class HubSpotWebhooks(Strict):
         "another portal): ignore them, or refuse the whole batch with 400",
     )
 
+    own_source_ids: list[str] = Field(
+        default_factory=list,
+        description="the sourceId HubSpot gives changes crmsync makes as a destination "
+        "(the id of the app whose token the HubSpot destination writes with): events "
+        "carrying it are the echo of crmsync's own write and are dropped",
+    )
+
     @field_validator("client_secret", mode="before")
     @classmethod
     def _secret_is_a_reference(cls, value: Any) -> Any:

@@ -41,6 +41,12 @@ class PipedriveWebhooks(Strict):
         "'*.*' webhook: answer 200 and drop them, or refuse them with 400 (Pipedrive "
         "then retries and eventually bans the webhook)",
     )
+    own_user_ids: list[int] = Field(
+        default_factory=list,
+        description="the Pipedrive user whose API token the Pipedrive destination writes "
+        "with: events with meta.change_source 'api' and one of these meta.user_id are "
+        "the echo of crmsync's own write and are dropped",
+    )
 
     @field_validator("username")
     @classmethod

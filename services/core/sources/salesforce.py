@@ -132,6 +132,13 @@ class SalesforceChangeEvents(Strict):
         "(kept in the rejected topic; run a full sync), or acknowledge them and rely on "
         "the poll, which reads the records again by LastModifiedDate",
     )
+    own_client: str | None = Field(
+        default=None,
+        pattern=r"^[^;\s]+$",
+        description="the client name the Salesforce destination sends in its "
+        "Sforce-Call-Options header: change events whose changeOrigin names it "
+        "(client=<own_client>) are the echo of crmsync's own write and are dropped",
+    )
 
 
 class SalesforceOAuth(Strict):

@@ -34,6 +34,9 @@ Steps of a webhook:
 2. ``parse``: a v2 event about a person becomes one ContactChange. Events about other
    objects (a ``*.*`` webhook) are dropped with 200, or refused with 400 when the source
    says ``other_entities: reject``; a v1 payload is refused naming ``meta.version``.
+   An event with ``meta.change_source`` "api" (Pipedrive's mark of a change made
+   through the API, beside "app") by one of ``own_user_ids`` (``meta.user_id``, the
+   user of the token) is the echo of crmsync's own write as a destination: dropped.
    create / change: the fields of ``data``; the change's time is ``data.update_time``,
    the clock polls read too, so push and pull order the same versions alike. delete:
    the fields of ``previous`` (the last state) and ``meta.merged_to_id`` when the delete
@@ -74,6 +77,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core import metrics
 from services.core.api_client import ApiClient, ApiError
 from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin, RejectedEvent
@@ -199,6 +203,8 @@ class PipedriveWebhookConnector:
     def __init__(self, *, source: str, settings: PipedriveWebhooks) -> None:
         self.source = source
         self._other_entities = settings.other_entities
+        # Webhooks v2 send ids as strings ("123"), v1 sent numbers: compared as text.
+        self._own_user_ids = frozenset(str(user) for user in settings.own_user_ids)
         # Resolved once; only this byte string is kept, never logged.
         self._expected = f"{settings.username}:{settings.password.resolve()}".encode()
 
@@ -227,10 +233,22 @@ class PipedriveWebhookConnector:
             raise PayloadError("body.meta.entity", "missing or not a string")
         if entity != PERSON:
             return self._other_entity(entity)
+        if self._own_write(meta):
+            metrics.ECHOES_DROPPED.labels(self.source).inc()
+            return []
         event = self._event(meta)
         if event.action == "delete":
             return [self._deletion(document, meta, event=event, at=received_at)]
         return [self._upsert(document, event=event, at=received_at)]
+
+    def _own_write(self, meta: Mapping[str, Any]) -> bool:
+        user = meta.get("user_id")
+        return (
+            meta.get("change_source") == "api"
+            and isinstance(user, int | str)
+            and not isinstance(user, bool)
+            and str(user) in self._own_user_ids
+        )
 
     def _other_entity(self, entity: str) -> Sequence[ContactChange]:
         if self._other_entities == "reject":

@@ -1,8 +1,11 @@
 """What every destination does: take a chunk of outgoing changes, say which it refused.
 
 A destination sends changes in chunks of at most ``batch_size`` (its vendor's limit).
-``send`` returns the changes the destination refused, with its answer: a refusal a
-retry would not change (a 4xx), which the delivery loop dead-letters. A destination
+``send`` says what became of them (``Delivered``): the changes the destination refused,
+with its answer: a refusal a retry would not change (a 4xx), which the delivery loop
+dead-letters; and the ids the destination gave profiles it created (a new CRM
+contact), which the loop stores as the profiles' identities so that the system's
+later webhooks and polls find the same profile. A destination
 that does not take the chunk at all (down, throttled past its retries, no answer)
 raises ``ApiUnavailable``: the loop waits and sends the same chunk again, skipping
 nothing. So does one that refuses crmsync's credentials (401, 403): every change would
@@ -12,7 +15,7 @@ meet that answer, so it is an outage to fix, not a verdict on the changes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import httpx
@@ -21,6 +24,7 @@ from services.core.api_client import (
     ApiClient,
     ApiError,
     ApiUnavailable,
+    Credentials,
     StaticBearer,
     ThrottleCheck,
 )
@@ -40,6 +44,14 @@ class Refusal:
     """What the destination said (an excerpt of its response body), or why not sent."""
 
 
+@dataclass
+class Delivered:
+    refused: list[Refusal] = field(default_factory=list)
+    assigned: dict[int, str] = field(default_factory=dict)
+    """Profile id -> the record id the destination holds it under, for the profiles
+    it created or first reported an id for (the loop links the ones not yet known)."""
+
+
 def refusals(error: ApiError, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
     """Every change of ``chunk`` refused with the destination's answer; raises
     ApiUnavailable when the answer refuses the credentials instead."""
@@ -57,23 +69,30 @@ class Destination(Protocol):
     async def open(self) -> None:
         """Connect (inside the event loop that will send)."""
 
-    async def send(self, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
-        """Deliver ``chunk``; the refused changes. Raises ApiUnavailable when the
-        destination did not take it."""
+    async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
+        """Deliver ``chunk``: the refused changes and the ids assigned. Raises
+        ApiUnavailable when the destination did not take it."""
 
     async def close(self) -> None: ...
 
 
 class ApiConnection:
     """A destination's API client, opened in the event loop that sends (its pooled
-    connections belong to that loop)."""
+    connections belong to that loop). Credentials: the settings' token as a bearer
+    unless the vendor authenticates otherwise (``credentials``)."""
 
     def __init__(
-        self, name: str, settings: ApiSettings, *, is_throttled: ThrottleCheck | None = None
+        self,
+        name: str,
+        settings: ApiSettings,
+        *,
+        is_throttled: ThrottleCheck | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._name = name
         self._settings = settings
         self._is_throttled = is_throttled
+        self._credentials = credentials
         self._session: httpx.AsyncClient | None = None
         self._client: ApiClient | None = None
 
@@ -90,7 +109,8 @@ class ApiConnection:
             source=self._name,
             settings=api,
             session=self._session,
-            credentials=StaticBearer(api.token.resolve() if api.token is not None else None),
+            credentials=self._credentials
+            or StaticBearer(api.token.resolve() if api.token is not None else None),
             is_throttled=self._is_throttled,
         )
 

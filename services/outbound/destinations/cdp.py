@@ -47,7 +47,7 @@ from services.core.api_client import ApiError, ApiUnavailable
 from services.core.contracts import FieldValue
 from services.core.destinations import CdpDestination
 from services.core.profile_changed import ProfileChangeKind
-from services.outbound.destinations.base import ApiConnection, Refusal, refusals
+from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
 from services.outbound.outgoing import OutgoingChange
 
 RETRY_TOO: Final = frozenset({409})
@@ -140,7 +140,7 @@ class CdpRecords:
     async def open(self) -> None:
         await self._api.open()
 
-    async def send(self, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
+    async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
         records = Records(self._settings)
         for change in chunk:
             records.add(change)
@@ -154,12 +154,12 @@ class CdpRecords:
             except ApiError as exc:
                 index = record_index(exc.detail)
                 if index is None or index >= len(records.records):
-                    return refused + refusals(exc, sending)
+                    return Delivered(refused + refusals(exc, sending))
                 refused += refusals(exc, records.changes[index])
                 del records.records[index], records.changes[index]
                 continue
             break
-        return refused
+        return Delivered(refused)
 
     async def _post(self, records: list[dict[str, FieldValue]], key: str) -> None:
         await self._api.client.request(

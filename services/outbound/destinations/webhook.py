@@ -28,7 +28,7 @@ import orjson
 from services.core.api_client import ApiError, ApiUnavailable
 from services.core.destinations import WebhookDestination
 from services.core.standard_webhooks import signed_headers, signing_key
-from services.outbound.destinations.base import ApiConnection, Refusal, refusals
+from services.outbound.destinations.base import ApiConnection, Delivered, refusals
 from services.outbound.outgoing import OutgoingChange
 
 MESSAGE_TYPE: Final = "profile.changed"
@@ -80,7 +80,7 @@ class StandardWebhook:
     async def open(self) -> None:
         await self._api.open()
 
-    async def send(self, chunk: Sequence[OutgoingChange]) -> list[Refusal]:
+    async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
         body = message_body(chunk, now=datetime.now(UTC))
         headers = {
             "Content-Type": "application/json",
@@ -95,8 +95,8 @@ class StandardWebhook:
         except ApiUnavailable:
             raise  # not taken: the loop sends it again
         except ApiError as exc:
-            return refusals(exc, chunk)
-        return []
+            return Delivered(refusals(exc, chunk))
+        return Delivered()
 
     async def close(self) -> None:
         await self._api.close()

@@ -23,9 +23,13 @@ propertyValue}``); creation and restore an UPSERT carrying only ``hs_object_id``
 DELETE of every record merged away, then an UPSERT of the survivor (``newObjectId``
 when HubSpot created one, else ``primaryObjectId``). ``event_id`` is HubSpot's
 ``eventId`` (suffixed for the extra changes of a merge), so a redelivery gets the same
-ids. Association changes carry no contact field and are skipped; events about other
-objects or another HubSpot account are skipped or refused as configured: a 400 would
-make HubSpot resend the whole batch, contacts included, ten times in vain.
+ids. An event whose ``sourceId`` is one of ``own_source_ids`` is the echo of a write
+crmsync itself made as a destination (HubSpot marks each change with ``changeSource``
+and the ``sourceId`` of the app or user behind it) and is dropped, counted in
+crmsync_echoes_dropped_total. Association changes carry no contact field and are
+skipped; events about other objects or another HubSpot account are skipped or refused
+as configured: a 400 would make HubSpot resend the whole batch, contacts included, ten
+times in vain.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from services.core import metrics
 from services.core.bearer import same
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
 from services.core.sources.hubspot import HubSpotSource
@@ -137,6 +142,7 @@ class HubSpotWebhookConnector:
         self._versions = frozenset(webhooks.signature_versions)
         self._reject_others = webhooks.other_events == "reject"
         self._portal_id = settings.portal_id
+        self._own_source_ids = frozenset(webhooks.own_source_ids)
 
     def authenticate(self, request: InboundRequest, *, now: datetime) -> None:
         headers = request.headers
@@ -204,6 +210,9 @@ class HubSpotWebhookConnector:
         occurred = _occurred_at(event.get("occurredAt"), where=f"{where}.occurredAt")
         action = self._contact_action(event, kind, where=f"{where}.{kind_field}")
         if action is None or action in SKIPPED_ACTIONS:
+            return []
+        if self._own_source_ids and str(event.get("sourceId")) in self._own_source_ids:
+            metrics.ECHOES_DROPPED.labels(self.source).inc()
             return []
         stamp = _EventStamp(
             source=self.source, event_id=event_id, occurred=occurred, received=received_at

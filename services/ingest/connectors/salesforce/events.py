@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from services.core import metrics
 from services.core.contracts import ContactChange, FieldValue, Operation, Origin
 from services.core.sources.salesforce import (
     SalesforceChangeEvents,
@@ -54,6 +55,7 @@ class EventHeader:
     changed: list[str]
     nulled: list[str]
     diff: list[str]
+    origin: str
 
     @property
     def sequence(self) -> int:
@@ -130,7 +132,16 @@ def read_header(payload: Mapping[str, Any], *, where: str) -> EventHeader:
         changed=_names(header.get("changedFields"), where=f"{where}.changedFields"),
         nulled=_names(header.get("nulledFields"), where=f"{where}.nulledFields"),
         diff=_names(header.get("diffFields"), where=f"{where}.diffFields"),
+        origin=str(header.get("changeOrigin") or ""),
     )
+
+
+def made_by(change_origin: str, client: str) -> bool:
+    """Whether a change event's ``changeOrigin`` names ``client``: Salesforce fills it
+    for API writes as ``com/salesforce/api/<api>/<version>;client=<client>``, the client
+    from the writer's ``Sforce-Call-Options`` header."""
+    _, _, options = change_origin.partition(";")
+    return any(option.strip() == f"client={client}" for option in options.split(";") if option)
 
 
 def _path_value(body: Mapping[str, Any], path: str) -> tuple[bool, Any]:
@@ -206,7 +217,9 @@ class ChangeEvents:
     Streaming API), so a relay subscribes and posts them here as JSON: one event, a list
     of events, or CometD messages (``{"data": {"payload": ...}}``), with bitmap fields
     decoded into names. The relay authenticates with a shared scheme (bearer, HMAC-SHA256
-    or Standard Webhooks); an unauthenticated relay is not configurable.
+    or Standard Webhooks); an unauthenticated relay is not configurable. An event whose
+    ``changeOrigin`` names ``own_client`` is crmsync's own write as a destination,
+    echoed back: it is dropped.
 
     Each record id of an event becomes one change: event id ``transactionKey``,
     ``sequenceNumber`` and record id (unique per change, the same when the relay posts
@@ -221,6 +234,7 @@ class ChangeEvents:
         self.source = source
         self._auth = Authenticator(settings.auth)
         self._gap_events = settings.gap_events
+        self._own_client = settings.own_client
 
     def authenticate(self, request: InboundRequest, *, now: datetime) -> None:
         self._auth.verify(request, now=now)
@@ -270,6 +284,9 @@ class ChangeEvents:
             )
         if not header.record_ids:
             raise PayloadError(f"{where}.ChangeEventHeader.recordIds", "empty")
+        if self._own_client is not None and made_by(header.origin, self._own_client):
+            metrics.ECHOES_DROPPED.labels(self.source).inc()
+            return []
         deleting = header.change_type == "DELETE"
         fields = {} if deleting else event_fields(payload, header=header, where=where)
         modified_at = header.commit_at
