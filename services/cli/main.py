@@ -85,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=_status)
 
+    destination = commands.add_parser("destination", help="send profiles to a destination")
+    destination_commands = destination.add_subparsers(dest="destination_command", required=True)
+    pushing = destination_commands.add_parser(
+        "push", help="send every profile to a destination once (resumable)"
+    )
+    pushing.add_argument("name")
+    pushing.add_argument("--batch", type=int, default=1000, help="profiles per transaction")
+    pushing.add_argument("--restart", action="store_true", help="push everything again")
+    pushing.add_argument("--wait", action="store_true", help="until the destination took all")
+    pushing.set_defaults(handler=_destination_push)
+
     profile = commands.add_parser("profile", help="look up profiles in the store")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)
     get = profile_commands.add_parser("get", help="show one profile with provenance")
@@ -157,6 +168,12 @@ def _import_csv(settings: Settings, args: argparse.Namespace) -> int:
     from services.cli.csv_command import import_csv
 
     return import_csv(settings, source=args.source, path=args.file, page_size=args.page_size)
+
+
+def _destination_push(settings: Settings, args: argparse.Namespace) -> int:
+    from services.cli.destination_command import push
+
+    return push(settings, args.name, batch=args.batch, restart=args.restart, wait=args.wait)
 
 
 def _status(settings: Settings, _args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@ class ProfileChangeKind(StrEnum):
     UPDATED = "UPDATED"
     DETACHED = "DETACHED"
     ERASED = "ERASED"
+    SNAPSHOT = "SNAPSHOT"
+    """The whole profile, for one destination's backfill (``destination``)."""
 
 
 class AttributeChange(NamedTuple):
@@ -56,6 +58,7 @@ class ProfileChanged:
     attributes: tuple[AttributeChange, ...] = ()
     consents: tuple[ConsentStatusChange, ...] = ()
     merged_profile_ids: tuple[int, ...] = ()
+    destination: str | None = None
 
     @property
     def key(self) -> bytes:
@@ -81,6 +84,7 @@ class ProfileChanged:
                 for c in self.consents
             ),
             merged_profile_ids=self.merged_profile_ids,
+            destination=self.destination,
         )
 
     @classmethod
@@ -101,6 +105,7 @@ class ProfileChanged:
             attributes=tuple(AttributeChange(**a) for a in record["attributes"]),
             consents=tuple(ConsentStatusChange(**c) for c in record["consents"]),
             merged_profile_ids=tuple(record["merged_profile_ids"]),
+            destination=record.get("destination"),
         )
 
 
@@ -121,6 +126,7 @@ def change_record(
     attributes: Iterable[tuple[str, FieldValue, FieldValue]] = (),
     consents: Iterable[tuple[str, str, str | None, str, int]] = (),
     merged_profile_ids: Iterable[int] = (),
+    destination: str | None = None,
 ) -> dict[str, Any]:
     """A ProfileChanged's Avro record, from its parts: the writer builds one per change
     it commits straight from its decisions, without a ProfileChanged in between (as the
@@ -155,6 +161,7 @@ def change_record(
             for subscription, channel, old_status, new_status, changed in consents
         ],
         "merged_profile_ids": list(merged_profile_ids),
+        "destination": destination,
     }
 
 

@@ -69,6 +69,7 @@ from services.core import metrics
 from services.core.codecs import WireContracts
 from services.core.config import Settings
 from services.core.contracts import ContactChange, RejectedEvent, audit_record
+from services.core.contracts import Origin as ChangeOrigin
 from services.core.crash_points import crash_point
 from services.core.kafka import (
     PREFETCH_KBYTES,
@@ -138,6 +139,8 @@ CRASH_POINTS: Final = (
 )
 
 Origin = tuple[bytes | None, bytes | None, tuple[str, int, int]]
+OUTBOUND_ONLY: Final = "outbound_only"
+"""Why a change of a system crmsync only writes to is dropped."""
 """Where a rejected input came from: key, value, (topic, partition, offset)."""
 
 
@@ -236,6 +239,13 @@ class MapperEngine:
             name: CompiledSource.of(name, source) for name, source in settings.sources.items()
         }
         self._profile = settings.profile
+        # Systems crmsync writes to and is the truth for: their changes set nothing on a
+        # profile; only the links of ids they gave crmsync's own writes come in.
+        self._outbound_only = frozenset(
+            d.source
+            for d in settings.destinations.values()
+            if d.direction == "outbound" and d.source is not None
+        )
         self._barriers = Barriers()
         self._states: dict[int, PartitionState] = {}
         # Next offset to consume per (topic, partition), as of the last commit and as
@@ -446,6 +456,9 @@ class MapperEngine:
 
     def _apply(self, change: ContactChange, source: CompiledSource, state: PartitionState) -> None:
         """Map one change; every output is built and size-checked before any is sent."""
+        if change.source in self._outbound_only and change.origin is not ChangeOrigin.WRITE_BACK:
+            self._count(metrics.MAPPER_DROPS, change.source, OUTBOUND_ONLY)
+            return
         key = RECORD + change.key
         raw = state.get(key)
         record = RecordState.decode(raw) if raw is not None else None

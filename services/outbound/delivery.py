@@ -167,7 +167,7 @@ class DeliveryLoop:
             except DecodeError as exc:
                 rejections.append(self._rejection(message, f"undecodable ProfileChanged: {exc}"))
                 continue
-            shaped = outgoing(event, self._settings)
+            shaped = outgoing(event, self._settings, destination=self._name)
             if isinstance(shaped, str):
                 metrics.DESTINATION_SKIPPED.labels(self._name, shaped).inc()
                 continue

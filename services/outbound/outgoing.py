@@ -3,7 +3,8 @@
 A ``ProfileChanged`` event becomes an ``OutgoingChange`` for a destination when:
 
 1. it did not come from the destination's own system (its ``source``): a change never
-   goes back where it came from;
+   goes back where it came from; a backfill's SNAPSHOT goes only to the destination it
+   was made for (``crmsync destination push``), whatever its sources;
 2. it changes something the destination takes: a mapped attribute (old and new value
    under the destination's field name), a mapped subscription's status, the profile's
    identities, a merge; or it creates, detaches or erases the profile.
@@ -21,6 +22,7 @@ from services.core.destinations import DestinationCommon
 from services.core.profile_changed import ProfileChanged, ProfileChangeKind
 
 ECHO: Final = "own_source"
+ANOTHERS: Final = "another_destinations"
 UNMAPPED: Final = "nothing_mapped"
 OPT_IN: Final = "OPT_IN"
 
@@ -36,10 +38,16 @@ class OutgoingChange:
     """The destination's field -> opted in."""
 
 
-def outgoing(event: ProfileChanged, settings: DestinationCommon) -> OutgoingChange | str:
-    """The change as the destination takes it, or why it is skipped."""
+def outgoing(
+    event: ProfileChanged, settings: DestinationCommon, *, destination: str | None = None
+) -> OutgoingChange | str:
+    """The change as the destination (named ``destination``) takes it, or why it is
+    skipped."""
     # Step 1
-    if settings.source is not None and event.source == settings.source:
+    if event.kind is ProfileChangeKind.SNAPSHOT:
+        if destination is not None and event.destination != destination:
+            return ANOTHERS
+    elif settings.source is not None and event.source == settings.source:
         return ECHO
     # Step 2
     fields: dict[str, FieldValue] = {}

@@ -21,6 +21,32 @@ Follows HubSpot's public documentation (developers.hubspot.com):
   v1 headers HubSpot also sends to webhook endpoints) or v2. The signatures are
   computed here from the documentation, independently of the connector.
 
+- Writes ("Contacts" guide; reference pages "Upsert contacts", "Update contacts",
+  "Permanently delete a contact (GDPR-compliant)"; "Error handling"):
+  ``POST /crm/v3/objects/contacts/batch/upsert`` (``inputs`` of ``{id, idProperty,
+  properties, objectWriteTraceId}``; ``idProperty`` must be a unique property, here
+  ``email``: an unknown email creates the contact with that email),
+  ``POST .../batch/update`` (``inputs`` of ``{id, properties, objectWriteTraceId}``,
+  ``""`` clears a property) and ``POST .../gdpr-delete`` (``{objectId, idProperty}``,
+  204; a contact permanently removed, an unknown email blocklisted, an unknown id
+  404). At most 100 inputs, ids unique in a request, every property value a string;
+  else 400 ``VALIDATION_ERROR`` for the whole request. Answers: 200 ``{status:
+  "COMPLETE", results, startedAt, completedAt}``, or 207 with ``errors`` and
+  ``numErrors`` as well: an update of an unknown id is ``OBJECT_NOT_FOUND`` with the
+  id in ``context.ids``; an invalid email fails its input alone (``context.
+  objectWriteTraceId``) when every input carries an ``objectWriteTraceId`` (HubSpot's
+  multi-status error handling), else the whole request with 400.
+- Who made a change: the webhook events of a change made in HubSpot's UI carry
+  ``changeSource`` "CRM_UI" and ``sourceId`` "userId:<user>"; HubSpot's webhook guide
+  defines ``changeSource`` as the change's source as contact property histories name
+  it, and ``sourceId`` as the id of that source. Payloads HubSpot delivers for changes
+  an app makes through the API with its own token (private app access token or OAuth)
+  carry ``changeSource`` "INTEGRATION" and that app's id, as a string, in
+  ``sourceId`` (for a private app the same number as the ``appId`` of the
+  subscription). Every write through the endpoints above queues its events marked
+  that way (``INTEGRATION_ORIGIN``); changes made with ``upsert``/``delete``/
+  ``merge`` stand for users' edits in the UI.
+
 A bad token gets HubSpot's 401. ``Faults`` (tests/fakes/server.py) adds the general
 rate limit (HubSpot's TEN_SECONDLY_ROLLING 429), random 5xx and slow answers.
 """
@@ -33,6 +59,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -55,6 +82,11 @@ SEARCH_DEFAULT_LIMIT: Final = 10
 SEARCH_MAX_BODY_CHARS: Final = 3000
 LIST_MAX_LIMIT: Final = 100
 MAX_EVENTS_PER_REQUEST: Final = 100
+BATCH_MAX_INPUTS: Final = 100
+UI_ORIGIN: Final = ("CRM_UI", "userId:4242")
+INTEGRATION_ORIGIN: Final = ("INTEGRATION", str(APP_ID))
+"""(changeSource, sourceId) of a change made through the API with the app's token."""
+EMAIL_FORMAT: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 DATETIME_PROPERTIES: Final = frozenset({"createdate", "lastmodifieddate"})
 NUMBER_PROPERTIES: Final = frozenset({"hs_object_id"})
 ALWAYS_RETURNED: Final = ("createdate", "hs_object_id", "lastmodifieddate")
@@ -282,6 +314,66 @@ def check_filter_groups(groups: Any) -> list[Any]:
     return groups
 
 
+# --- batch write validation ------------------------------------------------------------
+
+
+class BatchError(Exception):
+    """A batch request HubSpot refuses as a whole (400 VALIDATION_ERROR)."""
+
+
+def check_inputs(body: Any, *, upsert: bool) -> list[dict[str, Any]]:
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= BATCH_MAX_INPUTS:
+        raise BatchError(f"inputs: 1 to {BATCH_MAX_INPUTS} inputs per request")
+    seen: set[str] = set()
+    for index, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise BatchError(f"inputs[{index}].id is required")
+        properties = item.get("properties")
+        if not isinstance(properties, dict) or not all(
+            isinstance(v, str) for v in properties.values()
+        ):
+            raise BatchError(f"inputs[{index}].properties: values are strings")
+        if upsert and item.get("idProperty") != "email":
+            raise BatchError(f"inputs[{index}].idProperty: a unique property (email) is required")
+        if item.get("idProperty") not in (None, "email"):
+            raise BatchError(f"inputs[{index}].idProperty: not a unique property of contacts")
+        key = item["id"].lower()
+        if key in seen:
+            raise BatchError(
+                f"Duplicate IDs found in batch input: [{item['id']}]. IDs must be unique"
+            )
+        seen.add(key)
+    return inputs
+
+
+def valid_input(item: Mapping[str, Any], *, upsert: bool) -> bool:
+    emails = [item["properties"].get("email"), item["id"] if upsert else None]
+    return all(e in (None, "") or EMAIL_FORMAT.match(e) for e in emails)
+
+
+def input_error(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The multi-status error of an input whose email is not valid."""
+    return {
+        "status": "error",
+        "category": "VALIDATION_ERROR",
+        "message": "Property values were not valid: email is not a valid email address",
+        "context": {"objectWriteTraceId": [item["objectWriteTraceId"]]},
+    }
+
+
+def not_found(item: Mapping[str, Any]) -> dict[str, Any]:
+    context: dict[str, list[str]] = {"ids": [item["id"]]}
+    if "objectWriteTraceId" in item:
+        context["objectWriteTraceId"] = [item["objectWriteTraceId"]]
+    return {
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "message": "Could not get some CONTACT objects, they may be deleted or not exist.",
+        "context": context,
+    }
+
+
 # --- the fake CRM ------------------------------------------------------------------------
 
 
@@ -313,6 +405,10 @@ class FakeHubSpot:
         search_requests_per_second: float | None = 5.0,
     ) -> None:
         self.contacts: dict[str, dict[str, Any]] = {}
+        self.blocklist: set[str] = set()
+        """Emails a GDPR delete found no contact for: HubSpot blocks them."""
+        self.write_requests: list[tuple[str, dict[str, Any]]] = []
+        """(path, body) of every batch write request served, in order."""
         self.portal_id = portal_id
         self.events: list[dict[str, Any]] = []
         self.search_bodies: list[dict[str, Any]] = []
@@ -338,7 +434,17 @@ class FakeHubSpot:
     def upsert(
         self, record_id: str | None = None, *, modified_at: datetime | None = None, **values: Any
     ) -> dict[str, Any]:
-        stamp = self._stamp(modified_at)
+        """A contact created or changed as a user would in HubSpot's UI."""
+        return self._write(record_id, values, stamp=self._stamp(modified_at), origin=UI_ORIGIN)
+
+    def _write(
+        self,
+        record_id: str | None,
+        values: Mapping[str, Any],
+        *,
+        stamp: datetime,
+        origin: tuple[str, str],
+    ) -> dict[str, Any]:
         record = self.contacts.get(record_id) if record_id is not None else None
         changed = {name: property_text(value) for name, value in values.items()}
         if record is None:
@@ -355,7 +461,7 @@ class FakeHubSpot:
             }
             self.contacts[record_id] = record
             self._by_id = None
-            self._event("contact.creation", record_id, stamp)
+            self._event("contact.creation", record_id, stamp, origin=origin)
         else:
             changed = {k: v for k, v in changed.items() if record["properties"].get(k) != v}
         record["properties"].update(changed)
@@ -366,6 +472,7 @@ class FakeHubSpot:
                 "contact.propertyChange",
                 record["id"],
                 stamp,
+                origin=origin,
                 propertyName=name,
                 propertyValue=value if value is not None else "",
             )
@@ -415,7 +522,16 @@ class FakeHubSpot:
             numberOfPropertiesMoved=2,
         )
 
-    def _event(self, kind: str, record_id: str, at: datetime, **extra: Any) -> None:
+    def _event(
+        self,
+        kind: str,
+        record_id: str,
+        at: datetime,
+        *,
+        origin: tuple[str, str] = UI_ORIGIN,
+        **extra: Any,
+    ) -> None:
+        change_source, source_id = origin
         self._next_event += 1
         self.events.append(
             {
@@ -427,8 +543,8 @@ class FakeHubSpot:
                 "subscriptionType": kind,
                 "attemptNumber": 0,
                 "objectId": int(record_id),
-                "changeSource": "CRM_UI",
-                "sourceId": "userId:4242",
+                "changeSource": change_source,
+                "sourceId": source_id,
                 **extra,
             }
         )
@@ -444,6 +560,9 @@ class FakeHubSpot:
         app = web.Application()
         app.router.add_post("/crm/v3/objects/contacts/search", self.search)
         app.router.add_get("/crm/v3/objects/contacts", self.list_contacts)
+        app.router.add_post("/crm/v3/objects/contacts/batch/upsert", self.batch_upsert)
+        app.router.add_post("/crm/v3/objects/contacts/batch/update", self.batch_update)
+        app.router.add_post("/crm/v3/objects/contacts/gdpr-delete", self.gdpr_delete)
         return app
 
     @staticmethod
@@ -574,6 +693,124 @@ class FakeHubSpot:
             link = f"{request.url.origin()}/crm/v3/objects/contacts?after={token}"
             answer["paging"] = {"next": {"after": token, "link": link}}
         return web.json_response(answer)
+
+    # --- writes (the batch endpoints and GDPR delete) ---------------------------------
+
+    async def batch_upsert(self, request: web.Request) -> web.Response:
+        return await self._batch(request, upsert=True)
+
+    async def batch_update(self, request: web.Request) -> web.Response:
+        return await self._batch(request, upsert=False)
+
+    async def _batch(self, request: web.Request, *, upsert: bool) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        started = iso(self._clock())
+        try:
+            body = json.loads(await request.text())
+            inputs = check_inputs(body, upsert=upsert)
+        except (ValueError, BatchError) as exc:
+            return web.json_response(error_body(str(exc), "VALIDATION_ERROR"), status=400)
+        self.write_requests.append((request.path, body))
+        multi_status = all("objectWriteTraceId" in item for item in inputs)
+        invalid = [item for item in inputs if not valid_input(item, upsert=upsert)]
+        if invalid and not multi_status:
+            message = "Property values were not valid: INVALID_EMAIL"
+            return web.json_response(error_body(message, "VALIDATION_ERROR"), status=400)
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = [input_error(item) for item in invalid]
+        stamp = self._stamp(None)
+        for item in inputs:
+            if item in invalid:
+                continue
+            record, new = self._target(item, upsert=upsert)
+            if record is None:
+                errors.append(not_found(item))
+                continue
+            written = self._write(
+                record, item["properties"], stamp=stamp, origin=INTEGRATION_ORIGIN
+            )
+            results.append(self._result(written, item, new=new))
+        answer: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": iso(self._clock()),
+        }
+        if errors:
+            answer.update(errors=errors, numErrors=len(errors))
+        return web.json_response(answer, status=207 if errors else 200)
+
+    def _target(self, item: Mapping[str, Any], *, upsert: bool) -> tuple[str | None, bool]:
+        """(the contact id an input writes, whether it is new); None for an update of a
+        contact HubSpot does not have."""
+        if item.get("idProperty") is None:
+            record = self.contacts.get(item["id"])
+            alive = record is not None and not record["archived"]
+            return (item["id"] if alive else None), False
+        email = str(item["id"]).lower()
+        for record in self.contacts.values():
+            if not record["archived"] and record["properties"].get("email") == email:
+                return record["id"], False
+        if not upsert:
+            return None, False
+        created = self._write(
+            None, {"email": email}, stamp=self._stamp(None), origin=INTEGRATION_ORIGIN
+        )
+        return created["id"], True
+
+    @staticmethod
+    def _result(record: Mapping[str, Any], item: Mapping[str, Any], *, new: bool) -> dict[str, Any]:
+        properties = record["properties"]
+        shown = dict.fromkeys([*item["properties"], *ALWAYS_RETURNED, "email"])
+        result: dict[str, Any] = {
+            "id": record["id"],
+            "properties": {name: properties.get(name) for name in shown},
+            "createdAt": record["createdAt"],
+            "updatedAt": record["updatedAt"],
+            "archived": False,
+        }
+        if item.get("idProperty") is not None:
+            result["new"] = new
+        if "objectWriteTraceId" in item:
+            result["objectWriteTraceId"] = item["objectWriteTraceId"]
+        return result
+
+    async def gdpr_delete(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        try:
+            body = json.loads(await request.text())
+            object_id, id_property = body["objectId"], body.get("idProperty")
+        except (ValueError, KeyError, TypeError):
+            body_error = error_body("objectId is required", "VALIDATION_ERROR")
+            return web.json_response(body_error, status=400)
+        if id_property not in (None, "email"):
+            message = f"{id_property} is not a unique property of contacts"
+            return web.json_response(error_body(message, "VALIDATION_ERROR"), status=400)
+        self.write_requests.append((request.path, body))
+        if id_property == "email":
+            email = str(object_id).lower()
+            found = next(
+                (r for r in self.contacts.values() if r["properties"].get("email") == email), None
+            )
+            if found is None:
+                self.blocklist.add(email)
+                return web.Response(status=204)
+        else:
+            found = self.contacts.get(str(object_id))
+            if found is None:
+                message = f"Object not found. objectId are usually numeric. {object_id}"
+                return web.json_response(error_body(message, "OBJECT_NOT_FOUND"), status=404)
+        stamp = self._stamp(None)
+        # Permanently deleted: unlike an archived contact, nothing of it remains.
+        del self.contacts[found["id"]]
+        self._by_id = None
+        self._event("contact.deletion", found["id"], stamp, origin=INTEGRATION_ORIGIN)
+        self._event("contact.privacyDeletion", found["id"], stamp, origin=INTEGRATION_ORIGIN)
+        return web.Response(status=204)
 
 
 def main() -> None:

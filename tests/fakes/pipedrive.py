@@ -14,6 +14,20 @@
   would send. ``webhook(event)`` builds that request: the JSON body (``meta``, ``data``,
   ``previous``; custom fields tagged with their type) and the HTTP Basic header of the
   webhook's ``http_auth_user`` / ``http_auth_password``.
+- Writes through the API, as the persons API v2 reference has them: ``POST
+  /api/v2/persons`` (add), ``PATCH /api/v2/persons/{id}`` (change the fields the body
+  names), ``DELETE /api/v2/persons/{id}`` (answer ``{"success": true, "data": {"id"}}``),
+  and ``GET /api/v2/persons/search`` (``term``, ``fields``, ``exact_match``, ``limit``;
+  items ``{"result_score", "item": {"id", "type": "person", "name", "emails": [...],
+  "phones": [...], ...}}``; a term of at least 2 characters, or 1 with
+  ``exact_match``). Bodies take ``name``, ``owner_id``, ``org_id``, ``emails`` /
+  ``phones`` (lists of ``{value, primary, label}``), ``visible_to`` (1, 3, 5 or 7),
+  ``label_ids``, ``marketing_status`` (no_consent, unsubscribed, subscribed, archived)
+  and ``custom_fields`` (by the account's field keys); anything else of these is a 400
+  with Pipedrive's error body, an unknown person a 404. Writes share ``persons`` with
+  ``upsert`` and record the webhook Pipedrive would send, with ``meta.change_source``
+  "api" and ``meta.user_id`` the token's user (``TOKEN_USER_ID``), where edits in the
+  web app (``upsert``) have "app" and ``APP_USER_ID``. ``api_writes`` counts them.
 """
 
 from __future__ import annotations
@@ -34,6 +48,24 @@ API_TOKEN: Final = "pipedrive-token-1"
 WEBHOOK_USER: Final = "crmsync"
 WEBHOOK_PASSWORD: Final = "pipedrive-hook-secret-1"
 COMPANY_ID: Final = "9876543"
+APP_USER_ID: Final = "123"
+TOKEN_USER_ID: Final = "456"
+"""The user whose API token crmsync writes with."""
+VISIBILITY: Final = frozenset({1, 3, 5, 7})
+MARKETING_STATUSES: Final = frozenset({"no_consent", "unsubscribed", "subscribed", "archived"})
+WRITABLE: Final = frozenset(
+    {
+        "name",
+        "owner_id",
+        "org_id",
+        "emails",
+        "phones",
+        "visible_to",
+        "label_ids",
+        "marketing_status",
+        "custom_fields",
+    }
+)
 MAX_LIMIT: Final = 500
 SORT_FIELDS: Final = ("id", "update_time", "add_time")
 ERROR_INFO: Final = (
@@ -90,6 +122,10 @@ class FakePipedrive:
         self.persons: dict[int, dict[str, Any]] = {}
         self.deleted: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.api_writes = 0
+        self.bodies: list[dict[str, Any]] = []
+        """The bodies of the API's adds and updates, in order."""
+        self.searches = 0
         self.reset_seconds = 1
         self._clock = clock or (lambda: datetime.now(UTC))
         self._next_id = 1
@@ -97,14 +133,40 @@ class FakePipedrive:
     # --- data ------------------------------------------------------------------------
 
     def upsert(self, person_id: int | None = None, **changes: Any) -> dict[str, Any]:
-        """Create or change a person. ``email`` / ``phone`` set the primary one;
-        ``custom`` maps custom field keys to values; other keys are person fields."""
+        """Create or change a person, as a user of the web app. ``email`` / ``phone`` set
+        the primary one; ``custom`` maps custom field keys to values; other keys are
+        person fields."""
+        return self._save(person_id, lambda person: self._apply(person, changes), via_api=False)
+
+    def delete(self, person_id: int, *, via_api: bool = False) -> None:
+        person = self.persons.pop(person_id)
+        self.deleted[person_id] = person
+        self._record(
+            "delete", person_id, data=None, previous=self.webhook_data(person), via_api=via_api
+        )
+
+    def by_email(self, email: str) -> list[dict[str, Any]]:
+        """The persons with this email (any of theirs), not case sensitive."""
+        wanted = email.lower()
+        return [
+            person
+            for person in self.persons.values()
+            if any(str(item["value"]).lower() == wanted for item in person["emails"])
+        ]
+
+    def _save(
+        self,
+        person_id: int | None,
+        change: Callable[[dict[str, Any]], None],
+        *,
+        via_api: bool,
+    ) -> dict[str, Any]:
         if person_id is None:
             person_id = self._next_id
         self._next_id = max(self._next_id, person_id + 1)
         old = self.persons.get(person_id)
         person = dict(old) if old is not None else self._new(person_id)
-        self._apply(person, changes)
+        change(person)
         person["update_time"] = iso(self._stamp(old))
         self.persons[person_id] = person
         self._record(
@@ -112,13 +174,9 @@ class FakePipedrive:
             person_id,
             data=self.webhook_data(person),
             previous=self._changed(old, person) if old is not None else None,
+            via_api=via_api,
         )
         return person
-
-    def delete(self, person_id: int) -> None:
-        person = self.persons.pop(person_id)
-        self.deleted[person_id] = person
-        self._record("delete", person_id, data=None, previous=self.webhook_data(person))
 
     def seed(self, count: int) -> None:
         for index in range(count):
@@ -205,7 +263,10 @@ class FakePipedrive:
         *,
         data: dict[str, Any] | None,
         previous: dict[str, Any] | None,
+        via_api: bool,
     ) -> None:
+        """The Webhooks v2 event of a change: by the token's user through the API, or
+        by a user of the web app."""
         self.events.append(
             {
                 "meta": {
@@ -218,14 +279,14 @@ class FakePipedrive:
                     "is_bulk_edit": False,
                     "timestamp": iso_millis(self._clock()),
                     "type": "general",
-                    "user_id": "123",
+                    "user_id": TOKEN_USER_ID if via_api else APP_USER_ID,
                     "version": "2.0",
                     "webhook_id": "77",
-                    "webhook_owner_id": "123",
-                    "change_source": "app",
+                    "webhook_owner_id": APP_USER_ID,
+                    "change_source": "api" if via_api else "app",
                     "attempt": 1,
                     "host": "company.pipedrive.com",
-                    "permitted_user_ids": ["123"],
+                    "permitted_user_ids": [APP_USER_ID, TOKEN_USER_ID],
                 },
                 "data": data,
                 "previous": previous,
@@ -255,6 +316,10 @@ class FakePipedrive:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v2/persons", self.list_persons)
+        app.router.add_get("/api/v2/persons/search", self.search_persons)
+        app.router.add_post("/api/v2/persons", self.add_person)
+        app.router.add_patch("/api/v2/persons/{id}", self.update_person)
+        app.router.add_delete("/api/v2/persons/{id}", self.delete_person)
         return app
 
     def throttle_response(self, status: int) -> web.Response:
@@ -305,6 +370,139 @@ class FakePipedrive:
         next_cursor = query.cursor_for(rest[0]) if rest else None
         return self._answer(
             {"success": True, "data": page, "additional_data": {"next_cursor": next_cursor}}
+        )
+
+    # --- writes ----------------------------------------------------------------------
+
+    @staticmethod
+    def _authorized(request: web.Request) -> bool:
+        token = request.headers.get("x-api-token") or request.query.get("api_token")
+        return token == API_TOKEN
+
+    async def search_persons(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._answer(self._error("unauthorized access"), status=401)
+        term = request.query.get("term", "")
+        exact = request.query.get("exact_match", "false") == "true"
+        fields = set(request.query.get("fields", "email,name,phone,notes,custom_fields").split(","))
+        if len(term) < (1 if exact else 2):
+            return self._answer(self._error("term must be at least 2 characters"), status=400)
+        self.searches += 1
+        wanted = term.lower()
+
+        def hit(value: Any) -> bool:
+            text = str(value).lower()
+            return text == wanted if exact else wanted in text
+
+        found = [
+            person
+            for person in sorted(self.persons.values(), key=lambda p: p["id"])
+            if ("email" in fields and any(hit(e["value"]) for e in person["emails"]))
+            or ("name" in fields and hit(person["name"]))
+            or ("phone" in fields and any(hit(p["value"]) for p in person["phones"]))
+        ]
+        limit = int(request.query.get("limit", "100"))
+        items = [{"result_score": 1.0, "item": self._search_item(p)} for p in found[:limit]]
+        return self._answer(
+            {"success": True, "data": {"items": items}, "additional_data": {"next_cursor": None}}
+        )
+
+    @staticmethod
+    def _search_item(person: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": person["id"],
+            "type": "person",
+            "name": person["name"],
+            "phones": [p["value"] for p in person["phones"]],
+            "emails": [e["value"] for e in person["emails"]],
+            "visible_to": person["visible_to"],
+            "owner": {"id": person["owner_id"]},
+            "organization": None,
+            "custom_fields": [],
+            "notes": [],
+        }
+
+    async def add_person(self, request: web.Request) -> web.Response:
+        return await self._write(request, None)
+
+    async def update_person(self, request: web.Request) -> web.Response:
+        return await self._write(request, request.match_info["id"])
+
+    async def _write(self, request: web.Request, raw_id: str | None) -> web.Response:
+        if not self._authorized(request):
+            return self._answer(self._error("unauthorized access"), status=401)
+        person_id = self._person_id(raw_id) if raw_id is not None else None
+        if raw_id is not None and person_id is None:
+            return self._answer(self._error("Person not found"), status=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._answer(self._error("Invalid JSON body"), status=400)
+        problem = self._invalid(body)
+        if problem is not None:
+            return self._answer(self._error(problem), status=400)
+        self.api_writes += 1
+        self.bodies.append(body)
+        person = self._save(person_id, lambda p: self._apply_api(p, body), via_api=True)
+        return self._answer({"success": True, "data": person})
+
+    async def delete_person(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._answer(self._error("unauthorized access"), status=401)
+        person_id = self._person_id(request.match_info["id"])
+        if person_id is None:
+            return self._answer(self._error("Person not found"), status=404)
+        self.api_writes += 1
+        self.delete(person_id, via_api=True)
+        return self._answer({"success": True, "data": {"id": person_id}})
+
+    def _person_id(self, raw: str) -> int | None:
+        return int(raw) if raw.isdigit() and int(raw) in self.persons else None
+
+    @staticmethod
+    def _invalid(body: Any) -> str | None:
+        """Why Pipedrive would refuse this body, if it would."""
+        if not isinstance(body, dict):
+            return "The request body must be a JSON object"
+        unknown = set(body) - WRITABLE
+        if unknown:
+            return f"Unknown parameter: {sorted(unknown)[0]}"
+        for name in ("emails", "phones"):
+            items = body.get(name, [])
+            if not isinstance(items, list) or not all(
+                isinstance(i, dict) and isinstance(i.get("value"), str) for i in items
+            ):
+                return f"{name} must be a list of objects with a value"
+        if "visible_to" in body and body["visible_to"] not in VISIBILITY:
+            return "visible_to must be one of 1, 3, 5, 7"
+        status = body.get("marketing_status")
+        if status is not None and status not in MARKETING_STATUSES:
+            return f"marketing_status must be one of {', '.join(sorted(MARKETING_STATUSES))}"
+        custom = body.get("custom_fields", {})
+        if not isinstance(custom, dict):
+            return "custom_fields must be an object"
+        for key in custom:
+            if key not in CUSTOM_FIELDS:
+                return f"Custom field {key} does not exist"
+        return None
+
+    @staticmethod
+    def _apply_api(person: dict[str, Any], body: dict[str, Any]) -> None:
+        """A v2 body: the fields it names replace the person's (lists as a whole);
+        custom fields merge key by key."""
+        for name in ("emails", "phones"):
+            if name in body:
+                person[name] = [
+                    {
+                        "value": item["value"],
+                        "primary": bool(item.get("primary", index == 0)),
+                        "label": item.get("label", "work"),
+                    }
+                    for index, item in enumerate(body[name])
+                ]
+        person["custom_fields"] = {**person["custom_fields"], **body.get("custom_fields", {})}
+        person.update(
+            {k: v for k, v in body.items() if k not in ("emails", "phones", "custom_fields")}
         )
 
 

@@ -18,6 +18,19 @@ authentication on the remote URL"; a bucket of one sent as a bare object
 ``individualContact``, the addresses (besides ``isMain`` and ``zipCode``), the
 authorizations and the criteria are illustrative, not confirmed by S-360's docs; so is
 the optional modification-time field (``modified_field``).
+
+S-360 is also a server, for the ``s360`` destination: ``soap_server`` serves the contact
+SOAP service (ContactInformationPublicService, platform.secutix.com/backend/contacts/
+update_profile) over the same contact file. It takes SOAP 1.1 envelopes authenticated by
+a WS-Security UsernameToken (PasswordText), answers a bad token with a
+``wsse:FailedAuthentication`` fault, a request it cannot read (unknown operation,
+unknown contact element, no email nor number) with a ``soap:Client`` fault, both with
+HTTP 500 as SOAP 1.1 does. ``saveIndividualContactData``'s shape is not public; the fake
+takes the one createCulturalContact documents (a ``contactDataList`` of contact
+elements, an ``identifier`` answered in ``identifierContactMap``) and answers
+``statusCode`` ``success`` or ``failed`` with a ``statusDetail`` (an unknown contact
+number, an email that is not one). A contact without a number is matched by its email
+(the PUBLIC contact with that email), else created.
 """
 
 from __future__ import annotations
@@ -25,14 +38,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape
+
+from aiohttp import web
 
 from services.ingest.connectors.s360 import basic_authorization
+from tests.fakes.server import FakeServer, Faults
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +220,168 @@ class FakeS360:
                 break
             accepted += self.run(send)
         return accepted
+
+
+# --- the contact SOAP service (a destination's view) ------------------------------------
+
+SOAP_ENV: Final = "http://schemas.xmlsoap.org/soap/envelope/"
+WSSE: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+SERVICE_NAMESPACE: Final = "http://v2_21.ContactInformationPublicService.service.secutix.com/"
+SERVICE_PATH: Final = (
+    "/tnco/external-remoting/com.secutix.service.contact.v2_21"
+    ".ContactInformationPublicService.webservice"
+)
+WS_USER: Final = "CRMSYNC_WS"
+WS_PASSWORD: Final = "s360-ws-pass"
+OPERATIONS: Final = frozenset({"saveIndividualContactData", "createCulturalContact"})
+# CulturalContactData's documented elements, and IndividualContactData's the tests use.
+CONTACT_ELEMENTS: Final = frozenset(
+    {
+        "contactNumber",
+        "createLogin",
+        "email",
+        "firstName",
+        "identifier",
+        "lastName",
+        "requestId",
+        "birthDate",
+        "NEWSLETTER",
+    }
+)
+EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _envelope(body: str) -> web.Response:
+    return web.Response(
+        text=f'<soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>{body}</soap:Body>'
+        "</soap:Envelope>",
+        content_type="text/xml",
+        charset="utf-8",
+    )
+
+
+def soap_fault(code: str, message: str) -> web.Response:
+    fault = (
+        f'<soap:Fault xmlns:wsse="{WSSE}"><faultcode>{code}</faultcode>'
+        f"<faultstring>{escape(message)}</faultstring></soap:Fault>"
+    )
+    response = _envelope(fault)
+    response.set_status(500)
+    return response
+
+
+class ContactService:
+    """The contact SOAP service over a FakeS360's contacts."""
+
+    def __init__(
+        self, crm: FakeS360, *, username: str = WS_USER, password: str = WS_PASSWORD
+    ) -> None:
+        self.crm = crm
+        self.username = username
+        self.password = password
+        self.calls: list[str] = []
+        """The operations called, in order."""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(SERVICE_PATH, self._call)
+        return app
+
+    async def _call(self, request: web.Request) -> web.Response:
+        if "SOAPAction" not in request.headers or not request.content_type.endswith("xml"):
+            return soap_fault("soap:Client", "SOAP 1.1: text/xml with a SOAPAction header")
+        try:
+            root = ET.fromstring(await request.read())  # noqa: S314
+        except ET.ParseError as exc:
+            return soap_fault("soap:Client", f"Unmarshalling Error: {exc}")
+        header = root.find(f"{{{SOAP_ENV}}}Header")
+        token = header.find(f".//{{{WSSE}}}UsernameToken") if header is not None else None
+        if (
+            token is None
+            or token.findtext(f"{{{WSSE}}}Username") != self.username
+            or token.findtext(f"{{{WSSE}}}Password") != self.password
+        ):
+            return soap_fault(
+                "wsse:FailedAuthentication", "The security token could not be authenticated"
+            )
+        body = root.find(f"{{{SOAP_ENV}}}Body")
+        operation = body[0] if body is not None and len(body) else None
+        if operation is None or operation.tag not in {
+            f"{{{SERVICE_NAMESPACE}}}{name}" for name in OPERATIONS
+        }:
+            found = operation.tag if operation is not None else "nothing"
+            return soap_fault("soap:Client", f"Unexpected wrapper element {found} found")
+        name = _local(operation.tag)
+        self.calls.append(name)
+        entries: list[str] = []
+        results: list[str] = []
+        for contact in operation:
+            if contact.tag != "contactDataList":
+                return soap_fault("soap:Client", f"Unmarshalling Error: unexpected {contact.tag}")
+            values = {child.tag: (child.text or "") for child in contact}
+            unknown = sorted(set(values) - CONTACT_ELEMENTS)
+            if unknown:
+                return soap_fault(
+                    "soap:Client", f"Unmarshalling Error: unexpected element {unknown[0]}"
+                )
+            if not values.get("contactNumber") and not values.get("email"):
+                return soap_fault("soap:Client", "a contact needs a contactNumber or an email")
+            status, detail, number = self._save(values)
+            if status != "success":
+                return _envelope(
+                    f'<ns2:{name}Response xmlns:ns2="{SERVICE_NAMESPACE}"><return>'
+                    f"<statusCode>failed</statusCode><statusDetail>{escape(detail)}"
+                    f"</statusDetail></return></ns2:{name}Response>"
+                )
+            if values.get("identifier"):
+                entries.append(
+                    f"<entry><key>{escape(values['identifier'])}</key>"
+                    f"<value>{number}</value></entry>"
+                )
+            results.append(f"<culturalContactData><contactNumber>{number}</contactNumber>")
+            results.append("</culturalContactData>")
+        return _envelope(
+            f'<ns2:{name}Response xmlns:ns2="{SERVICE_NAMESPACE}"><return>'
+            f"<identifierContactMap>{''.join(entries)}</identifierContactMap>"
+            f"{''.join(results)}<statusCode>success</statusCode></return></ns2:{name}Response>"
+        )
+
+    def _save(self, values: dict[str, str]) -> tuple[str, str, str]:
+        email = values.get("email")
+        if email is not None and not EMAIL.match(email):
+            return "failed", f"invalid email: {email}", ""
+        number = values.get("contactNumber") or None
+        if number is not None and number not in self.crm.contacts:
+            return "failed", f"no contact with number {number}", ""
+        if number is None:
+            number = next(
+                (
+                    found
+                    for found, contact in self.crm.contacts.items()
+                    if contact.get("role") == "PUBLIC"
+                    and contact["individualContact"].get("email") == email
+                ),
+                None,
+            )
+        individual = {
+            k: v
+            for k, v in values.items()
+            if k not in {"contactNumber", "identifier", "requestId", "createLogin", "NEWSLETTER"}
+        }
+        changes: dict[str, Any] = {"individualContact": individual}
+        if "NEWSLETTER" in values:
+            changes["authorizations"] = [
+                {"code": "NEWSLETTER", "value": values["NEWSLETTER"] == "true"}
+            ]
+        return "success", "", self.crm.upsert(number, **changes)
+
+
+def soap_server(service: ContactService, faults: Faults | None = None) -> FakeServer:
+    return FakeServer(service.app(), faults)
 
 
 def http_sender(url: str, *, timeout_s: float = 30.0) -> Send:

@@ -27,6 +27,28 @@ Shaped as Salesforce documents them:
   publish. ``outbound_message`` builds the SOAP request (with each record's latest
   data, as Salesforce sends it), ``relay_request`` the JSON a Pub/Sub API relay posts,
   signed with Standard Webhooks.
+- sObject Collections (REST API Developer Guide, "Upsert Records Using sObject
+  Collections", "Update Records Using sObject Collections", "Delete Records Using
+  sObject Collections"): ``PATCH .../composite/sobjects/<SObject>/<ExternalIdField>``
+  (upsert; ``Email``, an idLookup field of Contact, or a custom field of
+  ``extra_fields`` ending in ``__c``; matched case-insensitively), ``PATCH
+  .../composite/sobjects`` (update by ``id``) and ``DELETE
+  .../composite/sobjects?ids=...`` (to the recycle bin), each ``{"allOrNone",
+  "records": [{"attributes": {"type"}, ...}]}`` of at most 200 records (else 400
+  ``EXCEEDED_ID_LIMIT``). A request that is not well formed (not JSON, a field the
+  object lacks, another object's records) is a 400 list of ``{message, errorCode}``;
+  a well-formed one is a 200 list of results in request order, ``{id, success,
+  errors: [{statusCode, message, fields}]}`` and, for upserts, ``created``. Per
+  record: ``INVALID_EMAIL_ADDRESS``, ``REQUIRED_FIELD_MISSING`` (a new Contact needs
+  ``LastName``), ``DUPLICATE_EXTERNAL_ID`` (the value matches several records),
+  ``ENTITY_IS_DELETED`` / ``INVALID_CROSS_REFERENCE_KEY`` (an id in the recycle bin,
+  or unknown); with ``allOrNone`` true one failure rolls every record back
+  (``ALL_OR_NONE_OPERATION_ROLLED_BACK``).
+- Who made a change: a change event's ``changeOrigin`` is
+  ``com/salesforce/api/rest/<version>`` for a REST write, followed by
+  ``;client=<client>`` when the request carried ``Sforce-Call-Options:
+  client=<client>`` (Change Data Capture Developer Guide, "ChangeEventHeader Fields";
+  REST API Developer Guide, "Call Options Header").
 """
 
 from __future__ import annotations
@@ -56,6 +78,9 @@ HOOK_TOKEN: Final = "outbound-endpoint-token-1"
 RELAY_SECRET: Final = "whsec_" + base64.b64encode(b"salesforce-relay-signing-key-1").decode()
 DEFAULT_BATCH: Final = 2000
 MIN_BATCH: Final = 200
+COLLECTION_MAX: Final = 200
+REQUIRED_ON_CREATE: Final = ("LastName",)
+EMAIL_FORMAT: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 CHECKSUM: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 FIELDS: Final = (
@@ -333,6 +358,10 @@ class FakeSalesforce:
     sessions: dict[str, str] = field(default_factory=dict)  # access token -> session id
     locators: dict[str, Locator] = field(default_factory=dict)
     base_url: str = "https://acme.my.salesforce.com"
+    extra_fields: tuple[str, ...] = ()
+    """Custom fields of the object (e.g. an external id field, Crmsync_Id__c)."""
+    collection_requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    """(method, path, body or ids) of every sObject Collections request served."""
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -343,6 +372,11 @@ class FakeSalesforce:
     def upsert(self, record_id: str | None = None, **changes: Any) -> dict[str, Any]:
         """Create or change a record (field API names); stamps LastModifiedDate, queues
         the outbound notification and records the change event."""
+        return self._save(record_id, changes, origin=f"com/salesforce/api/rest/{API_VERSION}")
+
+    def _save(
+        self, record_id: str | None, changes: dict[str, Any], *, origin: str
+    ) -> dict[str, Any]:
         old = self.records.get(record_id) if record_id else None
         if record_id is None:
             record_id = salesforce_id("003", next(self._ids))
@@ -353,7 +387,13 @@ class FakeSalesforce:
         self.records[record_id] = record
         self.notifications.append(Notification(salesforce_id("04l", next(self._ids)), record_id))
         if old is None:
-            self._event("CREATE", record_id=record_id, stamp=stamp, body=self._event_body(record))
+            self._event(
+                "CREATE",
+                record_id=record_id,
+                stamp=stamp,
+                body=self._event_body(record),
+                origin=origin,
+            )
         else:
             changed = [k for k in changes if changes[k] != old.get(k)] + ["LastModifiedDate"]
             self._event(
@@ -363,16 +403,23 @@ class FakeSalesforce:
                 body=self._event_body(record, only=changed),
                 changed=changed,
                 nulled=[k for k in changed if record.get(k) is None],
+                origin=origin,
             )
         return record
 
-    def delete(self, record_id: str) -> None:
+    def delete(self, record_id: str, *, origin: str | None = None) -> None:
         """To the recycle bin: IsDeleted, LastModifiedDate moves (queryAll still finds it)."""
         stamp = self._stamp(self.records[record_id])
         record = self.records[record_id]
         record["IsDeleted"] = True
         record["LastModifiedDate"] = record["SystemModstamp"] = rest_time(stamp)
-        self._event("DELETE", record_id=record_id, stamp=stamp, body={})
+        self._event(
+            "DELETE",
+            record_id=record_id,
+            stamp=stamp,
+            body={},
+            origin=origin or f"com/salesforce/api/rest/{API_VERSION}",
+        )
 
     def seed(self, count: int) -> list[str]:
         return [
@@ -424,6 +471,10 @@ class FakeSalesforce:
         for resource in ("query", "queryAll"):
             app.router.add_get(f"/services/data/v{{version}}/{resource}", self.query)
             app.router.add_get(f"/services/data/v{{version}}/{resource}/{{locator}}", self.more)
+        collections = "/services/data/v{version}/composite/sobjects"
+        app.router.add_patch(collections, self.collection_update)
+        app.router.add_delete(collections, self.collection_delete)
+        app.router.add_patch(f"{collections}/{{sobject}}/{{field}}", self.collection_upsert)
         return app
 
     def login_app(self) -> web.Application:
@@ -545,6 +596,160 @@ class FakeSalesforce:
         }
         return {"attributes": attributes, **{name: record.get(name) for name in fields}}
 
+    # --- sObject Collections ----------------------------------------------------------
+
+    @property
+    def known_fields(self) -> tuple[str, ...]:
+        return (*FIELDS, *self.extra_fields)
+
+    async def collection_upsert(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None:
+            return _invalid_session()
+        sobject, key = request.match_info["sobject"], request.match_info["field"]
+        if sobject != self.object_name:
+            return errors(404, code="NOT_FOUND", message="The requested resource does not exist")
+        if key != "Email" and not (key in self.extra_fields and key.endswith("__c")):
+            message = f"Provided external ID field does not exist or is not accessible: {key}"
+            return errors(404, code="NOT_FOUND", message=message)
+        body, problem = await self._collection(request, needs_type=True)
+        if problem is not None:
+            return problem
+        self.collection_requests.append(("PATCH", request.path, body))
+        origin = _change_origin(request)
+        return self._all_or_none(
+            body, [lambda r=r: self._upsert_one(r, key, origin) for r in body["records"]]
+        )
+
+    async def collection_update(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None:
+            return _invalid_session()
+        body, problem = await self._collection(request, needs_type=True)
+        if problem is not None:
+            return problem
+        self.collection_requests.append(("PATCH", request.path, body))
+        origin = _change_origin(request)
+        return self._all_or_none(
+            body, [lambda r=r: self._update_one(r, origin) for r in body["records"]]
+        )
+
+    async def collection_delete(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None:
+            return _invalid_session()
+        ids = [i for i in request.query.get("ids", "").split(",") if i]
+        if not ids:
+            return errors(400, code="MALFORMED_QUERY", message="ids: at least one id is required")
+        if len(ids) > COLLECTION_MAX:
+            return _too_many()
+        all_or_none = request.query.get("allOrNone", "false") == "true"
+        self.collection_requests.append(("DELETE", request.path, ids))
+        origin = _change_origin(request)
+        return self._all_or_none(
+            {"allOrNone": all_or_none}, [lambda i=i: self._delete_one(i, origin) for i in ids]
+        )
+
+    async def _collection(
+        self, request: web.Request, *, needs_type: bool
+    ) -> tuple[dict[str, Any], web.Response | None]:
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            return {}, errors(400, code="JSON_PARSER_ERROR", message="the body is not JSON")
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list) or not records:
+            return {}, errors(400, code="INVALID_FIELD", message="records: a list is required")
+        if len(records) > COLLECTION_MAX:
+            return {}, _too_many()
+        known = {name.lower() for name in self.known_fields}
+        for record in records:
+            kind = (
+                (record.get("attributes") or {}).get("type") if isinstance(record, dict) else None
+            )
+            if kind != self.object_name:
+                message = f"every record needs attributes.type {self.object_name}, got {kind!r}"
+                return {}, errors(400, code="INVALID_TYPE", message=message)
+            for name in record:
+                if name != "attributes" and name.lower() not in known:
+                    message = f"No such column '{name}' on sobject of type {self.object_name}"
+                    return {}, errors(400, code="INVALID_FIELD", message=message)
+        return body, None
+
+    def _all_or_none(
+        self, body: dict[str, Any], writes: list[Callable[[], dict[str, Any]]]
+    ) -> web.Response:
+        """Each record written on its own, or (allOrNone) none when one fails."""
+        saved = (
+            {k: dict(v) for k, v in self.records.items()},
+            len(self.change_events),
+            len(self.notifications),
+        )
+        results = [write() for write in writes]
+        if body.get("allOrNone") is True and not all(r["success"] for r in results):
+            self.records = saved[0]
+            del self.change_events[saved[1] :], self.notifications[saved[2] :]
+            rolled_back = _error(
+                "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                "Record rolled back because not all records were valid and the request "
+                "was using AllOrNone header",
+            )
+            results = [r if not r["success"] else {**rolled_back, **_id_of(r)} for r in results]
+        return web.json_response(results)
+
+    def _upsert_one(self, record: dict[str, Any], key: str, origin: str) -> dict[str, Any]:
+        values = {k: v for k, v in record.items() if k != "attributes"}
+        value = values.get(key)
+        if value in (None, ""):
+            return _error("MISSING_ARGUMENT", f"{key} not specified", [key])
+        invalid = _invalid_email(values)
+        if invalid is not None:
+            return invalid
+        matches = [
+            r["Id"]
+            for r in self.records.values()
+            if not r["IsDeleted"] and str(r.get(key) or "").lower() == str(value).lower()
+        ]
+        if len(matches) > 1:
+            message = (
+                f"{self.object_name}: more than one record found for external id field: {matches}"
+            )
+            return _error("DUPLICATE_EXTERNAL_ID", message, [key])
+        if not matches:
+            missing = [n for n in REQUIRED_ON_CREATE if values.get(n) in (None, "")]
+            if missing:
+                return _error(
+                    "REQUIRED_FIELD_MISSING", f"Required fields are missing: {missing}", missing
+                )
+        saved = self._save(matches[0] if matches else None, values, origin=origin)
+        return {"id": saved["Id"], "success": True, "errors": [], "created": not matches}
+
+    def _update_one(self, record: dict[str, Any], origin: str) -> dict[str, Any]:
+        values = {k: v for k, v in record.items() if k != "attributes"}
+        record_id = values.pop("id", None) or values.pop("Id", None)
+        found = self.records.get(str(record_id))
+        if found is None:
+            return _error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+        if found["IsDeleted"]:
+            return _error("ENTITY_IS_DELETED", "entity is deleted")
+        invalid = _invalid_email(values)
+        if invalid is not None:
+            return invalid
+        self._save(found["Id"], values, origin=origin)
+        return {"id": found["Id"], "success": True, "errors": []}
+
+    def _delete_one(self, record_id: str, origin: str) -> dict[str, Any]:
+        found = self.records.get(record_id)
+        if found is None:
+            return {
+                **_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id"),
+                "id": record_id,
+            }
+        if found["IsDeleted"]:
+            return {**_error("ENTITY_IS_DELETED", "entity is deleted"), "id": record_id}
+        self.delete(record_id, origin=origin)
+        return {"id": record_id, "success": True, "errors": []}
+
     # --- outbound messages ------------------------------------------------------------
 
     def outbound_message(
@@ -625,12 +830,13 @@ class FakeSalesforce:
         body: dict[str, Any],
         changed: Sequence[str] = (),
         nulled: Sequence[str] = (),
+        origin: str = f"com/salesforce/api/rest/{API_VERSION}",
     ) -> None:
         header = {
             "entityName": self.object_name,
             "recordIds": [record_id],
             "changeType": change_type,
-            "changeOrigin": f"com/salesforce/api/rest/{API_VERSION}",
+            "changeOrigin": origin,
             "transactionKey": str(uuid.uuid4()),
             "sequenceNumber": 1,
             "commitTimestamp": int(stamp.timestamp() * 1000),
@@ -689,6 +895,44 @@ class FakeSalesforce:
         return body, standard_webhooks_headers(
             body, secret=secret, timestamp=timestamp, now=self.clock()
         )
+
+
+def _change_origin(request: web.Request) -> str:
+    """changeOrigin of a REST write: the API, its version and the Call Options client."""
+    origin = f"com/salesforce/api/rest/{request.match_info['version']}"
+    options = request.headers.get("Sforce-Call-Options", "")
+    for option in re.split(r"[;,]", options):
+        name, _, value = option.strip().partition("=")
+        if name == "client" and value:
+            return f"{origin};client={value}"
+    return origin
+
+
+def _error(code: str, message: str, fields: Sequence[str] = ()) -> dict[str, Any]:
+    """A failed record of a collections answer."""
+    return {
+        "success": False,
+        "errors": [{"statusCode": code, "message": message, "fields": list(fields)}],
+    }
+
+
+def _id_of(result: dict[str, Any]) -> dict[str, Any]:
+    return {"id": result["id"]} if "id" in result else {}
+
+
+def _invalid_email(values: dict[str, Any]) -> dict[str, Any] | None:
+    email = values.get("Email")
+    if email in (None, "") or EMAIL_FORMAT.match(str(email)):
+        return None
+    return _error("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {email}", ["Email"])
+
+
+def _too_many() -> web.Response:
+    return errors(
+        400,
+        code="EXCEEDED_ID_LIMIT",
+        message="record limit reached. cannot submit more than 200 records into this call",
+    )
 
 
 def cdc_path(name: str) -> str:

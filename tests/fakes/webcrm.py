@@ -12,6 +12,17 @@
   [ORDER BY field [ASC|DESC], ...]`` with comparisons (=, <>, <, <=, >, >=) of a field
   with a 'text' or a number, AND, OR and parentheses; times compare as times. Anything
   else is a 400, as a script webCRM cannot run would be.
+- Writes, as the Swagger definition (in the SDK webCRM generated from it) has them:
+  ``GET /Persons/{id}`` (a PersonDto, 404 when there is none), ``POST /Persons`` (a
+  PersonDto with ``PersonId`` 0; answers the new id as a JSON number), ``PUT
+  /Persons/{id}`` (the whole PersonDto: a field it leaves out goes back to its empty
+  value, which is how this fake reads a replace; 200 with no body) and ``DELETE
+  /Persons/{id}`` (200; absent from that Swagger definition, served because crmsync
+  tries it; with ``serves_delete`` False a 405, as an API without it answers). A field
+  a person does not have, a read-only one (created / updated stamps), a missing
+  ``PersonId`` or a ``PersonOrganisationId`` of no organisation is a 400
+  ``BadRequestException``; an unknown person a 404 ``NotFoundException`` in the same
+  shape. ``bodies`` keeps the bodies written.
 - ``throttle_response``: webCRM's 429 (``Retry-After`` and the ``RetryAfterSeconds``
   body) for ``Faults``.
 
@@ -36,6 +47,13 @@ from tests.fakes.server import FakeServer, Faults, run_standalone, standalone_ar
 
 APP_TOKEN: Final = "5d3c0b6e-8f0a-4b7c-9c1e-2a7f3e9b1d40"
 MAX_SIZE: Final = 1000
+# PersonDto fields beyond those every fake person starts with.
+MORE_FIELDS: Final = frozenset(
+    {f"PersonCheckMark{n}" for n in range(2, 11)} | {f"PersonCustom{n}" for n in range(2, 16)}
+)
+READ_ONLY: Final = frozenset(
+    {"PersonCreatedAt", "PersonCreatedBy", "PersonUpdatedAt", "PersonUpdatedBy", "PersonName"}
+)
 TOKEN_LIFETIME_S: Final = 3600
 
 
@@ -54,6 +72,10 @@ class FakeWebCrm:
         self.persons: dict[int, dict[str, Any]] = {}
         self.logins = 0
         self.scripts: list[str] = []
+        self.organisations: set[int] = {1}
+        self.bodies: list[Any] = []
+        self.serves_delete = True
+        """False: DELETE /Persons/{id} answers as an API without that operation would."""
         self.retry_after_seconds = 1
         self.zone = ZoneInfo(zone)
         self.token_lifetime = token_lifetime
@@ -167,6 +189,10 @@ class FakeWebCrm:
         app.router.add_post("/Auth/ApiLogin", self.api_login)
         app.router.add_post("/Auth/ApiRefresh", self.api_refresh)
         app.router.add_get("/Persons", self.list_persons)
+        app.router.add_post("/Persons", self.add_person)
+        app.router.add_get("/Persons/{id}", self.get_person)
+        app.router.add_put("/Persons/{id}", self.update_person)
+        app.router.add_delete("/Persons/{id}", self.delete_person)
         app.router.add_get("/Queries", self.queries)
         return app
 
@@ -232,6 +258,94 @@ class FakeWebCrm:
             return self._bad_request(str(exc))
         rows = query.run(list(self.persons.values()))
         return web.json_response(rows[(page - 1) * size : page * size])
+
+    # --- writes ----------------------------------------------------------------------
+
+    @staticmethod
+    def _unauthorized() -> web.Response:
+        return web.json_response({"Message": "Unauthorized"}, status=401)
+
+    def _not_found(self, raw: str) -> web.Response | None:
+        if raw.isdigit() and int(raw) in self.persons:
+            return None
+        return web.json_response(
+            {"Message": f"Person with id {raw} not found", "Type": "NotFoundException"},
+            status=404,
+        )
+
+    def _fields(self) -> frozenset[str]:
+        template = self._new(0, self._clock())
+        return frozenset(template) | MORE_FIELDS
+
+    def _invalid(self, body: Any, *, person_id: int) -> str | None:
+        """Why webCRM would refuse this PersonDto, if it would."""
+        if not isinstance(body, dict):
+            return "The person must be a JSON object"
+        if body.get("PersonId") != person_id:
+            return f"PersonId must be {person_id}"
+        unknown = set(body) - self._fields()
+        if unknown:
+            return f"Unknown field {sorted(unknown)[0]}"
+        organisation = body.get("PersonOrganisationId")
+        if organisation is not None and organisation not in self.organisations:
+            return f"Organisation {organisation} does not exist"
+        return None
+
+    def _writable(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body.items() if k not in READ_ONLY and k != "PersonId"}
+
+    async def get_person(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        raw = request.match_info["id"]
+        return self._not_found(raw) or web.json_response(self.persons[int(raw)])
+
+    async def add_person(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        body = await request.json()
+        problem = self._invalid(body, person_id=0)
+        if problem is not None:
+            return self._bad_request(problem)
+        self.bodies.append(body)
+        person = self.upsert(**self._writable(body))
+        return web.json_response(person["PersonId"])
+
+    async def update_person(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        raw = request.match_info["id"]
+        missing = self._not_found(raw)
+        if missing is not None:
+            return missing
+        person_id = int(raw)
+        body = await request.json()
+        problem = self._invalid(body, person_id=person_id)
+        if problem is not None:
+            return self._bad_request(problem)
+        self.bodies.append(body)
+        old = self.persons[person_id]
+        # The whole person is replaced: what the body leaves out is emptied.
+        replaced = self._new(person_id, self._clock())
+        replaced.update({k: old[k] for k in ("PersonCreatedAt", "PersonCreatedBy")})
+        replaced.update({k: old[k] for k in ("PersonUpdatedAt",)})
+        replaced.update(self._writable(body))
+        self.persons[person_id] = replaced
+        self.upsert(person_id)
+        return web.Response(status=200)
+
+    async def delete_person(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        raw = request.match_info["id"]
+        if not self.serves_delete:
+            message = "The requested resource does not support http method 'DELETE'."
+            return web.json_response({"Message": message}, status=405)
+        missing = self._not_found(raw)
+        if missing is not None:
+            return missing
+        self.delete(int(raw))
+        return web.Response(status=200)
 
 
 # --- the query subset ----------------------------------------------------------------

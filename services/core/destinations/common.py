@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from services.core.settings_base import Strict
 
@@ -22,8 +24,31 @@ class DestinationCommon(Strict):
         default_factory=dict,
         description="subscription -> the destination's field, true when opted in",
     )
+    direction: Literal["both", "outbound"] = Field(
+        default="both",
+        description="both: the system's changes come in through its source and "
+        "crmsync's go out to it, conflicts settled by the attribute policies; outbound: "
+        "crmsync is the truth for it, so its source's changes set nothing on profiles "
+        "(only the ids it gives crmsync's own writes are linked). For inbound only, "
+        "configure the source and no destination",
+    )
+    mapping_version: int = Field(
+        default=1,
+        ge=1,
+        description="raise it when the attributes, consents or fields sent change: until "
+        "a push under it (crmsync destination push NAME) the destination is due for one",
+    )
     paused: bool = Field(
         default=False,
         description="deliver nothing: changes wait in Kafka (the destination's consumer "
         "group keeps its place) and go out in order once unpaused",
     )
+
+    @model_validator(mode="after")
+    def _outbound_names_its_source(self) -> DestinationCommon:
+        if self.direction == "outbound" and self.source is None:
+            raise ValueError(
+                "direction outbound names the source that reads the same system "
+                "(source:), whose changes it then keeps from profiles"
+            )
+        return self

@@ -64,7 +64,7 @@ from services.writer.stores.base import (
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
 from services.writer.stores.failures import postgres_is_transient, postgres_reason
-from services.writer.stores.outbox import ChangeEncoder, pack
+from services.writer.stores.outbox import ChangeEncoder, pack, standalone_encoder
 from services.writer.stores.postgres_schema import MIGRATIONS
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
@@ -74,6 +74,7 @@ from services.writer.stores.rows import (
     consent_row,
     identity_rows,
 )
+from services.writer.stores.snapshots import PushProgress, snapshot_messages
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,16 @@ ON CONFLICT (profile_id, subscription, channel) DO UPDATE SET
     status = excluded.status, changed_at = excluded.changed_at,
     source = excluded.source, written_at = excluded.written_at
 """  # noqa: S608 (constant column lists, no input)
+SAVE_PUSH: Final = """
+INSERT INTO destination_pushes
+    (destination, run_id, after_profile_id, pushed, total, started_at, finished_at,
+     mapping_version)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (destination) DO UPDATE SET
+    run_id = excluded.run_id, after_profile_id = excluded.after_profile_id,
+    pushed = excluded.pushed, total = excluded.total, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, mapping_version = excluded.mapping_version
+"""
 UPSERT_OFFSETS: Final = """
 INSERT INTO consumer_offsets (topic, partition, next_offset)
 SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[])
@@ -339,6 +350,67 @@ class PostgresProfileStore:
         conn = self._connection()
         with self._outage_is_transient(), conn.transaction():
             return query(conn)
+
+    # --- a destination's backfill (services/writer/stores/snapshots.py) ---------------
+
+    def push_progress(self, destination: str) -> PushProgress | None:
+        found: PushProgress | None = self._read(lambda conn: _push_row(conn, destination))
+        return found
+
+    def start_push(
+        self, destination: str, *, run_id: str, mapping_version: int, now: datetime
+    ) -> PushProgress:
+        def start(conn: psycopg.Connection[Any]) -> PushProgress:
+            row = conn.execute("SELECT count(*) FROM profiles").fetchone()
+            progress = PushProgress(
+                destination,
+                run_id,
+                0,
+                0,
+                int(row[0]) if row else 0,
+                now,
+                mapping_version=mapping_version,
+            )
+            conn.execute(SAVE_PUSH, progress.row())
+            return progress
+
+        started: PushProgress = self._read(start)
+        return started
+
+    def outbox_rows(self) -> int:
+        row = self._read(
+            lambda conn: conn.execute("SELECT count(*) FROM profile_outbox").fetchone()
+        )
+        return int(row[0]) if row is not None else 0
+
+    def push_batch(self, destination: str, *, limit: int, now: datetime) -> PushProgress:
+        def batch(conn: psycopg.Connection[Any]) -> PushProgress:
+            # The writer's batch lock: outbox rows commit in seq order (see RELAY_LOCK).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (BATCH_LOCK,))
+            progress = _push_row(conn, destination)
+            if progress is None:
+                raise LookupError(f"destination {destination!r} has no push run")
+            ids = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT id FROM profiles WHERE id > %s ORDER BY id LIMIT %s",
+                    (progress.after_profile_id, limit),
+                )
+            ]
+            if ids:
+                messages = snapshot_messages(
+                    _load_profiles(conn, ids),
+                    progress=progress,
+                    now=now,
+                    encode=self._book.encode_change or standalone_encoder(),
+                )
+                conn.execute("INSERT INTO profile_outbox (messages) VALUES (%s)", (pack(messages),))
+            progress = progress.advanced(ids, now)
+            conn.execute(SAVE_PUSH, progress.row())
+            return progress
+
+        pushed: PushProgress = self._read(batch)
+        return pushed
 
     # --- the outbox -------------------------------------------------------------------
 
@@ -582,6 +654,15 @@ def _json(values: list[Any]) -> str:
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:
     """Rows as ``width`` column lists, the shape ``unnest`` takes."""
     return tuple([row[i] for row in rows] for i in range(width))
+
+
+def _push_row(conn: psycopg.Connection[Any], destination: str) -> PushProgress | None:
+    row = conn.execute(
+        "SELECT destination, run_id, after_profile_id, pushed, total, started_at, finished_at, "
+        "mapping_version FROM destination_pushes WHERE destination = %s",
+        (destination,),
+    ).fetchone()
+    return PushProgress.from_row(row) if row is not None else None
 
 
 def _load_profiles(

@@ -104,4 +104,19 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         )
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE destination_pushes (
+            destination       text    PRIMARY KEY,
+            run_id            text    NOT NULL,
+            after_profile_id  bigint  NOT NULL,
+            pushed            bigint  NOT NULL,
+            total             bigint  NOT NULL,
+            started_at        bigint  NOT NULL,
+            finished_at       bigint,
+            mapping_version   integer NOT NULL
+        )
+        """,
+    ),
 )

@@ -50,7 +50,7 @@ from services.writer.stores.base import (
 )
 from services.writer.stores.batch import BookSettings, Loaded, StorePoison, apply_updates
 from services.writer.stores.failures import sqlite_is_transient, sqlite_reason
-from services.writer.stores.outbox import ChangeEncoder, pack
+from services.writer.stores.outbox import ChangeEncoder, pack, standalone_encoder
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
@@ -59,6 +59,7 @@ from services.writer.stores.rows import (
     consent_row,
     identity_rows,
 )
+from services.writer.stores.snapshots import PushProgress, snapshot_messages
 from services.writer.stores.sqlite_schema import MIGRATIONS
 
 BUSY_TIMEOUT_S: Final = 10.0
@@ -109,6 +110,15 @@ REMOVE_PROFILE_ROWS: Final = (
     "DELETE FROM consents WHERE profile_id = ?",
     "DELETE FROM identities WHERE profile_id = ?",
 )
+PUSH_COLUMNS: Final = (
+    "destination, run_id, after_profile_id, pushed, total, started_at, finished_at, mapping_version"
+)
+SAVE_PUSH: Final = """
+INSERT OR REPLACE INTO destination_pushes
+    (destination, run_id, after_profile_id, pushed, total, started_at, finished_at,
+     mapping_version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
 UPSERT_TOMBSTONE: Final = """
 INSERT INTO erased_identities (identity_hash, erased_at) VALUES (?, ?)
 ON CONFLICT (identity_hash) DO UPDATE SET erased_at = excluded.erased_at
@@ -280,6 +290,60 @@ class SqliteProfileStore:
             counts.setdefault(source, {})[int(version)] = int(profiles)
         return counts
 
+    # --- a destination's backfill (services/writer/stores/snapshots.py) ---------------
+
+    def push_progress(self, destination: str) -> PushProgress | None:
+        with self._locked_is_transient():
+            return _push_row(self._db, destination)
+
+    def start_push(
+        self, destination: str, *, run_id: str, mapping_version: int, now: datetime
+    ) -> PushProgress:
+        with self._locked_is_transient():
+            total = int(self._db.execute("SELECT count(*) FROM profiles").fetchone()[0])
+            progress = PushProgress(
+                destination, run_id, 0, 0, total, now, mapping_version=mapping_version
+            )
+            self._db.execute(SAVE_PUSH, progress.row())
+        return progress
+
+    def outbox_rows(self) -> int:
+        with self._locked_is_transient():
+            return int(self._db.execute("SELECT count(*) FROM profile_outbox").fetchone()[0])
+
+    def push_batch(self, destination: str, *, limit: int, now: datetime) -> PushProgress:
+        db = self._db
+        try:
+            with self._locked_is_transient():
+                db.execute("BEGIN IMMEDIATE")
+                progress = _push_row(db, destination)
+                if progress is None:
+                    raise LookupError(f"destination {destination!r} has no push run")
+                ids = [
+                    int(row[0])
+                    for row in db.execute(
+                        "SELECT id FROM profiles WHERE id > ? ORDER BY id LIMIT ?",
+                        (progress.after_profile_id, limit),
+                    )
+                ]
+                if ids:
+                    messages = snapshot_messages(
+                        _load_profiles(db, ids),
+                        progress=progress,
+                        now=now,
+                        encode=self._book.encode_change or standalone_encoder(),
+                    )
+                    db.execute(
+                        "INSERT INTO profile_outbox (messages) VALUES (?)", (pack(messages),)
+                    )
+                progress = progress.advanced(ids, now)
+                db.execute(SAVE_PUSH, progress.row())
+                db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return progress
+
     def close(self) -> None:
         self._db.close()
 
@@ -421,6 +485,14 @@ def _attribute_rows(
     names = ", ".join("?" * len(only.attributes))
     query = f"SELECT {ATTRIBUTE_COLUMNS} FROM attributes {in_batch} AND name IN ({names})"  # noqa: S608
     return db.execute(query, sorted(only.attributes)).fetchall()
+
+
+def _push_row(db: sqlite3.Connection, destination: str) -> PushProgress | None:
+    row = db.execute(
+        f"SELECT {PUSH_COLUMNS} FROM destination_pushes WHERE destination = ?",  # noqa: S608
+        (destination,),
+    ).fetchone()
+    return PushProgress.from_row(row) if row is not None else None
 
 
 def _any_rows(db: sqlite3.Connection, table: str) -> bool:

@@ -5,6 +5,8 @@ integers in SQL. Attribute values are JSON text so every FieldValue round-trips.
 The outbox (migration 3) holds each batch's ProfileChanged messages until the writer's
 relay has put them on Kafka (services/writer/stores/outbox.py); AUTOINCREMENT, so a
 ``seq`` is never given twice, even after the rows before it were relayed and deleted.
+Migration 4 keeps each destination's backfill progress (services/writer/stores/
+snapshots.py).
 """
 
 from __future__ import annotations
@@ -103,6 +105,21 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         CREATE TABLE profile_outbox (
             seq       INTEGER PRIMARY KEY AUTOINCREMENT,
             messages  BLOB    NOT NULL
+        );
+        """,
+    ),
+    (
+        4,
+        """
+        CREATE TABLE destination_pushes (
+            destination       TEXT    PRIMARY KEY,
+            run_id            TEXT    NOT NULL,
+            after_profile_id  INTEGER NOT NULL,
+            pushed            INTEGER NOT NULL,
+            total             INTEGER NOT NULL,
+            started_at        INTEGER NOT NULL,
+            finished_at       INTEGER,
+            mapping_version   INTEGER NOT NULL
         );
         """,
     ),
