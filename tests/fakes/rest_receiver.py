@@ -1,7 +1,8 @@
 """A JSON API that receives contacts, as a generic REST destination's system would.
 
 - ``POST /v1/contacts`` creates a contact (201 ``{"data": {"id": ...}}``);
-- ``PUT|PATCH /v1/contacts/{id}`` replaces or merges one (200, 404 when unknown);
+- ``PUT /v1/contacts/{id}`` replaces one, or creates it under that id (200, 201: PUT's
+  meaning in RFC 9110); ``PATCH`` merges into one (200, 404 when unknown);
 - ``DELETE /v1/contacts/{id}`` (204, 404 when unknown);
 - ``POST /v1/contacts/batch`` ``{"contacts": [...]}``, at most ``MAX_BATCH`` (else 400),
   each item created or, with an ``id``, merged; answers ``{"results": [{"id"}...]}``.
@@ -89,13 +90,14 @@ class Receiver:
 
     async def _write(self, request: web.Request, *, merge: bool) -> web.Response:
         contact_id = request.match_info["id"]
-        if contact_id not in self.contacts:
+        known = contact_id in self.contacts
+        if merge and not known:
             return web.json_response({"error": "not found"}, status=404)
         contact = await request.json()
         if (refused := self._refused(contact)) is not None:
             return refused
         self.contacts[contact_id] = {**self.contacts[contact_id], **contact} if merge else contact
-        return web.json_response({"data": {"id": contact_id}})
+        return web.json_response({"data": {"id": contact_id}}, status=200 if known else 201)
 
     async def _delete(self, request: web.Request) -> web.Response:
         if self.contacts.pop(request.match_info["id"], None) is None:

@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 
 import pytest
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.apsis import ApsisDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
 from services.outbound.destinations.apsis import ApsisProfiles
 from services.outbound.destinations.base import Delivered
-from services.outbound.outgoing import OutgoingChange, outgoing
 from tests.fakes import apsis
 from tests.fakes.apsis import Account
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import from_hubspot, send_each, shaped
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 SECTION = "com.apsis1.sections.default"
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
 FIRST, LAST, EMAIL_ATTR = "312460234", "312461234", "312462234"
@@ -68,63 +62,16 @@ def settings(
     )
 
 
-def change(
-    profile: int,
-    email: str | None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]],
-    *,
-    event: str,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-    newsletter: str | None = None,
-) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if email is not None:
-        identities.append(Identity("email", email))
-    consents = ()
-    if newsletter is not None:
-        consents = (ConsentStatusChange("newsletter", "email", None, newsletter, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(AttributeChange(n, old, new) for n, (old, new) in attributes.items()),
-        consents=consents,
-    )
-
-
 def send(
     destination: ApsisDestination, *chunks: Sequence[ProfileChanged], account: Account | None = None
 ) -> list[Delivered]:
-    shaped_chunks = []
-    for events in chunks:
-        chunk = []
-        for event in events:
-            shaped = outgoing(event, destination)
-            assert isinstance(shaped, OutgoingChange)
-            chunk.append(shaped)
-        shaped_chunks.append(chunk)
-
-    async def run() -> list[Delivered]:
-        profiles = ApsisProfiles("apsis", destination)
-        await profiles.open()
-        try:
-            found = []
-            for index, chunk in enumerate(shaped_chunks):
-                if index and account is not None:
-                    account.expire_tokens()
-                found.append(await profiles.send(chunk))
-            return found
-        finally:
-            await profiles.close()
-
-    return asyncio.run(run())
+    """The chunks sent in turn by one opened destination; with ``account``, its tokens
+    expire before each chunk but the first, so the second finds its session gone."""
+    return send_each(
+        ApsisProfiles("apsis", destination),
+        [shaped(events, destination) for events in chunks],
+        between=None if account is None else account.expire_tokens,
+    )
 
 
 def key(email: str) -> tuple[str, str]:
@@ -139,15 +86,15 @@ def test_a_profile_is_created_then_updated_with_only_what_changed(
     [first, second] = send(
         destination,
         [
-            change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
-            change(
+            from_hubspot(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
+            from_hubspot(
                 1,
                 "ada@x.io",
                 {"first_name": ("Ada", "Ada L."), "last_name": (None, "L")},
                 event="e2",
             ),
         ],
-        [change(1, "ada@x.io", {"last_name": ("L", None)}, event="e3")],
+        [from_hubspot(1, "ada@x.io", {"last_name": ("L", None)}, event="e3")],
     )
     assert first == second == Delivered()
     assert space.profiles[key("ada@x.io")] == {
@@ -156,7 +103,7 @@ def test_a_profile_is_created_then_updated_with_only_what_changed(
     assert space.calls["attributes"] == 1  # e3 only clears: left out by default, no call
     send(
         settings(server, monkeypatch, send_clears=True),
-        [change(1, "ada@x.io", {"last_name": ("L", None)}, event="e4")],
+        [from_hubspot(1, "ada@x.io", {"last_name": ("L", None)}, event="e4")],
     )
     assert LAST not in space.profiles[key("ada@x.io")][SECTION]
 
@@ -166,12 +113,12 @@ def test_consents_opt_in_subscribe_and_opt_out(
 ) -> None:
     space, server = account
     destination = settings(server, monkeypatch)
-    [opted] = send(destination, [change(2, "bob@x.io", {}, event="e1", newsletter="OPT_IN")])
+    [opted] = send(destination, [from_hubspot(2, "bob@x.io", {}, event="e1", newsletter="OPT_IN")])
     assert opted == Delivered()
     address = ("com.apsis1.channels.email", "bob@x.io", TOPIC[2])
     assert space.consents[address] == "opt-in"
     assert (EMAIL_KEYSPACE, "bob@x.io", SECTION, TOPIC[2]) in space.subscriptions
-    send(destination, [change(2, "bob@x.io", {}, event="e2", newsletter="OPT_OUT")])
+    send(destination, [from_hubspot(2, "bob@x.io", {}, event="e2", newsletter="OPT_OUT")])
     assert space.consents[address] == "opt-out"
 
 
@@ -179,7 +126,9 @@ def test_sending_a_chunk_twice_leaves_the_same_state(
     account: tuple[Account, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space, server = account
-    events = [change(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e1", newsletter="OPT_IN")]
+    events = [
+        from_hubspot(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e1", newsletter="OPT_IN")
+    ]
     first, second = send(settings(server, monkeypatch), events, events)
     assert first == second == Delivered()  # the repeated consent's 409 counts as done
     assert len(space.profiles) == 1 and len(space.consents) == 1
@@ -193,9 +142,9 @@ def test_a_refusal_names_only_its_profile(
     [delivered] = send(
         destination,
         [
-            change(4, "di@x.io", {"first_name": (None, "Di")}, event="e1"),
-            change(5, "ed@x.io", {"vip": (None, True)}, event="e1"),
-            change(6, None, {"first_name": (None, "Anon")}, event="e1"),
+            from_hubspot(4, "di@x.io", {"first_name": (None, "Di")}, event="e1"),
+            from_hubspot(5, "ed@x.io", {"vip": (None, True)}, event="e1"),
+            from_hubspot(6, None, {"first_name": (None, "Anon")}, event="e1"),
         ],
     )
     refused = {r.change.event.profile_id: (r.status, r.answer) for r in delivered.refused}
@@ -210,8 +159,8 @@ def test_an_expired_token_is_renewed_and_a_wrong_secret_is_an_outage(
     space, server = account
     send(
         settings(server, monkeypatch),
-        [change(7, "fa@x.io", {"first_name": (None, "Fa")}, event="e1")],
-        [change(7, "fa@x.io", {"first_name": ("Fa", "Fay")}, event="e2")],
+        [from_hubspot(7, "fa@x.io", {"first_name": (None, "Fa")}, event="e1")],
+        [from_hubspot(7, "fa@x.io", {"first_name": ("Fa", "Fay")}, event="e2")],
         account=space,
     )
     assert space.tokens_issued == 2
@@ -219,7 +168,7 @@ def test_an_expired_token_is_renewed_and_a_wrong_secret_is_an_outage(
     with pytest.raises(ApiUnavailable, match="credentials refused"):
         send(
             settings(server, monkeypatch, secret="wrong"),
-            [change(8, "go@x.io", {"first_name": (None, "Go")}, event="e1")],
+            [from_hubspot(8, "go@x.io", {"first_name": (None, "Go")}, event="e1")],
         )
 
 
@@ -230,7 +179,7 @@ def test_throttling_is_waited_out(
     server.faults.script(429, 502)
     [delivered] = send(
         settings(server, monkeypatch),
-        [change(9, "hu@x.io", {"first_name": (None, "Hu")}, event="e1")],
+        [from_hubspot(9, "hu@x.io", {"first_name": (None, "Hu")}, event="e1")],
     )
     assert delivered == Delivered() and key("hu@x.io") in space.profiles
     assert server.statuses[429] == 1
@@ -241,8 +190,8 @@ def test_an_erased_profile_is_deleted_and_a_missing_one_counts_as_done(
 ) -> None:
     space, server = account
     destination = settings(server, monkeypatch)
-    send(destination, [change(10, "io@x.io", {"first_name": (None, "Io")}, event="e1")])
-    erase = [change(10, "io@x.io", {}, event="e2", kind=ProfileChangeKind.ERASED)]
+    send(destination, [from_hubspot(10, "io@x.io", {"first_name": (None, "Io")}, event="e1")])
+    erase = [from_hubspot(10, "io@x.io", {}, event="e2", kind=ProfileChangeKind.ERASED)]
     first, second = send(destination, erase, erase)
     assert first == second == Delivered()
     assert space.profiles == {} and space.calls["delete"] == 2
@@ -259,7 +208,7 @@ def test_profiles_keyed_by_crm_id(
         crm_id_source="hubspot",
         consents={},
     )
-    send(destination, [change(11, "ju@x.io", {"first_name": (None, "Ju")}, event="e1")])
+    send(destination, [from_hubspot(11, "ju@x.io", {"first_name": (None, "Ju")}, event="e1")])
     assert list(space.profiles) == [("com.apsis1.keyspaces.crm-id", "11")]
 
 

@@ -4,32 +4,26 @@ loopback: what a chunk of changes becomes, and what each answer does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Unpack
 
 import pydantic
 import pytest
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.hubspot import HubSpotDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
-from services.outbound.destinations.base import Delivered
-from services.outbound.destinations.hubspot import HubSpotContacts, property_text
-from services.outbound.outgoing import OutgoingChange, outgoing
+from services.outbound.destinations.hubspot import property_text
 from tests.fakes import hubspot
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import Changed, deliver, linked, profile_changed
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
 UPDATE = "/crm/v3/objects/contacts/batch/update"
 GDPR_DELETE = "/crm/v3/objects/contacts/gdpr-delete"
@@ -58,63 +52,9 @@ def settings(
     )
 
 
-def change(
-    profile: int,
-    *,
-    event: str,
-    email: str | None = None,
-    contact: str | None = None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]] | None = None,
-    consents: dict[str, str] | None = None,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-) -> ProfileChanged:
-    identities = []
-    if contact is not None:
-        identities.append(Identity("crm", f"hubspot:{contact}"))
-    if email is not None:
-        identities.append(Identity("email", email))
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="shop",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=tuple(
-            ConsentStatusChange(name, "email", None, status, NOW)
-            for name, status in (consents or {}).items()
-        ),
-    )
-
-
-def send(
-    destination: HubSpotDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        contacts = HubSpotContacts("hubspot-out", destination)
-        await contacts.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await contacts.send(chunk)
-            return delivered
-        finally:
-            await contacts.close()
-
-    return asyncio.run(run())
+def change(profile: int, *, contact: str | None = None, **given: Unpack[Changed]) -> ProfileChanged:
+    """A change made in the shop; ``contact``: the HubSpot contact id the profile carries."""
+    return profile_changed(profile, crm=linked("hubspot", contact), source="shop", **given)
 
 
 def live(crm: FakeHubSpot) -> dict[str, dict[str, Any]]:
@@ -126,7 +66,7 @@ def test_a_profile_is_created_by_email_then_updated_by_its_contact_id(
 ) -> None:
     crm, server = account
     destination = settings(server, monkeypatch)
-    first = send(
+    first = deliver(
         destination,
         [
             change(1, event="e1", email="Ada@X.io", attributes={"firstname": (None, "Ada")}),
@@ -139,7 +79,7 @@ def test_a_profile_is_created_by_email_then_updated_by_its_contact_id(
     assert crm.contacts[contact_id]["properties"]["email"] == "ada@x.io"
     assert crm.contacts[contact_id]["properties"]["firstname"] == "Ada L."
 
-    second = send(
+    second = deliver(
         destination,
         [
             change(
@@ -166,12 +106,12 @@ def test_only_what_changed_is_sent_and_a_clear_only_when_asked(
 ) -> None:
     crm, server = account
     existing = crm.upsert(email="bob@x.io", firstname="Bob", city="Rome")["id"]
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(2, event="e1", contact=existing, attributes={"city": ("Rome", None)})],
     )
     assert delivered.refused == [] and crm.write_requests == []  # nothing to send
-    send(
+    deliver(
         settings(server, monkeypatch),
         [
             change(
@@ -185,7 +125,7 @@ def test_only_what_changed_is_sent_and_a_clear_only_when_asked(
     [(_, body)] = crm.write_requests
     assert body["inputs"][0]["properties"] == {"age": "41", "vip": "true"}
     assert crm.contacts[existing]["properties"]["city"] == "Rome"
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True),
         [change(2, event="e3", contact=existing, attributes={"city": ("Rome", None)})],
     )
@@ -212,7 +152,7 @@ def test_consents_are_checkbox_properties(
     destination = settings(
         server, monkeypatch, consents={"newsletter": "newsletter_opt_in", "sms": "sms_opt_in"}
     )
-    delivered = send(
+    delivered = deliver(
         destination,
         [
             change(
@@ -234,7 +174,7 @@ def test_a_chunk_over_the_limit_is_split_into_requests_of_100(
         change(n, event="e1", email=f"p{n}@x.io", attributes={"firstname": (None, f"P{n}")})
         for n in range(1, 102)
     ]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     assert delivered.refused == []
     assert [len(body["inputs"]) for _, body in crm.write_requests] == [100, 1]
     assert len(live(crm)) == 101 and len(delivered.assigned) == 101
@@ -253,7 +193,7 @@ def test_only_the_inputs_hubspot_names_are_refused(
         change(3, event="e1", contact="999999", attributes={"firstname": (None, "Cy")}),
         change(4, event="e1", contact=known, attributes={"firstname": (None, "Dee")}),
     ]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     refused = {r.change.event.profile_id: r for r in delivered.refused}
     assert sorted(refused) == [2, 3]
     assert refused[2].status == 207 and "VALIDATION_ERROR" in refused[2].answer
@@ -273,7 +213,7 @@ def test_a_request_refused_as_a_whole_refuses_its_changes(
         change(1, event="e1", email="ada@x.io", attributes={"firstname": (None, "Ada")}),
         change(2, event="e1", email="ADA@x.io", attributes={"firstname": (None, "Ava")}),
     ]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     assert [(r.change.event.profile_id, r.status) for r in delivered.refused] == [
         (1, 400),
         (2, 400),
@@ -290,10 +230,10 @@ def test_sending_the_same_chunk_twice_leaves_the_same_contacts(
         change(2, event="e1", email="bob@x.io", attributes={"firstname": (None, "Bob")}),
     ]
     destination = settings(server, monkeypatch)
-    first = send(destination, events)
+    first = deliver(destination, events)
     state = {i: dict(r["properties"]) for i, r in live(crm).items()}
     crm.take_events()
-    again = send(destination, events)
+    again = deliver(destination, events)
     assert again.assigned == first.assigned
     after = {i: dict(r["properties"]) for i, r in live(crm).items()}
     for properties in (*state.values(), *after.values()):
@@ -307,7 +247,7 @@ def test_writes_are_marked_as_the_apps_own_in_webhook_events(
 ) -> None:
     crm, server = account
     crm.upsert(email="eve@x.io")  # a user's edit in HubSpot
-    send(
+    deliver(
         settings(server, monkeypatch),
         [change(1, event="e1", email="ada@x.io", attributes={"firstname": (None, "Ada")})],
     )
@@ -328,7 +268,7 @@ def test_throttling_is_waited_out(
     server.faults.retry_after_seconds = 1
     server.faults.script(429, 502)
     started = asyncio.run(_monotonic())
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(1, event="e1", email="ada@x.io", attributes={"firstname": (None, "Ada")})],
     )
@@ -350,7 +290,7 @@ def test_a_refused_token_is_an_outage(
         server, monkeypatch, api={"token": {"env": "HUBSPOT_WRONG_TOKEN"}, "max_attempts": 1}
     )
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(
+        deliver(
             destination,
             [change(1, event="e1", email="ada@x.io", attributes={"firstname": (None, "Ada")})],
         )
@@ -371,7 +311,7 @@ def test_an_erased_profile_is_gdpr_deleted_by_id_or_email(
         change(2, event="e2", email="BOB@x.io", kind=erased),
         change(3, event="e2", kind=erased),
     ]
-    delivered = send(settings(server, monkeypatch), events, times=2)  # the second: 404
+    delivered = deliver(settings(server, monkeypatch), events, times=2)  # the second: 404
     assert [(r.change.event.profile_id, r.status) for r in delivered.refused] == [(3, None)]
     assert crm.contacts == {}
     assert [body for path, body in crm.write_requests] == [
@@ -389,7 +329,7 @@ def test_a_profile_without_id_or_email_and_a_detach_send_nothing(
     account: tuple[FakeHubSpot, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crm, server = account
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(1, event="e1", attributes={"firstname": (None, "Ada")}),

@@ -3,33 +3,36 @@ chunk of changes becomes in the account, and what each answer does."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from typing import Unpack
 
 import pytest
 from pydantic import ValidationError
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
+from services.core.contracts import FieldValue
 from services.core.destinations.klaviyo import KlaviyoDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
-from services.outbound.destinations.base import Delivered
 from services.outbound.destinations.klaviyo import KlaviyoProfiles, named_profile
-from services.outbound.outgoing import OutgoingChange, outgoing
+from services.outbound.outgoing import OutgoingChange
 from tests.fakes import klaviyo
 from tests.fakes.klaviyo import Account
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import (
+    Attributes,
+    FromHubSpot,
+    deliver,
+    from_hubspot,
+    linked,
+    send,
+)
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 LIST_ID = "Y6nRLr"
 SUBSCRIBE = "profile-subscription-bulk-create-job"
 UNSUBSCRIBE = "profile-subscription-bulk-delete-job"
@@ -73,60 +76,13 @@ def settings(
 def change(
     profile: int,
     email: str | None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]] | None = None,
+    attributes: Attributes | None = None,
     *,
-    event: str,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-    newsletter: str | None = None,
     klaviyo_id: str | None = None,
+    **given: Unpack[FromHubSpot],
 ) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if klaviyo_id is not None:
-        identities.append(Identity("crm", f"klaviyo:{klaviyo_id}"))
-    if email is not None:
-        identities.append(Identity("email", email))
-    consents: tuple[ConsentStatusChange, ...] = ()
-    if newsletter is not None:
-        consents = (ConsentStatusChange("newsletter", "email", None, newsletter, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=consents,
-    )
-
-
-def send(
-    destination: KlaviyoDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        profiles = KlaviyoProfiles("klaviyo", destination)
-        await profiles.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await profiles.send(chunk)
-            return delivered
-        finally:
-            await profiles.close()
-
-    return asyncio.run(run())
+    """A HubSpot profile's change; ``klaviyo_id``: the Klaviyo profile id it carries."""
+    return from_hubspot(profile, email, attributes, crm=linked("klaviyo", klaviyo_id), **given)
 
 
 def test_a_profile_is_created_reported_and_then_updated_by_id(
@@ -134,7 +90,7 @@ def test_a_profile_is_created_reported_and_then_updated_by_id(
 ) -> None:
     space, server = account
     destination = settings(server, monkeypatch)
-    created = send(
+    created = deliver(
         destination,
         [
             change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
@@ -148,7 +104,7 @@ def test_a_profile_is_created_reported_and_then_updated_by_id(
     assert stored["email"] == "ada@x.io" and stored["first_name"] == "Ada"
     assert stored["location"] == {"city": "Oslo"} and stored["properties"] == {"shoe_size": 38}
     # Linked: found by id, even under a new email.
-    updated = send(
+    updated = deliver(
         destination,
         [
             change(
@@ -166,7 +122,7 @@ def test_only_what_changed_is_sent_and_a_clear_only_when_asked(
     account: tuple[Account, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space, server = account
-    first = send(
+    first = deliver(
         settings(server, monkeypatch),
         [
             change(
@@ -183,14 +139,14 @@ def test_only_what_changed_is_sent_and_a_clear_only_when_asked(
         "city": ("Rome", None),
         "shoe_size": (44, None),
     }
-    send(settings(server, monkeypatch), [change(2, "bob@x.io", clears, event="e2")])
+    deliver(settings(server, monkeypatch), [change(2, "bob@x.io", clears, event="e2")])
     stored = space.profiles[klaviyo_id]
     assert (stored["first_name"], stored["location"], stored["properties"]) == (
         "Bob",
         {"city": "Rome"},
         {"shoe_size": 44},
     )
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True), [change(2, "bob@x.io", clears, event="e3")]
     )
     stored = space.profiles[klaviyo_id]
@@ -204,22 +160,11 @@ def test_a_change_with_nothing_for_klaviyo_sends_nothing(
     space, server = account
     destination = settings(server, monkeypatch)
 
-    async def run() -> Delivered:
-        profiles = KlaviyoProfiles("klaviyo", destination)
-        await profiles.open()
-        try:
-            return await profiles.send(
-                [
-                    OutgoingChange(change(1, "a@x.io", event="e1")),
-                    OutgoingChange(
-                        change(2, "b@x.io", event="e2", kind=ProfileChangeKind.DETACHED)
-                    ),
-                ]
-            )
-        finally:
-            await profiles.close()
-
-    assert asyncio.run(run()).refused == []
+    nothing = [
+        OutgoingChange(change(1, "a@x.io", event="e1")),
+        OutgoingChange(change(2, "b@x.io", event="e2", kind=ProfileChangeKind.DETACHED)),
+    ]
+    assert send(KlaviyoProfiles("klaviyo", destination), nothing).refused == []
     assert server.requests == 0 and space.profiles == {}
 
 
@@ -228,7 +173,7 @@ def test_consent_changes_go_in_bulk_jobs_for_the_list(
 ) -> None:
     space, server = account
     destination = settings(server, monkeypatch)
-    delivered = send(
+    delivered = deliver(
         destination,
         [
             change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1", newsletter="OPT_IN"),
@@ -246,7 +191,7 @@ def test_consent_changes_go_in_bulk_jobs_for_the_list(
     }
     on_list = {space.profiles[i]["email"] for i in space.members[LIST_ID]}
     assert on_list == {"ada@x.io", "bob@x.io"}
-    send(destination, [change(1, "ada@x.io", event="e4", newsletter="OPT_OUT")])
+    deliver(destination, [change(1, "ada@x.io", event="e4", newsletter="OPT_OUT")])
     assert {space.profiles[i]["email"] for i in space.members[LIST_ID]} == {"bob@x.io"}
 
 
@@ -255,7 +200,7 @@ def test_jobs_keep_to_the_documented_limits(
 ) -> None:
     space, server = account
     events = [change(n, f"p{n}@x.io", event="e1", newsletter="OPT_OUT") for n in range(101)]
-    assert send(settings(server, monkeypatch), events).refused == []
+    assert deliver(settings(server, monkeypatch), events).refused == []
     assert space.jobs == [(UNSUBSCRIBE, 100), (UNSUBSCRIBE, 1)]
     assert space.imports == 0
 
@@ -270,7 +215,7 @@ def test_a_refused_profile_is_refused_alone(
         change(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e3"),
         change(4, None, {"first_name": (None, "Dee")}, event="e4"),
     ]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     refused = {r.change.event.profile_id: r for r in delivered.refused}
     assert sorted(refused) == [2, 4]
     assert refused[2].status == 400 and "/data/attributes/email" in refused[2].answer
@@ -288,7 +233,7 @@ def test_a_profile_a_job_points_at_is_refused_alone(
         change(2, "bad@", event="e2", newsletter="OPT_IN"),
         change(3, "cy@x.io", event="e3", newsletter="OPT_IN"),
     ]
-    [refused] = send(settings(server, monkeypatch), events).refused
+    [refused] = deliver(settings(server, monkeypatch), events).refused
     assert refused.change.event.profile_id == 2 and refused.status == 400
     assert space.jobs == [(SUBSCRIBE, 2)]
     assert named_profile(refused.answer) == 1
@@ -303,9 +248,9 @@ def test_the_same_chunk_twice_leaves_the_same_account(
         change(2, "bob@x.io", {"city": (None, "Rome")}, event="e2"),
     ]
     destination = settings(server, monkeypatch)
-    send(destination, events)
+    deliver(destination, events)
     once = copy.deepcopy((space.profiles, space.members))
-    twice = send(destination, events)
+    twice = deliver(destination, events)
     assert (space.profiles, space.members) == once
     assert sorted(twice.assigned) == [1, 2]  # matched by email: the same ids again
 
@@ -315,11 +260,11 @@ def test_an_erased_profile_gets_a_deletion_job(
 ) -> None:
     space, server = account
     destination = settings(server, monkeypatch)
-    [ada_id] = send(
+    [ada_id] = deliver(
         destination, [change(1, "ada@x.io", {"first_name": (None, "A")}, event="e1")]
     ).assigned.values()
-    send(destination, [change(2, "bob@x.io", {"first_name": (None, "B")}, event="e2")])
-    erased = send(
+    deliver(destination, [change(2, "bob@x.io", {"first_name": (None, "B")}, event="e2")])
+    erased = deliver(
         destination,
         [
             change(1, "ada@x.io", {"first_name": ("A", "Ada")}, event="e3", klaviyo_id=ada_id),
@@ -339,7 +284,7 @@ def test_throttling_is_waited_out_and_a_wrong_key_is_an_outage(
     space, server = account
     server.faults.script(429, 502)
     event = change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1")
-    assert send(settings(server, monkeypatch), [event]).refused == []
+    assert deliver(settings(server, monkeypatch), [event]).refused == []
     assert server.statuses[429] == 1 and server.statuses[502] == 1 and len(space.profiles) == 1
     monkeypatch.setenv("KLAVIYO_OTHER_KEY", "pk_wrong")
     wrong = settings(
@@ -348,7 +293,7 @@ def test_throttling_is_waited_out_and_a_wrong_key_is_an_outage(
         api={"base_url": server.url, "token": {"env": "KLAVIYO_OTHER_KEY"}, "max_attempts": 1},
     )
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(wrong, [event])
+        deliver(wrong, [event])
 
 
 def test_settings_say_what_klaviyo_needs() -> None:

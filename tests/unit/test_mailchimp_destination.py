@@ -5,31 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.mailchimp import MailchimpDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
-    ProfileChanged,
     ProfileChangeKind,
 )
-from services.outbound.destinations.base import Delivered
 from services.outbound.destinations.mailchimp import MailchimpAudience, subscriber_hash
-from services.outbound.outgoing import OutgoingChange, outgoing
+from services.outbound.outgoing import OutgoingChange
 from tests.fakes import mailchimp
 from tests.fakes.mailchimp import Audience
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import deliver, from_hubspot, send, shaped
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 LIST_ID = "a1b2c3d4e5"
 
 
@@ -63,72 +57,16 @@ def settings(
     )
 
 
-def change(
-    profile: int,
-    email: str | None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]] | None = None,
-    *,
-    event: str,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-    newsletter: str | None = None,
-) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if email is not None:
-        identities.append(Identity("email", email))
-    consents: tuple[ConsentStatusChange, ...] = ()
-    if newsletter is not None:
-        consents = (ConsentStatusChange("newsletter", "email", None, newsletter, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=consents,
-    )
-
-
-def send(
-    destination: MailchimpDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        audience = MailchimpAudience("mailchimp", destination)
-        await audience.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await audience.send(chunk)
-            return delivered
-        finally:
-            await audience.close()
-
-    return asyncio.run(run())
-
-
 def test_a_profile_is_added_then_updated_as_one_member(
     audience: tuple[Audience, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space, server = audience
     destination = settings(server, monkeypatch)
-    first = send(
+    first = deliver(
         destination,
         [
-            change(1, "Ada@X.io", {"first_name": (None, "Ada")}, event="e1"),
-            change(1, "Ada@X.io", {"city": (None, "Oslo")}, event="e2"),
+            from_hubspot(1, "Ada@X.io", {"first_name": (None, "Ada")}, event="e1"),
+            from_hubspot(1, "Ada@X.io", {"city": (None, "Oslo")}, event="e2"),
         ],
     )
     assert first.refused == [] and first.assigned == {}
@@ -137,7 +75,9 @@ def test_a_profile_is_added_then_updated_as_one_member(
     assert member["id"] == subscriber_hash("ada@x.io")
     assert member["status"] == "transactional"
     assert member["merge_fields"] == {"FNAME": "Ada", "CITY": "Oslo"}
-    send(destination, [change(1, "Ada@X.io", {"first_name": ("Ada", "Ada L.")}, event="e3")])
+    deliver(
+        destination, [from_hubspot(1, "Ada@X.io", {"first_name": ("Ada", "Ada L.")}, event="e3")]
+    )
     assert len(space.members) == 1
     assert space.member("ada@x.io")["merge_fields"] == {"FNAME": "Ada L.", "CITY": "Oslo"}  # type: ignore[index]
     assert space.batches == [1, 1]
@@ -148,13 +88,14 @@ def test_only_what_changed_is_sent_and_a_clear_only_when_asked(
 ) -> None:
     space, server = audience
     space.seed("bob@x.io", "subscribed", FNAME="Bob", CITY="Rome")
-    send(
-        settings(server, monkeypatch), [change(2, "bob@x.io", {"city": ("Rome", None)}, event="e1")]
+    deliver(
+        settings(server, monkeypatch),
+        [from_hubspot(2, "bob@x.io", {"city": ("Rome", None)}, event="e1")],
     )
     assert space.member("bob@x.io")["merge_fields"] == {"FNAME": "Bob", "CITY": "Rome"}  # type: ignore[index]
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True),
-        [change(2, "bob@x.io", {"city": ("Rome", None)}, event="e2")],
+        [from_hubspot(2, "bob@x.io", {"city": ("Rome", None)}, event="e2")],
     )
     member = space.member("bob@x.io")
     assert member is not None
@@ -167,20 +108,13 @@ def test_an_unmapped_change_sends_nothing(
 ) -> None:
     space, server = audience
     destination = settings(server, monkeypatch)
-    event = change(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e1")
-    shaped = outgoing(event, destination)
-    assert isinstance(shaped, OutgoingChange)
-    detached = OutgoingChange(change(4, "dee@x.io", event="e2", kind=ProfileChangeKind.DETACHED))
-
-    async def run() -> Delivered:
-        target = MailchimpAudience("mailchimp", destination)
-        await target.open()
-        try:
-            return await target.send([OutgoingChange(shaped.event), detached])
-        finally:
-            await target.close()
-
-    assert asyncio.run(run()).refused == []
+    event = from_hubspot(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e1")
+    [mapped] = shaped([event], destination)
+    detached = OutgoingChange(
+        from_hubspot(4, "dee@x.io", event="e2", kind=ProfileChangeKind.DETACHED)
+    )
+    target = MailchimpAudience("mailchimp", destination)
+    assert send(target, [OutgoingChange(mapped.event), detached]).refused == []
     assert space.batches == [] and space.members == {}
 
 
@@ -190,12 +124,12 @@ def test_consent_sets_the_status(
     space, server = audience
     space.seed("bob@x.io", "subscribed")
     destination = settings(server, monkeypatch)
-    send(
+    deliver(
         destination,
         [
-            change(1, "ada@x.io", event="e1", newsletter="OPT_IN"),
-            change(2, "bob@x.io", event="e2", newsletter="OPT_OUT"),
-            change(3, "cy@x.io", event="e3", kind=ProfileChangeKind.CREATED),
+            from_hubspot(1, "ada@x.io", event="e1", newsletter="OPT_IN"),
+            from_hubspot(2, "bob@x.io", event="e2", newsletter="OPT_OUT"),
+            from_hubspot(3, "cy@x.io", event="e3", kind=ProfileChangeKind.CREATED),
         ],
     )
     statuses = {m["email_address"]: m["status"] for m in space.members.values()}
@@ -204,7 +138,7 @@ def test_consent_sets_the_status(
         "bob@x.io": "unsubscribed",
         "cy@x.io": "transactional",
     }
-    send(destination, [change(1, "ada@x.io", event="e4", newsletter="OPT_OUT")])
+    deliver(destination, [from_hubspot(1, "ada@x.io", event="e4", newsletter="OPT_OUT")])
     assert space.member("ada@x.io")["status"] == "unsubscribed"  # type: ignore[index]
 
 
@@ -213,9 +147,10 @@ def test_batches_keep_to_500_members(
 ) -> None:
     space, server = audience
     events = [
-        change(n, f"p{n}@x.io", {"first_name": (None, f"P{n}")}, event="e1") for n in range(501)
+        from_hubspot(n, f"p{n}@x.io", {"first_name": (None, f"P{n}")}, event="e1")
+        for n in range(501)
     ]
-    assert send(settings(server, monkeypatch), events).refused == []
+    assert deliver(settings(server, monkeypatch), events).refused == []
     assert space.batches == [500, 1]
     assert len(space.members) == 501
 
@@ -225,11 +160,11 @@ def test_a_member_error_refuses_only_that_profile(
 ) -> None:
     space, server = audience
     events = [
-        change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
-        change(2, "not-an-email", {"first_name": (None, "Bob")}, event="e2"),
-        change(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e3"),
+        from_hubspot(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
+        from_hubspot(2, "not-an-email", {"first_name": (None, "Bob")}, event="e2"),
+        from_hubspot(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e3"),
     ]
-    [refused] = send(settings(server, monkeypatch), events).refused
+    [refused] = deliver(settings(server, monkeypatch), events).refused
     assert refused.change.event.profile_id == 2 and refused.status == 200
     assert refused.answer.startswith("ERROR_GENERIC: <member> looks fake or invalid")
     assert "not-an-email" not in refused.answer
@@ -240,8 +175,9 @@ def test_a_profile_without_email_is_refused_before_sending(
     audience: tuple[Audience, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space, server = audience
-    [refused] = send(
-        settings(server, monkeypatch), [change(1, None, {"first_name": (None, "A")}, event="e1")]
+    [refused] = deliver(
+        settings(server, monkeypatch),
+        [from_hubspot(1, None, {"first_name": (None, "A")}, event="e1")],
     ).refused
     assert refused.status is None and "no email" in refused.answer
     assert space.batches == []
@@ -252,13 +188,13 @@ def test_the_same_chunk_twice_leaves_the_same_members(
 ) -> None:
     space, server = audience
     events = [
-        change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1", newsletter="OPT_IN"),
-        change(2, "bob@x.io", {"city": (None, "Rome")}, event="e2"),
+        from_hubspot(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1", newsletter="OPT_IN"),
+        from_hubspot(2, "bob@x.io", {"city": (None, "Rome")}, event="e2"),
     ]
     destination = settings(server, monkeypatch)
-    send(destination, events)
+    deliver(destination, events)
     once = copy.deepcopy({k: (m["status"], m["merge_fields"]) for k, m in space.members.items()})
-    send(destination, events)
+    deliver(destination, events)
     assert {k: (m["status"], m["merge_fields"]) for k, m in space.members.items()} == once
     assert len(space.members) == 2
 
@@ -270,14 +206,14 @@ def test_an_erased_profile_is_deleted_permanently_once(
     space.seed("ada@x.io", "subscribed", FNAME="Ada")
     destination = settings(server, monkeypatch)
     erased = [
-        change(1, "ada@x.io", {"first_name": ("Ada", "Ada L.")}, event="e1"),
-        change(1, "ada@x.io", event="e2", kind=ProfileChangeKind.ERASED),
+        from_hubspot(1, "ada@x.io", {"first_name": ("Ada", "Ada L.")}, event="e1"),
+        from_hubspot(1, "ada@x.io", event="e2", kind=ProfileChangeKind.ERASED),
     ]
-    assert send(destination, erased, times=2).refused == []  # the second time: a 404
+    assert deliver(destination, erased, times=2).refused == []  # the second time: a 404
     assert space.members == {} and space.deletions == 1
     assert space.batches == []  # the update before the erasure was not written
-    [refused] = send(
-        destination, [change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e3")]
+    [refused] = deliver(
+        destination, [from_hubspot(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e3")]
     ).refused
     assert "permanently deleted" in refused.answer
 
@@ -287,8 +223,8 @@ def test_throttling_is_waited_out_and_a_wrong_key_is_an_outage(
 ) -> None:
     space, server = audience
     server.faults.script(429, 503)
-    event = change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1")
-    assert send(settings(server, monkeypatch), [event]).refused == []
+    event = from_hubspot(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1")
+    assert deliver(settings(server, monkeypatch), [event]).refused == []
     assert server.statuses[429] == 1 and server.statuses[503] == 1 and len(space.members) == 1
     monkeypatch.setenv("MAILCHIMP_OTHER_KEY", "wrong-us6")
     wrong = settings(
@@ -301,7 +237,7 @@ def test_throttling_is_waited_out_and_a_wrong_key_is_an_outage(
         },
     )
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(wrong, [event])
+        deliver(wrong, [event])
 
 
 def test_settings_say_what_mailchimp_needs(monkeypatch: pytest.MonkeyPatch) -> None:

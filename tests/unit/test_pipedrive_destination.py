@@ -3,32 +3,24 @@ person a profile becomes, what each request carries, and what each answer does."
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Unpack
 
 import pytest
 from pydantic import ValidationError
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.pipedrive import PipedriveDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
-from services.outbound.destinations.base import Delivered
-from services.outbound.destinations.pipedrive import PipedrivePersons
-from services.outbound.outgoing import OutgoingChange, outgoing
 from tests.fakes.pipedrive import API_TOKEN, NEWSLETTER, TOKEN_USER_ID, FakePipedrive
 from tests.fakes.server import FakeServer, Faults, ServerThread
+from tests.support.destinations import Attributes, FromHubSpot, deliver, from_hubspot, linked
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 TOKEN_ENV = "PIPEDRIVE_DESTINATION_TEST_TOKEN"
 
 
@@ -70,60 +62,18 @@ def settings(
 def change(
     profile: int,
     email: str | None,
-    attributes: Mapping[str, tuple[FieldValue, FieldValue]] | None = None,
+    attributes: Attributes | None = None,
     *,
-    event: str,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
     person: int | None = None,
     consent: str | None = None,
+    **given: Unpack[FromHubSpot],
 ) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if email is not None:
-        identities.append(Identity("email", email))
-    if person is not None:
-        identities.append(Identity("crm", f"pd:{person}"))
-    consents: tuple[ConsentStatusChange, ...] = ()
-    if consent is not None:
-        consents = (ConsentStatusChange("marketing", "email", None, consent, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=consents,
+    """A HubSpot profile's change; ``person``: the Pipedrive person id it carries,
+    ``consent``: the status of its marketing subscription."""
+    consents = None if consent is None else {"marketing": consent}
+    return from_hubspot(
+        profile, email, attributes, crm=linked("pd", person), consents=consents, **given
     )
-
-
-def send(
-    destination: PipedriveDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        persons = PipedrivePersons("pipedrive", destination)
-        await persons.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await persons.send(chunk)
-            return delivered
-        finally:
-            await persons.close()
-
-    return asyncio.run(run())
 
 
 def emails(person: dict[str, Any]) -> list[str]:
@@ -135,7 +85,7 @@ def test_a_new_profile_is_created_then_updated_by_its_id(
 ) -> None:
     fake, server = crm
     destination = settings(server, monkeypatch)
-    created = send(
+    created = deliver(
         destination,
         [
             change(1, "ada@x.io", {"full_name": (None, "Ada")}, event="e1"),
@@ -151,7 +101,7 @@ def test_a_new_profile_is_created_then_updated_by_its_id(
         "emails": [{"value": "ada@x.io", "primary": True, "label": "work"}],
     }
 
-    updated = send(
+    updated = deliver(
         destination,
         [change(1, "ada@x.io", {"mobile": (None, "+4511")}, event="e3", person=person_id)],
     )
@@ -166,7 +116,7 @@ def test_a_person_with_the_email_is_found_not_duplicated(
 ) -> None:
     fake, server = crm
     existing = fake.upsert(first_name="Bob", email="Bob@X.io", custom={NEWSLETTER: "yes"})
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(2, "bob@x.io", {"newsletter": ("yes", "no")}, event="e1")],
     )
@@ -184,9 +134,9 @@ def test_the_same_chunk_sent_twice_leaves_one_person_each(
         change(1, "ada@x.io", {"full_name": (None, "Ada")}, event="e1"),
         change(2, "bob@x.io", {"full_name": (None, "Bob")}, event="e2"),
     ]
-    first = send(settings(server, monkeypatch), events)
+    first = deliver(settings(server, monkeypatch), events)
     state = {pid: (p["name"], emails(p)) for pid, p in fake.persons.items()}
-    again = send(settings(server, monkeypatch), events)
+    again = deliver(settings(server, monkeypatch), events)
     assert again.assigned == first.assigned and len(first.assigned) == 2
     assert {pid: (p["name"], emails(p)) for pid, p in fake.persons.items()} == state
 
@@ -204,7 +154,7 @@ def test_each_profile_is_one_request_and_the_chunk_stays_small(
         for n in range(1, 4)
     ]
     before = server.requests
-    assert send(destination, events).refused == []
+    assert deliver(destination, events).refused == []
     assert server.requests - before == 3 and fake.api_writes == 3
     with pytest.raises(ValidationError, match="less than or equal to 100"):
         settings(server, monkeypatch, batch_size=101)
@@ -214,7 +164,7 @@ def test_a_value_pipedrive_refuses_refuses_only_that_profile(
     crm: tuple[FakePipedrive, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake, server = crm
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(1, "ada@x.io", {"visibility": (None, 3)}, event="e1"),
@@ -233,7 +183,7 @@ def test_what_cannot_be_sent_is_refused_and_nothing_to_send_is_delivered(
     crm: tuple[FakePipedrive, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake, server = crm
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(1, None, {"full_name": (None, "Ada")}, event="e1"),
@@ -251,10 +201,10 @@ def test_a_clear_is_sent_as_null_only_when_asked(
     fake, server = crm
     person = fake.upsert(first_name="Bob", email="bob@x.io", custom={NEWSLETTER: "yes"})
     clear = {"newsletter": ("yes", None)}
-    send(settings(server, monkeypatch), [change(2, "bob@x.io", clear, event="e1")])
+    deliver(settings(server, monkeypatch), [change(2, "bob@x.io", clear, event="e1")])
     assert fake.persons[person["id"]]["custom_fields"][NEWSLETTER] == "yes"
     assert fake.api_writes == 0  # nothing left to send
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True),
         [change(2, "bob@x.io", clear, event="e2")],
     )
@@ -266,10 +216,10 @@ def test_the_marketing_consent_becomes_the_marketing_status(
 ) -> None:
     fake, server = crm
     destination = settings(server, monkeypatch)
-    send(destination, [change(1, "ada@x.io", event="e1", consent="OPT_IN")])
+    deliver(destination, [change(1, "ada@x.io", event="e1", consent="OPT_IN")])
     [person] = fake.persons.values()
     assert person["marketing_status"] == "subscribed"
-    send(destination, [change(1, "ada@x.io", event="e2", consent="OPT_OUT")])
+    deliver(destination, [change(1, "ada@x.io", event="e2", consent="OPT_OUT")])
     assert person["id"] in fake.persons
     assert fake.persons[person["id"]]["marketing_status"] == "unsubscribed"
 
@@ -285,7 +235,7 @@ def test_an_erased_profile_deletes_its_person_once(
         change(2, "bob@x.io", event="e2", kind=ProfileChangeKind.ERASED),
         change(3, "nobody@x.io", event="e3", kind=ProfileChangeKind.ERASED),
     ]
-    delivered = send(settings(server, monkeypatch), events, times=2)
+    delivered = deliver(settings(server, monkeypatch), events, times=2)
     assert delivered.refused == [] and delivered.assigned == {}
     assert fake.persons == {}
     assert sorted(fake.deleted) == [by_id["id"], by_email["id"]]
@@ -296,7 +246,7 @@ def test_api_writes_come_back_as_webhooks_marked_api_by_the_tokens_user(
 ) -> None:
     fake, server = crm
     fake.upsert(first_name="Old", email="old@x.io")
-    send(settings(server, monkeypatch), [change(1, "ada@x.io", event="e1", consent="OPT_IN")])
+    deliver(settings(server, monkeypatch), [change(1, "ada@x.io", event="e1", consent="OPT_IN")])
     app_edit, api_write = fake.events
     assert (app_edit["meta"]["change_source"], app_edit["meta"]["user_id"]) == ("app", "123")
     assert api_write["meta"]["action"] == "create"
@@ -311,7 +261,7 @@ def test_throttling_is_waited_out(
 ) -> None:
     fake, server = crm
     server.faults.script(429, 503)
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(1, "ada@x.io", {"full_name": (None, "A")}, event="e")],
     )
@@ -326,7 +276,7 @@ def test_a_refused_token_is_an_outage(
     destination = settings(server, monkeypatch)
     monkeypatch.setenv(TOKEN_ENV, "wrong")
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(destination, [change(1, "ada@x.io", {"full_name": (None, "A")}, event="e1")])
+        deliver(destination, [change(1, "ada@x.io", {"full_name": (None, "A")}, event="e1")])
     assert fake.persons == {}
 
 

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from typing import Unpack
 
 import pytest
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.rest import RestDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
 from services.outbound.destinations.base import Delivered
 from services.outbound.destinations.rest import RestRecords, pointed
-from services.outbound.outgoing import OutgoingChange, outgoing
 from tests.fakes import rest_receiver
 from tests.fakes.rest_receiver import Receiver
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import (
+    Attributes,
+    FromHubSpot,
+    from_hubspot,
+    linked,
+    send_each,
+    shaped,
+)
 
 pytestmark = pytest.mark.unit
-
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -70,56 +71,20 @@ def settings(
 def change(
     profile: int,
     email: str | None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]],
+    attributes: Attributes,
     *,
-    event: str,
     crm_id: str | None = None,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-    newsletter: str | None = None,
+    **given: Unpack[FromHubSpot],
 ) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if crm_id is not None:
-        identities.append(Identity("crm", f"crm:{crm_id}"))
-    if email is not None:
-        identities.append(Identity("email", email))
-    consents = ()
-    if newsletter is not None:
-        consents = (ConsentStatusChange("newsletter", "email", None, newsletter, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(AttributeChange(n, old, new) for n, (old, new) in attributes.items()),
-        consents=consents,
-    )
+    """A HubSpot profile's change; ``crm_id``: the receiving API's id it carries."""
+    return from_hubspot(profile, email, attributes, crm=linked("crm", crm_id), **given)
 
 
 def send(destination: RestDestination, *chunks: Sequence[ProfileChanged]) -> list[Delivered]:
-    shaped_chunks = []
-    for events in chunks:
-        chunk = []
-        for event in events:
-            shaped = outgoing(event, destination)
-            assert isinstance(shaped, OutgoingChange)
-            chunk.append(shaped)
-        shaped_chunks.append(chunk)
-
-    async def run() -> list[Delivered]:
-        records = RestRecords("rest", destination)
-        await records.open()
-        try:
-            return [await records.send(chunk) for chunk in shaped_chunks]
-        finally:
-            await records.close()
-
-    return asyncio.run(run())
+    """The chunks sent in turn by one opened destination (the receiver's idempotency
+    ledger and id counter see them as one client's)."""
+    chunks_out = [shaped(events, destination) for events in chunks]
+    return send_each(RestRecords("rest", destination), chunks_out)
 
 
 def test_a_record_is_created_then_updated_by_id_with_only_what_changed(

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from typing import Unpack
 
 import pytest
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.s360 import S360Destination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
 from services.outbound.destinations.base import Delivered
-from services.outbound.destinations.s360 import S360Contacts, fault_of, fault_status
-from services.outbound.outgoing import OutgoingChange, outgoing
+from services.outbound.destinations.s360 import fault_of, fault_status
 from tests.fakes.s360 import WS_PASSWORD, ContactService, FakeS360, soap_server
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import Attributes, FromHubSpot, deliver, from_hubspot, linked
 
 pytestmark = pytest.mark.unit
-
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -59,53 +53,13 @@ def settings(
 def change(
     profile: int,
     email: str | None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]],
+    attributes: Attributes,
     *,
-    event: str,
     number: str | None = None,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-    newsletter: str | None = None,
+    **given: Unpack[FromHubSpot],
 ) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if number is not None:
-        identities.append(Identity("crm", f"s360:{number}"))
-    if email is not None:
-        identities.append(Identity("email", email))
-    consents = ()
-    if newsletter is not None:
-        consents = (ConsentStatusChange("newsletter", "email", None, newsletter, NOW),)
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(AttributeChange(n, old, new) for n, (old, new) in attributes.items()),
-        consents=consents,
-    )
-
-
-def send(destination: S360Destination, events: Sequence[ProfileChanged]) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        contacts = S360Contacts("s360", destination)
-        await contacts.open()
-        try:
-            return await contacts.send(chunk)
-        finally:
-            await contacts.close()
-
-    return asyncio.run(run())
+    """A HubSpot profile's change; ``number``: the S-360 contact number it carries."""
+    return from_hubspot(profile, email, attributes, crm=linked("s360", number), **given)
 
 
 def test_a_new_contact_is_created_then_updated_by_its_number(
@@ -113,7 +67,7 @@ def test_a_new_contact_is_created_then_updated_by_its_number(
 ) -> None:
     service, server = s360
     destination = settings(server, monkeypatch)
-    first = send(destination, [change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1")])
+    first = deliver(destination, [change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1")])
     assert first.refused == []
     [(profile, number)] = first.assigned.items()
     assert profile == 1
@@ -121,7 +75,7 @@ def test_a_new_contact_is_created_then_updated_by_its_number(
         "email": "ada@x.io",
         "firstName": "Ada",
     }
-    again = send(
+    again = deliver(
         destination,
         [change(1, "ada@x.io", {"last_name": (None, "Lovelace")}, event="e2", number=number)],
     )
@@ -136,7 +90,7 @@ def test_changes_fold_per_contact_and_only_what_changed_is_sent(
 ) -> None:
     service, server = s360
     number = service.crm.upsert(individualContact={"email": "bob@x.io", "lastName": "Stone"})
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(2, "bob@x.io", {"first_name": (None, "Bob")}, event="e1", number=number),
@@ -159,8 +113,8 @@ def test_a_contact_without_number_is_matched_by_email_so_a_resend_creates_none(
     service, server = s360
     destination = settings(server, monkeypatch)
     events = [change(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e1")]
-    first = send(destination, events)
-    second = send(destination, events)
+    first = deliver(destination, events)
+    second = deliver(destination, events)
     assert first.assigned == second.assigned and len(service.crm.contacts) == 1
 
 
@@ -168,7 +122,7 @@ def test_consents_become_authorizations(
     s360: tuple[ContactService, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service, server = s360
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch), [change(4, "di@x.io", {}, event="e1", newsletter="OPT_IN")]
     )
     [number] = delivered.assigned.values()
@@ -179,7 +133,7 @@ def test_a_failed_status_refuses_only_its_contact(
     s360: tuple[ContactService, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service, server = s360
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(5, "not-an-email", {"first_name": (None, "E")}, event="e1"),
@@ -201,7 +155,7 @@ def test_a_client_fault_refuses_and_is_not_retried(
 ) -> None:
     service, server = s360
     destination = settings(server, monkeypatch, attributes={"shoe_size": "shoeSize"})
-    delivered = send(destination, [change(8, "h@x.io", {"shoe_size": (None, 44)}, event="e1")])
+    delivered = deliver(destination, [change(8, "h@x.io", {"shoe_size": (None, 44)}, event="e1")])
     [refusal] = delivered.refused
     assert refusal.status == 400 and "unexpected element shoeSize" in refusal.answer
     assert server.requests == 1 and service.crm.contacts == {}
@@ -211,7 +165,7 @@ def test_erased_and_unmatchable_profiles_are_refused_before_sending(
     s360: tuple[ContactService, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _service, server = s360
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(9, "i@x.io", {}, event="e1", kind=ProfileChangeKind.ERASED),
@@ -230,7 +184,7 @@ def test_a_wrong_password_is_an_outage(
 ) -> None:
     _service, server = s360
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(
+        deliver(
             settings(server, monkeypatch, password="wrong"),
             [change(11, "k@x.io", {"first_name": (None, "K")}, event="e1")],
         )
@@ -242,7 +196,7 @@ def test_throttling_and_server_faults_are_waited_out(
 ) -> None:
     service, server = s360
     server.faults.script(429, 503)
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(12, "l@x.io", {"first_name": (None, "L")}, event="e1")],
     )

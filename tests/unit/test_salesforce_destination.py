@@ -3,34 +3,34 @@ loopback: what a chunk of changes becomes, and what each answer does."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Unpack
 
 import pydantic
 import pytest
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.salesforce import SalesforceDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
 from services.ingest.connectors.salesforce.events import made_by
-from services.outbound.destinations.base import Delivered
 from services.outbound.destinations.salesforce import SalesforceRecords
-from services.outbound.outgoing import OutgoingChange, outgoing
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, FakeSalesforce
 from tests.fakes.server import FakeServer, ServerThread
+from tests.support.destinations import (
+    Changed,
+    deliver,
+    linked,
+    profile_changed,
+    send_each,
+    shaped,
+)
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 SECRET_ENV = "SALESFORCE_DESTINATION_TEST_SECRET"
 COLLECTIONS = "/services/data/v62.0/composite/sobjects"
 BY_EMAIL = f"{COLLECTIONS}/Contact/Email"
@@ -67,68 +67,14 @@ def settings(
     return SalesforceDestination.model_validate(document)
 
 
-def change(
-    profile: int,
-    *,
-    event: str,
-    email: str | None = None,
-    record: str | None = None,
-    attributes: dict[str, tuple[FieldValue, FieldValue]] | None = None,
-    consents: dict[str, str] | None = None,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
-) -> ProfileChanged:
-    identities = []
-    if record is not None:
-        identities.append(Identity("crm", f"salesforce:{record}"))
-    if email is not None:
-        identities.append(Identity("email", email))
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="shop",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=tuple(
-            ConsentStatusChange(name, "email", None, status, NOW)
-            for name, status in (consents or {}).items()
-        ),
-    )
+def change(profile: int, *, record: str | None = None, **given: Unpack[Changed]) -> ProfileChanged:
+    """A change made in the shop; ``record``: the Salesforce record id the profile carries."""
+    return profile_changed(profile, crm=linked("salesforce", record), source="shop", **given)
 
 
 def named(profile: int, email: str, *, event: str = "e1", **extra: Any) -> ProfileChanged:
     attributes = {"LastName": (None, f"Last{profile}"), **extra.pop("attributes", {})}
     return change(profile, event=event, email=email, attributes=attributes, **extra)
-
-
-def send(
-    destination: SalesforceDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        records = SalesforceRecords("salesforce-out", destination)
-        await records.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await records.send(chunk)
-            return delivered
-        finally:
-            await records.close()
-
-    return asyncio.run(run())
 
 
 def live(fake: FakeSalesforce) -> dict[str, dict[str, Any]]:
@@ -140,7 +86,7 @@ def test_a_profile_is_upserted_by_email_then_updated_by_its_record_id(
 ) -> None:
     fake, server = org
     destination = settings(server, monkeypatch)
-    first = send(
+    first = deliver(
         destination,
         [
             named(1, "ada@x.io", attributes={"FirstName": (None, "Ada")}),
@@ -165,7 +111,7 @@ def test_a_profile_is_upserted_by_email_then_updated_by_its_record_id(
         ],
     }
 
-    second = send(
+    second = deliver(
         destination,
         [change(1, event="e3", record=record_id, attributes={"MailingCity": (None, "Oslo")})],
     )
@@ -183,7 +129,7 @@ def test_an_existing_contact_is_matched_by_email_and_only_changes_are_sent(
 ) -> None:
     fake, server = org
     existing = fake.upsert(LastName="Rossi", Email="Bob@X.io", MailingCity="Rome")["Id"]
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(
@@ -202,7 +148,7 @@ def test_an_existing_contact_is_matched_by_email_and_only_changes_are_sent(
         "Email": "bob@x.io",
     }
     assert fake.records[existing]["MailingCity"] == "Rome"
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True),
         [change(2, event="e2", record=existing, attributes={"MailingCity": ("Rome", None)})],
     )
@@ -214,10 +160,12 @@ def test_consents_are_checkbox_fields(
 ) -> None:
     fake, server = org
     destination = settings(server, monkeypatch, consents={"newsletter": "Newsletter__c"})
-    send(destination, [named(1, "ada@x.io", consents={"newsletter": "OPT_IN"})])
+    deliver(destination, [named(1, "ada@x.io", consents={"newsletter": "OPT_IN"})])
     [record] = live(fake).values()
     assert record["Newsletter__c"] is True
-    send(destination, [change(1, event="e2", email="ada@x.io", consents={"newsletter": "OPT_OUT"})])
+    deliver(
+        destination, [change(1, event="e2", email="ada@x.io", consents={"newsletter": "OPT_OUT"})]
+    )
     assert record["Id"] in fake.records and fake.records[record["Id"]]["Newsletter__c"] is False
 
 
@@ -225,7 +173,7 @@ def test_a_chunk_over_200_is_split(
     org: tuple[FakeSalesforce, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake, server = org
-    delivered = send(settings(server, monkeypatch), [named(n, f"p{n}@x.io") for n in range(201)])
+    delivered = deliver(settings(server, monkeypatch), [named(n, f"p{n}@x.io") for n in range(201)])
     assert delivered.refused == [] and len(delivered.assigned) == 201
     assert [len(body["records"]) for _, _, body in fake.collection_requests] == [200, 1]
     by_email = {r["Email"]: r["Id"] for r in live(fake).values()}
@@ -245,7 +193,7 @@ def test_only_the_records_salesforce_fails_are_refused(
         change(4, event="e1", record=gone, attributes={"FirstName": (None, "G")}),
         named(5, "eve@x.io"),
     ]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     refused = {r.change.event.profile_id: r for r in delivered.refused}
     assert sorted(refused) == [2, 3, 4]
     assert "REQUIRED_FIELD_MISSING" in refused[2].answer
@@ -261,7 +209,7 @@ def test_a_malformed_request_refuses_its_changes(
 ) -> None:
     fake, server = org
     events = [named(1, "ada@x.io", attributes={"Shoe_Size__c": (None, 44)}), named(2, "b@x.io")]
-    delivered = send(settings(server, monkeypatch), events)
+    delivered = deliver(settings(server, monkeypatch), events)
     assert [(r.change.event.profile_id, r.status) for r in delivered.refused] == [
         (1, 400),
         (2, 400),
@@ -275,9 +223,9 @@ def test_sending_the_same_chunk_twice_leaves_the_same_records(
     fake, server = org
     events = [named(1, "ada@x.io"), named(2, "bob@x.io", attributes={"Phone": (None, "1")})]
     destination = settings(server, monkeypatch)
-    first = send(destination, events)
+    first = deliver(destination, events)
     state = {i: {k: v for k, v in r.items() if "Mod" not in k} for i, r in fake.records.items()}
-    again = send(destination, events)
+    again = deliver(destination, events)
     assert again.assigned == first.assigned
     after = {i: {k: v for k, v in r.items() if "Mod" not in k} for i, r in fake.records.items()}
     assert after == state
@@ -288,7 +236,9 @@ def test_change_events_of_these_writes_name_the_client(
 ) -> None:
     fake, server = org
     fake.upsert(LastName="Ui", Email="ui@x.io")  # someone else's write
-    record = send(settings(server, monkeypatch, client_name="crmsync-prod"), [named(1, "a@x.io")])
+    record = deliver(
+        settings(server, monkeypatch, client_name="crmsync-prod"), [named(1, "a@x.io")]
+    )
     origins = [e["ChangeEventHeader"]["changeOrigin"] for e in fake.change_events]
     assert origins == [
         "com/salesforce/api/rest/62.0",
@@ -315,11 +265,11 @@ def test_throttling_is_waited_out(
         api={"max_attempts": 4, "token": {"env": "SALESFORCE_SESSION"}},
     )
     started = time.monotonic()
-    assert send(destination, [named(1, "ada@x.io")]).refused == []
+    assert deliver(destination, [named(1, "ada@x.io")]).refused == []
     assert time.monotonic() - started >= 1.0
     server.faults.throttle_response = fake.throttle_response
     server.faults.script(429)  # answered as 403 REQUEST_LIMIT_EXCEEDED
-    assert send(destination, [named(2, "bob@x.io")]).refused == []
+    assert deliver(destination, [named(2, "bob@x.io")]).refused == []
     assert server.statuses[403] == 1 and len(live(fake)) == 2
 
 
@@ -328,19 +278,11 @@ def test_an_expired_session_is_renewed_and_refused_credentials_are_an_outage(
 ) -> None:
     fake, server = org
 
-    async def expire_then_send(destination: SalesforceDestination) -> Delivered:
-        records = SalesforceRecords("salesforce-out", destination)
-        await records.open()
-        try:
-            chunk = [outgoing(named(1, "ada@x.io"), destination)]
-            assert isinstance(chunk[0], OutgoingChange)
-            await records.send([chunk[0]])
-            fake.expire_sessions()
-            return await records.send([c for c in chunk if isinstance(c, OutgoingChange)])
-        finally:
-            await records.close()
-
-    assert asyncio.run(expire_then_send(settings(server, monkeypatch))).refused == []
+    destination = settings(server, monkeypatch)
+    chunk = shaped([named(1, "ada@x.io")], destination)
+    records = SalesforceRecords("salesforce-out", destination)
+    [_, again] = send_each(records, [chunk, chunk], between=fake.expire_sessions)
+    assert again.refused == []
     assert fake.token_requests == 2
 
     monkeypatch.setenv("SALESFORCE_WRONG_SECRET", "nope")
@@ -350,13 +292,13 @@ def test_an_expired_session_is_renewed_and_refused_credentials_are_an_outage(
         oauth={"client_id": CLIENT_ID, "client_secret": {"env": "SALESFORCE_WRONG_SECRET"}},
     )
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(wrong, [named(2, "bob@x.io")])
+        deliver(wrong, [named(2, "bob@x.io")])
     monkeypatch.setenv("SALESFORCE_STALE_TOKEN", "00D!stale")
     static = settings(
         server, monkeypatch, oauth=None, api={"token": {"env": "SALESFORCE_STALE_TOKEN"}}
     )
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(static, [named(3, "cy@x.io")])
+        deliver(static, [named(3, "cy@x.io")])
     assert len(live(fake)) == 1
 
 
@@ -370,7 +312,7 @@ def test_an_erased_profile_is_deleted_by_id_or_refused_without_one(
         change(1, event="e2", record=ada, kind=ERASED),
         change(2, event="e2", email="bob@x.io", kind=ERASED),
     ]
-    delivered = send(settings(server, monkeypatch), events, times=2)  # again: already deleted
+    delivered = deliver(settings(server, monkeypatch), events, times=2)  # again: already deleted
     assert [(r.change.event.profile_id, r.status) for r in delivered.refused] == [(2, None)]
     assert fake.records[ada]["IsDeleted"] is True
     assert [(m, body) for m, _, body in fake.collection_requests] == [
@@ -387,7 +329,7 @@ def test_a_custom_external_id_holds_the_profile_id(
     destination = settings(
         server, monkeypatch, external_id_field="Crmsync_Id__c", external_id_value="profile_id"
     )
-    delivered = send(
+    delivered = deliver(
         destination,
         [named(7, "ada@x.io"), change(8, event="e1", attributes={"LastName": (None, "X")})],
     )

@@ -3,32 +3,24 @@ person a profile becomes, what is written, and what each answer does."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Unpack
 
 import pytest
 from pydantic import ValidationError
 
 from services.core.api_client import ApiUnavailable
-from services.core.contracts import FieldValue, Identity
 from services.core.destinations.webcrm import WebCrmDestination
 from services.core.profile_changed import (
-    AttributeChange,
-    ConsentStatusChange,
     ProfileChanged,
     ProfileChangeKind,
 )
-from services.outbound.destinations.base import Delivered
-from services.outbound.destinations.webcrm import WebCrmPersons
-from services.outbound.outgoing import OutgoingChange, outgoing
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.fakes.webcrm import APP_TOKEN, FakeWebCrm
+from tests.support.destinations import Attributes, FromHubSpot, deliver, from_hubspot, linked
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 TOKEN_ENV = "WEBCRM_DESTINATION_TEST_TOKEN"
 
 
@@ -68,60 +60,15 @@ def settings(
 def change(
     profile: int,
     email: str | None,
-    attributes: Mapping[str, tuple[FieldValue, FieldValue]] | None = None,
+    attributes: Attributes | None = None,
     *,
-    event: str,
-    kind: ProfileChangeKind = ProfileChangeKind.UPDATED,
     person: int | None = None,
     consents: dict[str, str] | None = None,
+    **given: Unpack[FromHubSpot],
 ) -> ProfileChanged:
-    identities = [Identity("crm", f"hubspot:{profile}")]
-    if email is not None:
-        identities.append(Identity("email", email))
-    if person is not None:
-        identities.append(Identity("crm", f"crm:{person}"))
-    return ProfileChanged(
-        event_id=f"{event}:{profile}",
-        profile_id=profile,
-        kind=kind,
-        committed_at=NOW,
-        source="hubspot",
-        record_id=str(profile),
-        source_event_id=event,
-        source_modified_at=NOW,
-        mapping_version=1,
-        identities=tuple(identities),
-        attributes=tuple(
-            AttributeChange(n, old, new) for n, (old, new) in (attributes or {}).items()
-        ),
-        consents=tuple(
-            ConsentStatusChange(name, "email", None, status, NOW)
-            for name, status in (consents or {}).items()
-        ),
-    )
-
-
-def send(
-    destination: WebCrmDestination, events: Sequence[ProfileChanged], times: int = 1
-) -> Delivered:
-    chunk = []
-    for event in events:
-        shaped = outgoing(event, destination)
-        assert isinstance(shaped, OutgoingChange)
-        chunk.append(shaped)
-
-    async def run() -> Delivered:
-        persons = WebCrmPersons("webcrm", destination)
-        await persons.open()
-        try:
-            delivered = Delivered()
-            for _ in range(times):
-                delivered = await persons.send(chunk)
-            return delivered
-        finally:
-            await persons.close()
-
-    return asyncio.run(run())
+    """A HubSpot profile's change; ``person``: the webCRM PersonId it carries."""
+    crm = linked("crm", person)
+    return from_hubspot(profile, email, attributes, crm=crm, consents=consents, **given)
 
 
 def test_a_new_profile_is_created_then_updated_by_its_id(
@@ -129,7 +76,7 @@ def test_a_new_profile_is_created_then_updated_by_its_id(
 ) -> None:
     fake, server = crm
     destination = settings(server, monkeypatch, organisation_id=1)
-    created = send(
+    created = deliver(
         destination,
         [
             change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
@@ -150,7 +97,7 @@ def test_a_new_profile_is_created_then_updated_by_its_id(
     ]
     assert person["PersonName"] == "Ada Lovelace"
 
-    updated = send(
+    updated = deliver(
         destination, [change(1, "ada@x.io", {"title": (None, "CTO")}, event="e3", person=person_id)]
     )
     assert updated.assigned == {1: str(person_id)} and updated.refused == []
@@ -171,7 +118,7 @@ def test_a_person_with_the_email_is_found_not_duplicated(
     fake, server = crm
     old = fake.upsert(PersonFirstName="Bob", PersonEmail="bob@x.io", PersonCustom1="keep")
     fake.upsert(PersonFirstName="Bob2", PersonEmail="bob@x.io")
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(2, "bob@x.io", {"last_name": (None, "Builder")}, event="e1")],
     )
@@ -189,9 +136,9 @@ def test_the_same_chunk_sent_twice_leaves_one_person_each(
         change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
         change(2, "bob@x.io", {"first_name": (None, "Bob")}, event="e2"),
     ]
-    first = send(settings(server, monkeypatch), events)
+    first = deliver(settings(server, monkeypatch), events)
     state = {pid: (p["PersonFirstName"], p["PersonEmail"]) for pid, p in fake.persons.items()}
-    again = send(settings(server, monkeypatch), events)
+    again = deliver(settings(server, monkeypatch), events)
     assert again.assigned == first.assigned and len(first.assigned) == 2
     assert {pid: (p["PersonFirstName"], p["PersonEmail"]) for pid, p in fake.persons.items()} == (
         state
@@ -211,7 +158,7 @@ def test_only_a_change_is_written_and_a_chunk_is_one_person_per_request(
         change(n, None, {"first_name": (f"Old{n}", f"New{n}")}, event=f"e{n}", person=n)
         for n in range(1, 4)
     ]
-    assert send(destination, events).refused == []
+    assert deliver(destination, events).refused == []
     assert [body["PersonId"] for body in fake.bodies] == [1, 2, 3]
     assert [fake.persons[n]["PersonFirstName"] for n in range(1, 4)] == ["New1", "New2", "New3"]
     with pytest.raises(ValidationError, match="less than or equal to 50"):
@@ -222,7 +169,7 @@ def test_a_person_webcrm_refuses_refuses_only_that_profile(
     crm: tuple[FakeWebCrm, FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake, server = crm
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [
             change(1, "ada@x.io", {"first_name": (None, "Ada")}, event="e1"),
@@ -244,13 +191,13 @@ def test_consents_become_the_mass_email_block_and_check_marks(
 ) -> None:
     fake, server = crm
     destination = settings(server, monkeypatch)
-    send(
+    deliver(
         destination,
         [change(1, "ada@x.io", event="e1", consents={"newsletter": "OPT_OUT", "events": "OPT_IN"})],
     )
     [person] = fake.persons.values()
     assert (person["PersonBlockMassEmail"], person["PersonCheckMark2"]) == (True, True)
-    send(destination, [change(1, "ada@x.io", event="e2", consents={"newsletter": "OPT_IN"})])
+    deliver(destination, [change(1, "ada@x.io", event="e2", consents={"newsletter": "OPT_IN"})])
     assert fake.persons[person["PersonId"]]["PersonBlockMassEmail"] is False
 
 
@@ -260,9 +207,9 @@ def test_a_clear_is_sent_as_empty_text_only_when_asked(
     fake, server = crm
     person = fake.upsert(PersonTitle="CEO", PersonEmail="bob@x.io")
     clear = {"title": ("CEO", None)}
-    send(settings(server, monkeypatch), [change(2, "bob@x.io", clear, event="e1")])
+    deliver(settings(server, monkeypatch), [change(2, "bob@x.io", clear, event="e1")])
     assert fake.persons[person["PersonId"]]["PersonTitle"] == "CEO" and fake.bodies == []
-    send(
+    deliver(
         settings(server, monkeypatch, send_clears=True), [change(2, "bob@x.io", clear, event="e2")]
     )
     assert fake.persons[person["PersonId"]]["PersonTitle"] == ""
@@ -280,7 +227,7 @@ def test_an_erased_profile_deletes_its_person_once(
         change(3, "nobody@x.io", event="e3", kind=ProfileChangeKind.ERASED),
         change(4, "cy@x.io", {}, event="e4", kind=ProfileChangeKind.DETACHED),
     ]
-    delivered = send(settings(server, monkeypatch), events, times=2)
+    delivered = deliver(settings(server, monkeypatch), events, times=2)
     assert delivered.refused == [] and delivered.assigned == {}
     assert fake.persons == {}
 
@@ -291,7 +238,7 @@ def test_a_delete_webcrm_does_not_serve_is_refused_not_taken_as_done(
     fake, server = crm
     person = fake.upsert(PersonEmail="ada@x.io")
     fake.serves_delete = False
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(1, "ada@x.io", event="e1", kind=ProfileChangeKind.ERASED)],
     )
@@ -306,7 +253,7 @@ def test_throttling_is_waited_out(
     fake, server = crm
     fake.retry_after_seconds = 0
     server.faults.script(429, 502)
-    delivered = send(
+    delivered = deliver(
         settings(server, monkeypatch),
         [change(1, "ada@x.io", {"first_name": (None, "A")}, event="e")],
     )
@@ -321,7 +268,7 @@ def test_a_refused_token_is_an_outage(
     destination = settings(server, monkeypatch)
     monkeypatch.setenv(TOKEN_ENV, "00000000-0000-0000-0000-000000000000")
     with pytest.raises(ApiUnavailable, match="credentials refused"):
-        send(destination, [change(1, "ada@x.io", {"first_name": (None, "A")}, event="e1")])
+        deliver(destination, [change(1, "ada@x.io", {"first_name": (None, "A")}, event="e1")])
     assert fake.persons == {}
 
 

@@ -46,8 +46,7 @@ What the documentation leaves open, and what this module does:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -55,10 +54,9 @@ import orjson
 from services.core.api_client import ApiError, ApiUnavailable
 from services.core.contracts import FieldValue
 from services.core.destinations.hubspot import MAX_BATCH_INPUTS, HubSpotDestination
-from services.core.profile_changed import ProfileChangeKind
 from services.ingest.connectors.hubspot.pull import is_throttled
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import email_of, record_id
+from services.outbound.destinations.profiles import RecordWrite, batches, fold_records
 from services.outbound.outgoing import OutgoingChange
 
 CONTACTS: Final = "/crm/v3/objects/contacts"
@@ -80,70 +78,34 @@ def property_text(value: FieldValue) -> str:
     return str(value)
 
 
-@dataclass
-class Contact:
-    """One profile's write in a chunk: which contact, what it carries, and the changes
-    whose fate it decides."""
-
-    profile_id: int
-    contact_id: str | None = None
-    email: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
-    changes: list[OutgoingChange] = field(default_factory=list)
-    erase: bool = False
-
-    @property
-    def trace(self) -> str:
-        return str(self.profile_id)
-
-    @property
-    def key(self) -> str | None:
-        """How HubSpot names the input in answers: its contact id, else its email
-        (HubSpot keeps emails in lower case)."""
-        if self.contact_id is not None:
-            return self.contact_id
-        return self.email.lower() if self.email is not None else None
+Contact = RecordWrite
+"""One profile's write in a chunk: its contact id (``record_id``), else its email."""
 
 
-def fold(chunk: Sequence[OutgoingChange], settings: HubSpotDestination) -> list[Contact]:
-    """The chunk as one write per profile, in order, later values winning. An erasure
-    ends the profile: its other changes in the chunk share the erasure's fate."""
-    contacts: dict[int, Contact] = {}
-    for change in chunk:
-        event = change.event
-        contact = contacts.setdefault(event.profile_id, Contact(event.profile_id))
-        contact.contact_id = record_id(event, settings.source) or contact.contact_id
-        contact.email = email_of(event) or contact.email
-        if event.kind is ProfileChangeKind.ERASED or contact.erase:
-            contact.erase = True
-            contact.properties.clear()
-            contact.changes.append(change)
-            continue
-        written = {
-            name: property_text(value)
-            for name, value in change.fields.items()
-            if value is not None or settings.send_clears
-        }
-        written.update({name: property_text(opted) for name, opted in change.consents.items()})
-        if written:
-            contact.properties.update(written)
-            contact.changes.append(change)
-    return list(contacts.values())
+def trace(contact: Contact) -> str:
+    return str(contact.profile_id)
 
 
-def batches(contacts: list[Contact]) -> Iterator[list[Contact]]:
-    for start in range(0, len(contacts), MAX_BATCH_INPUTS):
-        yield contacts[start : start + MAX_BATCH_INPUTS]
+def key(contact: Contact) -> str | None:
+    """How HubSpot names the input in answers: its contact id, else its email (HubSpot
+    keeps emails in lower case)."""
+    if contact.record_id is not None:
+        return contact.record_id
+    return contact.email.lower() if contact.email is not None else None
 
 
-def named(error: dict[str, Any], contacts: list[Contact]) -> list[Contact]:
+def properties(contact: Contact) -> dict[str, str]:
+    return {name: property_text(value) for name, value in contact.values.items()}
+
+
+def named(error: dict[str, Any], contacts: Sequence[Contact]) -> list[Contact]:
     """The inputs a batch error names in its ``context``: by trace id, or by id."""
     context = error.get("context")
     if not isinstance(context, dict):
         return []
     traces = {str(t) for t in context.get("objectWriteTraceId") or ()}
     ids = {str(i).lower() for i in context.get("ids") or ()}
-    return [c for c in contacts if c.trace in traces or c.key in ids]
+    return [c for c in contacts if trace(c) in traces or key(c) in ids]
 
 
 class HubSpotContacts:
@@ -161,12 +123,14 @@ class HubSpotContacts:
         updates: list[Contact] = []
         upserts: list[Contact] = []
         erasures: list[Contact] = []
-        for contact in fold(chunk, self._settings):
+        for contact in fold_records(
+            chunk, source=self._settings.source, send_clears=self._settings.send_clears
+        ):
             if contact.erase:
                 erasures.append(contact)
-            elif not contact.properties:
+            elif not contact.values:
                 continue  # nothing for HubSpot: delivered
-            elif contact.contact_id is not None:
+            elif contact.record_id is not None:
                 updates.append(contact)
             elif contact.email is not None:
                 upserts.append(contact)
@@ -175,15 +139,15 @@ class HubSpotContacts:
                     Refusal(c, None, "the profile has no HubSpot contact id or email to match")
                     for c in contact.changes
                 ]
-        for batch in batches(updates):
+        for batch in batches(updates, MAX_BATCH_INPUTS):
             await self._write(UPDATE_PATH, batch, delivered)
-        for batch in batches(upserts):
+        for batch in batches(upserts, MAX_BATCH_INPUTS):
             await self._write(UPSERT_PATH, batch, delivered)
         for contact in erasures:
             await self._erase(contact, delivered)
         return delivered
 
-    async def _write(self, path: str, contacts: list[Contact], delivered: Delivered) -> None:
+    async def _write(self, path: str, contacts: Sequence[Contact], delivered: Delivered) -> None:
         body = {"inputs": [self._input(c) for c in contacts]}
         try:
             response = await self._api.client.request("POST", path, json_body=body)
@@ -203,8 +167,8 @@ class HubSpotContacts:
             for contact in culprits:
                 failed.add(contact.profile_id)
                 delivered.refused += [Refusal(c, response.status, text) for c in contact.changes]
-        by_trace = {c.trace: c for c in contacts}
-        by_key = {c.key: c for c in contacts}
+        by_trace = {trace(c): c for c in contacts}
+        by_key = {key(c): c for c in contacts}
         for result in answer.get("results") or ():
             owner = by_trace.get(str(result.get("objectWriteTraceId"))) or by_key.get(
                 self._result_key(result, path)
@@ -222,17 +186,17 @@ class HubSpotContacts:
 
     @staticmethod
     def _input(contact: Contact) -> dict[str, Any]:
-        if contact.contact_id is not None:
+        if contact.record_id is not None:
             return {
-                "id": contact.contact_id,
-                "objectWriteTraceId": contact.trace,
-                "properties": contact.properties,
+                "id": contact.record_id,
+                "objectWriteTraceId": trace(contact),
+                "properties": properties(contact),
             }
         return {
             "id": contact.email,
             "idProperty": EMAIL,
-            "objectWriteTraceId": contact.trace,
-            "properties": contact.properties,
+            "objectWriteTraceId": trace(contact),
+            "properties": properties(contact),
         }
 
     @staticmethod
@@ -243,8 +207,8 @@ class HubSpotContacts:
         return str(email).lower() if email else None
 
     async def _erase(self, contact: Contact, delivered: Delivered) -> None:
-        if contact.contact_id is not None:
-            body: dict[str, str] = {"objectId": contact.contact_id}
+        if contact.record_id is not None:
+            body: dict[str, str] = {"objectId": contact.record_id}
         elif contact.email is not None:
             body = {"objectId": contact.email, "idProperty": EMAIL}
         else:

@@ -71,18 +71,14 @@ from services.core.destinations.pipedrive import (
     PipedriveDestination,
 )
 from services.ingest.connectors.pipedrive import ApiToken
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import ProfileWrite, fold
+from services.outbound.destinations.base import ApiConnection, Delivered
+from services.outbound.destinations.profiles import ProfileWrite, Unsendable, write_each
 from services.outbound.outgoing import OutgoingChange
 
 PERSONS_PATH: Final = "/api/v2/persons"
 SEARCH_PATH: Final = "/api/v2/persons/search"
 NOT_FOUND: Final = 404
 CONTACT_LABEL: Final = "work"
-
-
-class Unsendable(Exception):
-    """A profile crmsync cannot write to Pipedrive at all (the reason says why)."""
 
 
 def contact_points(value: FieldValue) -> list[dict[str, Any]]:
@@ -137,21 +133,7 @@ class PipedrivePersons:
         await self._api.open()
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
-        delivered = Delivered()
-        for write in fold(chunk, source=self._settings.source):
-            try:
-                found = await self._write(write)
-            except ApiUnavailable:
-                raise  # not taken: the loop sends the chunk again, which finds its persons
-            except ApiError as exc:
-                delivered.refused += refusals(exc, write.changes)
-                continue
-            except Unsendable as exc:
-                delivered.refused += [Refusal(c, None, str(exc)) for c in write.changes]
-                continue
-            if found is not None:
-                delivered.assigned[write.profile_id] = found
-        return delivered
+        return await write_each(chunk, source=self._settings.source, write=self._write)
 
     async def _write(self, write: ProfileWrite) -> str | None:
         """The profile's person id once written; None when nothing was (erased, or

@@ -1,6 +1,8 @@
 """A chunk of changes as one write per profile, for destinations that write a record per
 profile: ``fold`` (with what a CRM without a batch endpoint needs to know: created,
-erased, a new email) and ``by_profile`` (the changes and folded values alone).
+erased, a new email) and ``write_each`` (such writes one by one, each profile's fate
+its own), ``fold_records`` (for a CRM that takes the writes in batches of records:
+only what is sent) and ``by_profile`` (the changes and folded values alone).
 
 Each profile's changes in the chunk are folded in order, the later value of a field
 winning. A profile is found in the destination by the record id of its
@@ -11,12 +13,17 @@ record is deleted, so the profile's other changes there have nothing left to cha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from services.core.api_client import ApiError, ApiUnavailable
 from services.core.contracts import FieldValue
 from services.core.profile_changed import ProfileChanged, ProfileChangeKind
+from services.outbound.destinations.base import Delivered, Refusal, refusals
 from services.outbound.outgoing import OutgoingChange
+
+T = TypeVar("T")
 
 EMAIL = "email"
 CRM = "crm"
@@ -75,6 +82,86 @@ def fold(chunk: Sequence[OutgoingChange], *, source: str | None) -> list[Profile
         write.fields.update(change.fields)
         write.consents.update(change.consents)
     return list(writes.values())
+
+
+class Unsendable(Exception):
+    """A profile crmsync cannot write to the destination at all (the reason says why)."""
+
+
+async def write_each(
+    chunk: Sequence[OutgoingChange],
+    *,
+    source: str | None,
+    write: Callable[[ProfileWrite], Awaitable[str | None]],
+) -> Delivered:
+    """Each profile's write (``fold``) made on its own by ``write``, which gives the
+    record id the profile has once written (None: nothing was). A profile the
+    destination refuses (``ApiError``) or crmsync cannot send (``Unsendable``) is
+    refused alone; one the destination does not take (``ApiUnavailable``) stops the
+    chunk, which the loop sends again: the writes already made find their records."""
+    delivered = Delivered()
+    for profile in fold(chunk, source=source):
+        try:
+            found = await write(profile)
+        except ApiUnavailable:
+            raise
+        except ApiError as exc:
+            delivered.refused += refusals(exc, profile.changes)
+            continue
+        except Unsendable as exc:
+            delivered.refused += [Refusal(c, None, str(exc)) for c in profile.changes]
+            continue
+        if found is not None:
+            delivered.assigned[profile.profile_id] = found
+    return delivered
+
+
+@dataclass
+class RecordWrite:
+    """One profile's write in a chunk sent as batches of records: which record, what
+    it carries, and the changes whose fate it decides."""
+
+    profile_id: int
+    record_id: str | None = None
+    email: str | None = None
+    values: dict[str, FieldValue] = field(default_factory=dict)
+    """The destination's field -> the value to write (a consent: opted in)."""
+    changes: list[OutgoingChange] = field(default_factory=list)
+    erase: bool = False
+
+
+def fold_records(
+    chunk: Sequence[OutgoingChange], *, source: str | None, send_clears: bool
+) -> list[RecordWrite]:
+    """The chunk as one write per profile, in order, later values winning. Only a
+    change with something to write takes part in its profile's fate (a clear only with
+    ``send_clears``); an erasure ends the profile: its other changes in the chunk share
+    the erasure's fate."""
+    records: dict[int, RecordWrite] = {}
+    for change in chunk:
+        event = change.event
+        record = records.setdefault(event.profile_id, RecordWrite(event.profile_id))
+        record.record_id = record_id(event, source) or record.record_id
+        record.email = email_of(event) or record.email
+        if event.kind is ProfileChangeKind.ERASED or record.erase:
+            record.erase = True
+            record.values.clear()
+            record.changes.append(change)
+            continue
+        written: dict[str, FieldValue] = {
+            name: value for name, value in change.fields.items() if value is not None or send_clears
+        }
+        written.update(change.consents)
+        if written:
+            record.values.update(written)
+            record.changes.append(change)
+    return list(records.values())
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in order, ``size`` at a time (a vendor's limit on one request)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @dataclass

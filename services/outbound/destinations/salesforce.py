@@ -46,69 +46,22 @@ What the documentation leaves open, and what this module does:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from services.core.api_client import ApiError, ApiUnavailable, Credentials
-from services.core.contracts import FieldValue
 from services.core.destinations.salesforce import MAX_COLLECTION, SalesforceDestination
-from services.core.profile_changed import ProfileChangeKind
 from services.core.sources.salesforce import TOKEN_PATH
 from services.ingest.connectors.salesforce.oauth import OAuthSession
 from services.ingest.connectors.salesforce.pull import is_throttled
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import email_of, record_id
+from services.outbound.destinations.profiles import RecordWrite, batches, fold_records
 from services.outbound.outgoing import OutgoingChange
 
 RECORD_FAILED: Final = 400
 ALREADY_DELETED: Final = "ENTITY_IS_DELETED"
-
-
-@dataclass
-class Record:
-    """One profile's write in a chunk: which record, what it carries, and the changes
-    whose fate it decides."""
-
-    profile_id: int
-    record_id: str | None = None
-    email: str | None = None
-    values: dict[str, FieldValue] = field(default_factory=dict)
-    changes: list[OutgoingChange] = field(default_factory=list)
-    erase: bool = False
-
-
-def fold(chunk: Sequence[OutgoingChange], settings: SalesforceDestination) -> list[Record]:
-    """The chunk as one write per profile, in order, later values winning. An erasure
-    ends the profile: its other changes in the chunk share the erasure's fate."""
-    records: dict[int, Record] = {}
-    for change in chunk:
-        event = change.event
-        record = records.setdefault(event.profile_id, Record(event.profile_id))
-        record.record_id = record_id(event, settings.source) or record.record_id
-        record.email = email_of(event) or record.email
-        if event.kind is ProfileChangeKind.ERASED or record.erase:
-            record.erase = True
-            record.values.clear()
-            record.changes.append(change)
-            continue
-        written: dict[str, FieldValue] = {
-            name: value
-            for name, value in change.fields.items()
-            if value is not None or settings.send_clears
-        }
-        written.update(change.consents)
-        if written:
-            record.values.update(written)
-            record.changes.append(change)
-    return list(records.values())
-
-
-def batches(records: list[Record]) -> Iterator[list[Record]]:
-    for start in range(0, len(records), MAX_COLLECTION):
-        yield records[start : start + MAX_COLLECTION]
 
 
 def failure(result: Any) -> str | None:
@@ -146,10 +99,12 @@ class SalesforceRecords:
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
         delivered = Delivered()
-        updates: list[Record] = []
-        upserts: list[Record] = []
-        erasures: list[Record] = []
-        for record in fold(chunk, self._settings):
+        updates: list[RecordWrite] = []
+        upserts: list[RecordWrite] = []
+        erasures: list[RecordWrite] = []
+        for record in fold_records(
+            chunk, source=self._settings.source, send_clears=self._settings.send_clears
+        ):
             if record.erase and record.record_id is not None:
                 erasures.append(record)
             elif record.erase:
@@ -168,16 +123,16 @@ class SalesforceRecords:
                     f"the profile has no Salesforce record id or "
                     f"{self._settings.external_id_value} to match",
                 )
-        for batch in batches(updates):
+        for batch in batches(updates, MAX_COLLECTION):
             body = {"allOrNone": False, "records": [self._update_body(r) for r in batch]}
             await self._write("PATCH", self._collections, batch, delivered, body=body)
         upsert_path = (
             f"{self._collections}/{self._settings.sobject}/{self._settings.external_id_field}"
         )
-        for batch in batches(upserts):
+        for batch in batches(upserts, MAX_COLLECTION):
             body = {"allOrNone": False, "records": [self._upsert_body(r) for r in batch]}
             await self._write("PATCH", upsert_path, batch, delivered, body=body)
-        for batch in batches(erasures):
+        for batch in batches(erasures, MAX_COLLECTION):
             ids = ",".join(r.record_id or "" for r in batch)
             await self._write(
                 "DELETE",
@@ -189,22 +144,22 @@ class SalesforceRecords:
         return delivered
 
     @staticmethod
-    def _unsendable(record: Record, why: str) -> list[Refusal]:
+    def _unsendable(record: RecordWrite, why: str) -> list[Refusal]:
         return [Refusal(change, None, why) for change in record.changes]
 
-    def _external_id(self, record: Record) -> str | None:
+    def _external_id(self, record: RecordWrite) -> str | None:
         if self._settings.external_id_value == "profile_id":
             return str(record.profile_id)
         return record.email
 
-    def _update_body(self, record: Record) -> dict[str, Any]:
+    def _update_body(self, record: RecordWrite) -> dict[str, Any]:
         return {
             "attributes": {"type": self._settings.sobject},
             "id": record.record_id,
             **record.values,
         }
 
-    def _upsert_body(self, record: Record) -> dict[str, Any]:
+    def _upsert_body(self, record: RecordWrite) -> dict[str, Any]:
         return {
             "attributes": {"type": self._settings.sobject},
             **record.values,
@@ -215,7 +170,7 @@ class SalesforceRecords:
         self,
         method: str,
         path: str,
-        records: list[Record],
+        records: Sequence[RecordWrite],
         delivered: Delivered,
         *,
         body: Any = None,

@@ -70,8 +70,8 @@ from services.core.api_client import ApiError, ApiUnavailable
 from services.core.contracts import FieldValue
 from services.core.destinations.webcrm import BLOCK_MASS_EMAIL, WebCrmDestination
 from services.ingest.connectors.webcrm import QUERIES_PATH, AccessToken
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import ProfileWrite, fold
+from services.outbound.destinations.base import ApiConnection, Delivered
+from services.outbound.destinations.profiles import ProfileWrite, Unsendable, write_each
 from services.outbound.outgoing import OutgoingChange
 
 PERSONS_PATH: Final = "/Persons"
@@ -80,10 +80,6 @@ NOT_FOUND: Final = 404
 SCRIPT_SAFE_EMAIL: Final = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$")
 
 Person = dict[str, Any]
-
-
-class Unsendable(Exception):
-    """A profile crmsync cannot write to webCRM at all (the reason says why)."""
 
 
 def person_changes(
@@ -128,21 +124,7 @@ class WebCrmPersons:
         await self._api.open()
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
-        delivered = Delivered()
-        for write in fold(chunk, source=self._settings.source):
-            try:
-                found = await self._write(write)
-            except ApiUnavailable:
-                raise  # not taken: the loop sends the chunk again, which finds its persons
-            except ApiError as exc:
-                delivered.refused += refusals(exc, write.changes)
-                continue
-            except Unsendable as exc:
-                delivered.refused += [Refusal(c, None, str(exc)) for c in write.changes]
-                continue
-            if found is not None:
-                delivered.assigned[write.profile_id] = found
-        return delivered
+        return await write_each(chunk, source=self._settings.source, write=self._write)
 
     async def _write(self, write: ProfileWrite) -> str | None:
         """The profile's PersonId once written; None when nothing was."""
