@@ -18,12 +18,15 @@ from datetime import UTC, datetime
 from typing import Final
 
 from services.core.config import Settings
+from services.core.crash_points import crash_point
 from services.writer.stores import open_store
 from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.snapshots import PushableStore, PushProgress
 from services.writer.stores.sqlite import SqliteProfileStore
 
 REPORT_EVERY_S: Final = 2.0
+# Where a kill -9 tests the push: a batch committed, the next not begun.
+CRASH_AFTER_BATCH: Final = "push-after-batch"
 WAIT_POLL_S: Final = 2.0
 
 
@@ -79,6 +82,7 @@ def _queue(store: PushableStore, name: str, progress: PushProgress, *, batch: in
     reported = time.monotonic()
     while progress.finished_at is None:
         progress = store.push_batch(name, limit=batch, now=datetime.now(UTC))
+        crash_point(CRASH_AFTER_BATCH)
         if time.monotonic() - reported >= REPORT_EVERY_S:
             print(f"{name}: {_count(progress)} queued", flush=True)
             reported = time.monotonic()

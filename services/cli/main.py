@@ -25,6 +25,9 @@ from services.core.settings_base import MissingSecretError
 from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_store
 from services.writer.stores.cdp_wire import profile_json
+from services.writer.stores.postgres import PostgresProfileStore
+from services.writer.stores.snapshots import PushProgress
+from services.writer.stores.sqlite import SqliteProfileStore
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -85,16 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=_status)
 
-    destination = commands.add_parser("destination", help="send profiles to a destination")
-    destination_commands = destination.add_subparsers(dest="destination_command", required=True)
-    pushing = destination_commands.add_parser(
-        "push", help="send every profile to a destination once (resumable)"
-    )
-    pushing.add_argument("name")
-    pushing.add_argument("--batch", type=int, default=1000, help="profiles per transaction")
-    pushing.add_argument("--restart", action="store_true", help="push everything again")
-    pushing.add_argument("--wait", action="store_true", help="until the destination took all")
-    pushing.set_defaults(handler=_destination_push)
+    _add_destination_commands(commands)
 
     profile = commands.add_parser("profile", help="look up profiles in the store")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)
@@ -111,6 +105,26 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
     erasing.set_defaults(handler=_profile_erase)
     return parser
+
+
+def _add_destination_commands(commands: Any) -> None:
+    destination = commands.add_parser("destination", help="send profiles to a destination")
+    destination_commands = destination.add_subparsers(dest="destination_command", required=True)
+    pushing = destination_commands.add_parser(
+        "push", help="send every profile to a destination once (resumable)"
+    )
+    pushing.add_argument("name")
+    pushing.add_argument("--batch", type=int, default=1000, help="profiles per transaction")
+    pushing.add_argument("--restart", action="store_true", help="push everything again")
+    pushing.add_argument("--wait", action="store_true", help="until the destination took all")
+    pushing.set_defaults(handler=_destination_push)
+    previewing = destination_commands.add_parser(
+        "preview", help="show the requests a push would send, sending nothing"
+    )
+    previewing.add_argument("name")
+    previewing.add_argument("--limit", type=int, default=3, help="profiles to show")
+    previewing.add_argument("--email", help="only the profile with this email")
+    previewing.set_defaults(handler=_destination_preview)
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
@@ -176,6 +190,12 @@ def _destination_push(settings: Settings, args: argparse.Namespace) -> int:
     return push(settings, args.name, batch=args.batch, restart=args.restart, wait=args.wait)
 
 
+def _destination_preview(settings: Settings, args: argparse.Namespace) -> int:
+    from services.cli.preview_command import preview
+
+    return preview(settings, args.name, limit=args.limit, email=args.email)
+
+
 def _status(settings: Settings, _args: argparse.Namespace) -> int:
     code, body = admin_call(settings, "GET", "/status")
     if code != 200:
@@ -220,11 +240,43 @@ def _destinations_status(settings: Settings) -> None:
     except KafkaException as exc:
         sys.stderr.write(f"Kafka not readable, destinations' backlogs unknown: {exc}\n")
         waiting = {}
+    pushes = _pushes(settings)
     for name, destination in settings.destinations.items():
         state = "paused" if destination.paused else "delivering"
         behind = waiting.get(name)
         count = "" if behind is None else f", {behind} changes waiting"
         print(f"{name} (destination, {destination.kind}): {state}{count}")
+        if pushes is not None:
+            print(f"  backfill: {_push_line(pushes.get(name), destination.mapping_version)}")
+
+
+def _pushes(settings: Settings) -> dict[str, PushProgress | None] | None:
+    """Each destination's latest push, from the store; None when it keeps none (the
+    HTTP store) or cannot be read."""
+    try:
+        store = open_store(settings.store, read_only=True)
+    except Exception:
+        return None
+    try:
+        if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
+            return None
+        return {name: store.push_progress(name) for name in settings.destinations}
+    except Exception as exc:
+        sys.stderr.write(f"store not readable, backfills unknown: {exc}\n")
+        return None
+    finally:
+        store.close()
+
+
+def _push_line(progress: PushProgress | None, mapping_version: int) -> str:
+    if progress is None:
+        return f"due: never pushed (crmsync destination push NAME, mapping v{mapping_version})"
+    counted = f"{progress.pushed} of {progress.total} profiles"
+    if progress.finished_at is None:
+        return f"interrupted at {counted}: crmsync destination push NAME resumes it"
+    if progress.mapping_version < mapping_version:
+        return f"due: pushed under mapping v{progress.mapping_version}, now v{mapping_version}"
+    return f"done, {counted} at {progress.finished_at:%Y-%m-%d %H:%M}Z"
 
 
 def _profiles_by_mapping_version(settings: Settings) -> dict[str, dict[int, int]]:

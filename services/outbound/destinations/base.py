@@ -30,6 +30,7 @@ from services.core.api_client import (
 )
 from services.core.http import async_client
 from services.core.sources.common import ApiSettings
+from services.outbound.dry_run import RECORDER
 from services.outbound.outgoing import OutgoingChange
 
 CREDENTIALS_REFUSED: Final = frozenset({401, 403})
@@ -104,13 +105,22 @@ class ApiConnection:
 
     async def open(self) -> None:
         api = self._settings
-        self._session = async_client(timeout_s=api.timeout_seconds)
+        credentials: Credentials
+        recorder = RECORDER.get()
+        if recorder is not None:
+            # A dry run (services/outbound/dry_run.py): nothing sent, no token fetched.
+            self._session = recorder.session(api.timeout_seconds)
+            credentials = StaticBearer(None)
+        else:
+            self._session = async_client(timeout_s=api.timeout_seconds)
+            credentials = self._credentials or StaticBearer(
+                api.token.resolve() if api.token is not None else None
+            )
         self._client = ApiClient(
             source=self._name,
             settings=api,
             session=self._session,
-            credentials=self._credentials
-            or StaticBearer(api.token.resolve() if api.token is not None else None),
+            credentials=credentials,
             is_throttled=self._is_throttled,
         )
 

@@ -334,6 +334,21 @@ class PostgresProfileStore:
 
         return [stored_profile(profile) for profile in self._read(read)]
 
+    def profiles_after(self, profile_id: int, limit: int) -> list[StoredProfile]:
+        """Up to ``limit`` profiles with ids above ``profile_id``, in id order."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[Profile]:
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT id FROM profiles WHERE id > %s ORDER BY id LIMIT %s",
+                    (profile_id, limit),
+                )
+            ]
+            return _load_profiles(conn, ids)
+
+        return [stored_profile(profile) for profile in self._read(read)]
+
     def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
         rows = self._read(
             lambda conn: conn.execute(

@@ -21,9 +21,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
 
-from services.core.profile_changed import ProfileChangeKind, change_key, change_record
+from services.core.profile_changed import (
+    AttributeChange,
+    ConsentStatusChange,
+    ProfileChanged,
+    ProfileChangeKind,
+    change_key,
+    change_record,
+)
 from services.core.versions import from_micros, to_micros
 from services.writer.profiles import Profile
+from services.writer.stores.base import StoredProfile
 from services.writer.stores.outbox import ChangeEncoder, Message
 
 PUSH_SOURCE: Final = "crmsync"
@@ -134,3 +142,27 @@ def snapshot_messages(
         )
         messages.append((change_key(profile.id), encode(record)))
     return messages
+
+
+def snapshot_event(profile: StoredProfile, *, destination: str, now: datetime) -> ProfileChanged:
+    """A profile's SNAPSHOT as a push would queue it, for a dry run (no run, no outbox)."""
+    return ProfileChanged(
+        event_id=f"preview:{destination}:{profile.profile_id}",
+        profile_id=profile.profile_id,
+        kind=ProfileChangeKind.SNAPSHOT,
+        committed_at=now,
+        source=PUSH_SOURCE,
+        record_id=str(profile.profile_id),
+        source_event_id="preview",
+        source_modified_at=profile.updated_at,
+        mapping_version=0,
+        identities=profile.identities,
+        attributes=tuple(
+            AttributeChange(name, None, stored.value) for name, stored in profile.attributes.items()
+        ),
+        consents=tuple(
+            ConsentStatusChange(c.subscription, c.channel, None, c.status, c.changed_at)
+            for c in profile.consents
+        ),
+        destination=destination,
+    )

@@ -279,6 +279,18 @@ class SqliteProfileStore:
             loaded = _load_profiles(self._db, ids)
         return [stored_profile(profile) for profile in loaded]
 
+    def profiles_after(self, profile_id: int, limit: int) -> list[StoredProfile]:
+        """Up to ``limit`` profiles with ids above ``profile_id``, in id order."""
+        with self._locked_is_transient():
+            ids = [
+                int(row[0])
+                for row in self._db.execute(
+                    "SELECT id FROM profiles WHERE id > ? ORDER BY id LIMIT ?", (profile_id, limit)
+                )
+            ]
+            loaded = _load_profiles(self._db, ids)
+        return [stored_profile(profile) for profile in loaded]
+
     def profiles_by_mapping_version(self) -> dict[str, dict[int, int]]:
         counts: dict[str, dict[int, int]] = {}
         with self._locked_is_transient():
