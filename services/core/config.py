@@ -323,6 +323,11 @@ class Settings(Strict):
                     f"destination {name!r} names source {destination.source!r}, "
                     "which is not configured"
                 )
+            if destination.send_if is not None and isinstance(self.store, HttpStoreSettings):
+                raise ValueError(
+                    f"destination {name!r} has send_if, which reads profiles from the "
+                    "store: the http store cannot be read so; use sqlite or postgres"
+                )
         return self
 
 

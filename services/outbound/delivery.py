@@ -12,7 +12,9 @@ The life of a batch:
 2. Each is decoded; an undecodable one becomes a RejectedEvent (stage ``outbound``).
 3. Each change is shaped for the destination (services/outbound/outgoing.py): a
    change from the destination's own system, or one that touches nothing it maps,
-   is skipped.
+   is skipped; so is one of a profile that does not match the destination's
+   ``send_if`` as the store holds it now (read once per batch). A value a field's
+   transform cannot shape dead-letters its change.
 4. The changes go out in chunks of the destination's ``batch_size``, in order. A chunk
    the destination does not take (down, throttled, no answer: ``ApiUnavailable``
    after the client's own retries) is sent again after a backoff, its partitions
@@ -50,7 +52,7 @@ from services.core.contracts import ContactChange, RejectedEvent, record_key
 from services.core.crash_points import crash_point
 from services.core.destinations import DestinationCommon
 from services.core.kafka import is_error, wait_paused
-from services.core.profile_changed import ProfileChanged
+from services.core.profile_changed import ProfileChanged, ProfileChangeKind
 from services.core.rejections import (
     DEFAULT_MESSAGE_MAX_BYTES,
     consumed_rejection,
@@ -58,9 +60,12 @@ from services.core.rejections import (
 )
 from services.core.retry import Backoff, RetryPolicy
 from services.core.serde import DecodeError
+from services.mapper.rules.conditions import matches
+from services.mapper.rules.errors import RuleError
 from services.outbound.destinations.base import Delivered, Destination, Refusal
 from services.outbound.links import link_change
 from services.outbound.outgoing import OutgoingChange, outgoing
+from services.writer.stores.base import StoredProfile
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,10 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY: Final = RetryPolicy(initial_s=1.0, max_s=60.0)
 FLUSH_TIMEOUT_S: Final = 30.0
 STAGE: Final = "outbound"
+FILTERED_OUT: Final = "filtered_out"
+
+ProfileReader = Callable[[Sequence[int]], list[StoredProfile]]
+"""The current state of profiles, by id, from the store (for ``send_if``)."""
 
 # Where a kill -9 tests the loop: the destination has the batch, Kafka's offsets do not.
 CRASH_AFTER_DELIVERY: Final = "outbound-after-delivery"
@@ -112,6 +121,7 @@ class DeliveryLoop:
         loop_settings: LoopSettings,
         stop: threading.Event,
         links: LinkSettings | None = None,
+        profiles: ProfileReader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._destination = destination
@@ -124,6 +134,7 @@ class DeliveryLoop:
         self._loop = loop_settings
         self._stop = stop
         self._links = links
+        self._profiles = profiles
         self._clock = clock
         self.delivered = 0
 
@@ -159,19 +170,7 @@ class DeliveryLoop:
         """One batch through steps 2 to 5; False when asked to stop before it was all
         delivered (it is consumed again on restart)."""
         # Steps 2 and 3
-        rejections: list[RejectedEvent] = []
-        sending: list[tuple[OutgoingChange, Message]] = []
-        for message in batch:
-            try:
-                event = self._changes.decode(message.value() or b"")
-            except DecodeError as exc:
-                rejections.append(self._rejection(message, f"undecodable ProfileChanged: {exc}"))
-                continue
-            shaped = outgoing(event, self._settings, destination=self._name)
-            if isinstance(shaped, str):
-                metrics.DESTINATION_SKIPPED.labels(self._name, shaped).inc()
-                continue
-            sending.append((shaped, message))
+        rejections, sending = self._shaped(batch)
         # Step 4
         links: list[ContactChange] = []
         size = self._destination.batch_size
@@ -208,6 +207,57 @@ class DeliveryLoop:
             # delivers the batch again, which at least once allows.
             log.warning("destination=%s offsets not committed: %s", self._name, exc)
         return True
+
+    def _shaped(
+        self, batch: Sequence[Message]
+    ) -> tuple[list[RejectedEvent], list[tuple[OutgoingChange, Message]]]:
+        """Steps 2 and 3: the batch's rejections, and its changes for the destination."""
+        rejections: list[RejectedEvent] = []
+        events: list[tuple[ProfileChanged, Message]] = []
+        for message in batch:
+            try:
+                events.append((self._changes.decode(message.value() or b""), message))
+            except DecodeError as exc:
+                rejections.append(self._rejection(message, f"undecodable ProfileChanged: {exc}"))
+        matching = self._matching({event.profile_id for event, _ in events})
+        sending: list[tuple[OutgoingChange, Message]] = []
+        for event, message in events:
+            shaped: OutgoingChange | str
+            if (
+                matching is not None
+                and event.profile_id not in matching
+                and event.kind is not ProfileChangeKind.ERASED
+            ):
+                shaped = FILTERED_OUT
+            else:
+                try:
+                    shaped = outgoing(event, self._settings, destination=self._name)
+                except RuleError as exc:
+                    reason = f"not sendable to destination {self._name}: {exc}"
+                    rejections.append(
+                        self._rejection(
+                            message, reason, source=event.source, event_id=event.event_id
+                        )
+                    )
+                    continue
+            if isinstance(shaped, str):
+                metrics.DESTINATION_SKIPPED.labels(self._name, shaped).inc()
+                continue
+            sending.append((shaped, message))
+        return rejections, sending
+
+    def _matching(self, profile_ids: set[int]) -> set[int] | None:
+        """Of ``profile_ids``, those whose current attributes match ``send_if`` (None:
+        the destination has no filter). An erased profile matches nothing, yet its
+        erasure goes out: the destination may hold it from before."""
+        condition = self._settings.send_if
+        if condition is None or self._profiles is None:
+            return None
+        return {
+            profile.profile_id
+            for profile in self._profiles(sorted(profile_ids))
+            if matches(condition, {name: a.value for name, a in profile.attributes.items()})
+        }
 
     def _send_until_taken(
         self, chunk: list[OutgoingChange], runner: asyncio.Runner

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 
 from confluent_kafka import Consumer, Producer
 
@@ -29,14 +30,41 @@ from services.core.rejections import rejection_message_limit
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
 from services.outbound.backlog import group_of
-from services.outbound.delivery import DeliveryLoop, LinkSettings, LoopSettings
+from services.outbound.delivery import DeliveryLoop, LinkSettings, LoopSettings, ProfileReader
 from services.outbound.destinations import open_destination
+from services.writer.stores import open_store
+from services.writer.stores.base import StoredProfile
+from services.writer.stores.postgres import PostgresProfileStore
+from services.writer.stores.sqlite import SqliteProfileStore
 
 log = logging.getLogger(__name__)
 
 
 class NotReady(Exception):
     pass
+
+
+class StoreProfiles:
+    """Profiles read from the store for a destination's ``send_if``: opened read-only on
+    first use, in the delivery loop's own thread (an SQLite connection stays in the
+    thread that opened it; the writer creates the store, perhaps after this starts)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings.store
+        self._store: SqliteProfileStore | PostgresProfileStore | None = None
+
+    def __call__(self, profile_ids: Sequence[int]) -> list[StoredProfile]:
+        if self._store is None:
+            store = open_store(self._settings, read_only=True)
+            if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
+                store.close()
+                raise TypeError("send_if reads profiles from an SQL store")
+            self._store = store
+        return self._store.profiles_by_id(profile_ids)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def delivery_loop(
@@ -46,6 +74,7 @@ def delivery_loop(
     destination: DestinationSettings,
     contracts: WireContracts,
     stop: threading.Event,
+    profiles: ProfileReader | None = None,
 ) -> DeliveryLoop:
     kafka = settings.kafka
     outbound = settings.services.outbound
@@ -73,6 +102,7 @@ def delivery_loop(
             rejected_max_bytes=rejection_message_limit(kafka),
         ),
         stop=stop,
+        profiles=profiles,
         links=(
             LinkSettings(
                 topic=topics.changes,
@@ -97,9 +127,19 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         def body(
             stop_loop: threading.Event, name: str = name, dest: DestinationSettings = destination
         ) -> None:
-            delivery_loop(
-                settings, name=name, destination=dest, contracts=contracts, stop=stop_loop
-            ).run()
+            profiles = StoreProfiles(settings) if dest.send_if is not None else None
+            try:
+                delivery_loop(
+                    settings,
+                    name=name,
+                    destination=dest,
+                    contracts=contracts,
+                    stop=stop_loop,
+                    profiles=profiles,
+                ).run()
+            finally:
+                if profiles is not None:
+                    profiles.close()
 
         loops.append(LoopThread(f"outbound-{name}", body))
     if not loops:

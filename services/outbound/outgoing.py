@@ -6,8 +6,12 @@ A ``ProfileChanged`` event becomes an ``OutgoingChange`` for a destination when:
    goes back where it came from; a backfill's SNAPSHOT goes only to the destination it
    was made for (``crmsync destination push``), whatever its sources;
 2. it changes something the destination takes: a mapped attribute (old and new value
-   under the destination's field name), a mapped subscription's status, the profile's
-   identities, a merge; or it creates, detaches or erases the profile.
+   under the destination's field name, shaped by the field's ``transforms``), a mapped
+   subscription's status, the profile's identities, a merge; or it creates, detaches
+   or erases the profile.
+
+A value a transform cannot shape raises RuleError (the delivery loop dead-letters the
+change with it).
 
 Anything else is skipped, counted by why.
 """
@@ -19,7 +23,10 @@ from typing import Final
 
 from services.core.contracts import FieldValue
 from services.core.destinations import DestinationCommon
+from services.core.destinations.common import FieldTransform
+from services.core.mapping_settings import FieldRule
 from services.core.profile_changed import ProfileChanged, ProfileChangeKind
+from services.mapper.rules.transforms import apply_rule
 
 ECHO: Final = "own_source"
 ANOTHERS: Final = "another_destinations"
@@ -55,7 +62,12 @@ def outgoing(
     for change in event.attributes:
         name = settings.attributes.get(change.name) if settings.attributes else change.name
         if name is not None:
-            fields[name] = change.new_value
+            transform = settings.transforms.get(name)
+            fields[name] = (
+                change.new_value
+                if transform is None
+                else shaped_value(change.new_value, transform, field=name)
+            )
             previous[name] = change.old_value
     consents = {
         settings.consents[c.subscription]: c.new_status == OPT_IN
@@ -71,3 +83,19 @@ def outgoing(
     if not (fields or consents or structural):
         return UNMAPPED
     return OutgoingChange(event, fields, previous, consents)
+
+
+def shaped_value(value: FieldValue, transform: FieldTransform, *, field: str) -> FieldValue:
+    """``value`` as ``transform`` shapes it for ``field``; RuleError when it cannot."""
+    # Built without validation: the transform's settings were validated with the config.
+    rule = FieldRule.model_construct(
+        attribute="value",
+        type=transform.type,
+        values=transform.values,
+        unmapped=transform.unmapped,
+        split=None,
+        separator=transform.separator,
+        timezone="UTC",
+        formats=transform.formats,
+    )
+    return apply_rule(value, rule, where=f"transforms.{field}", default_region=None)

@@ -239,3 +239,46 @@ def test_refused_credentials_hold_the_changes_until_they_are_fixed(
     stack["outbound"].env["CRMSYNC_OTHER_SECRET"] = SECRET
     stack.start("outbound")
     assert wait_for(lambda: len(receiver.changes()) == 2, timeout_s=60)
+
+
+def test_only_profiles_matching_send_if_go_out_with_their_fields_transformed(
+    stack: Stack, destinations: Destinations
+) -> None:
+    receiver = destinations.add(
+        "danish-hook",
+        attributes={"name": "Name", "round": "Round", "country": "Country"},
+        send_if={"all": [{"field": "country", "op": "eq", "value": "DK"}]},
+        transforms={
+            "Country": {"values": {"DK": "Denmark"}, "unmapped": "reject"},
+            "Round": {"type": "string"},
+        },
+    )
+    stack.start("writer", "outbound")
+    produce(
+        stack,
+        [
+            update(
+                "hubspot",
+                str(i),
+                t=1,
+                email=f"p{i}@example.com",
+                attributes={"name": f"P{i}", "round": 1, "country": "DK" if i % 2 else "SE"},
+            )
+            for i in range(10)
+        ],
+    )
+    danes = {f"crm:hubspot:{i}" for i in range(1, 10, 2)}
+    assert wait_for(lambda: len(receiver.changes()) == 5, timeout_s=60), stack[
+        "outbound"
+    ].log_tail()
+    assert {
+        next(i for i in c["identities"] if i.startswith("crm:")) for c in receiver.changes()
+    } == danes
+    assert all(
+        c["fields"]["Country"] == "Denmark" and c["fields"]["Round"] == "1"
+        for c in receiver.changes()
+    )
+    assert wait_for(
+        lambda: metric(stack, "crmsync_destination_skipped_total", why="filtered_out") == 5,
+        timeout_s=30,
+    )

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
+from services.core.config import Settings
 from services.core.contracts import Identity, Operation, Origin
 from services.core.destinations import WebhookDestination
 from services.core.profile_changed import (
@@ -17,6 +19,7 @@ from services.core.profile_changed import (
     ProfileChangeKind,
 )
 from services.core.standard_webhooks import signature, signed_headers, signing_key
+from services.mapper.rules.errors import RuleError
 from services.outbound.destinations.webhook import message_body, message_id
 from services.outbound.links import link_change
 from services.outbound.outgoing import ECHO, UNMAPPED, OutgoingChange, outgoing
@@ -131,10 +134,6 @@ def test_a_message_names_its_changes_and_keeps_its_id_when_sent_again() -> None:
 
 
 def test_a_destination_naming_an_unknown_source_is_a_config_error() -> None:
-    from pydantic import ValidationError
-
-    from services.core.config import Settings
-
     config = {
         "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
         "store": {"kind": "sqlite"},
@@ -178,3 +177,43 @@ def test_an_id_a_destination_assigns_links_back_as_a_change_of_its_source() -> N
         )
         is None
     )
+
+
+def test_a_fields_transform_shapes_its_value_or_refuses_the_change() -> None:
+    settings = destination(
+        attributes={"first_name": "FirstName", "score": "Score"},
+        transforms={
+            "FirstName": {"values": {"Ada L.": "Ada"}, "unmapped": "reject"},
+            "Score": {"type": "string"},
+        },
+    )
+    shaped = outgoing(change(), settings)
+    assert isinstance(shaped, OutgoingChange)
+    assert shaped.fields == {"FirstName": "Ada", "Score": "3"}
+    renamed = change(attributes=(AttributeChange("first_name", "Ada", "Grace"),))
+    with pytest.raises(RuleError, match=r"transforms.FirstName"):
+        outgoing(renamed, settings)
+
+
+HTTP_STORE = {"kind": "http", "url": "https://cdp.example.com", "token": {"env": "X"}}
+
+
+def test_transforms_and_filters_are_checked_with_the_config() -> None:
+    with pytest.raises(ValidationError, match="transforms name fields no attribute is sent to"):
+        destination(attributes={"first_name": "FirstName"}, transforms={"Nope": {}})
+    with pytest.raises(ValidationError, match="direction outbound names the source"):
+        destination(direction="outbound")
+    config = {
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+        "store": HTTP_STORE,
+        "destinations": {
+            "hook": {
+                "kind": "webhook",
+                "api": {"base_url": "https://hooks.example.com"},
+                "secret": {"env": "X"},
+                "send_if": {"all": [{"field": "country", "op": "eq", "value": "DK"}]},
+            }
+        },
+    }
+    with pytest.raises(ValidationError, match="send_if, which reads profiles from the store"):
+        Settings.model_validate(config)

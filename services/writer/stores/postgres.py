@@ -334,6 +334,13 @@ class PostgresProfileStore:
 
         return [stored_profile(profile) for profile in self._read(read)]
 
+    def profiles_by_id(self, profile_ids: Sequence[int]) -> list[StoredProfile]:
+        """The profiles of ``profile_ids`` that exist (merged or erased ones do not)."""
+        return [
+            stored_profile(profile)
+            for profile in self._read(lambda conn: _load_profiles(conn, profile_ids))
+        ]
+
     def profiles_after(self, profile_id: int, limit: int) -> list[StoredProfile]:
         """Up to ``limit`` profiles with ids above ``profile_id``, in id order."""
 

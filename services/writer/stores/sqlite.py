@@ -279,6 +279,12 @@ class SqliteProfileStore:
             loaded = _load_profiles(self._db, ids)
         return [stored_profile(profile) for profile in loaded]
 
+    def profiles_by_id(self, profile_ids: Sequence[int]) -> list[StoredProfile]:
+        """The profiles of ``profile_ids`` that exist (merged or erased ones do not)."""
+        with self._locked_is_transient():
+            loaded = _load_profiles(self._db, profile_ids)
+        return [stored_profile(profile) for profile in loaded]
+
     def profiles_after(self, profile_id: int, limit: int) -> list[StoredProfile]:
         """Up to ``limit`` profiles with ids above ``profile_id``, in id order."""
         with self._locked_is_transient():
