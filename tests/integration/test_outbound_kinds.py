@@ -1,6 +1,7 @@
 """Every destination kind on the real broker, writer and outbound service, against the
 fake of its vendor's API: profiles committed in two rounds reach the vendor, each once,
-holding the second round's values.
+holding the second round's values; where the vendor checks emails, a profile whose
+email it refuses is dead-lettered with the vendor's answer and holds up no other.
 
 ProfileUpdates go straight on the profile-updates topic (sources and mapper are not
 what is tested here). HubSpot, Salesforce and Mailchimp go the whole way in
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from services.core.codecs import load_contracts
+from services.core.contracts import RejectedEvent
 from services.core.destinations.apsis import EMAIL_KEYSPACE
 from tests.fakes import apsis, klaviyo, rest_receiver
 from tests.fakes.pipedrive import API_TOKEN, FakePipedrive
@@ -23,13 +26,15 @@ from tests.fakes.s360 import WS_PASSWORD, ContactService, FakeS360, soap_server
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.fakes.webcrm import APP_TOKEN, FakeWebCrm
 from tests.stores.changes import update
-from tests.support.broker_fixtures import produce_updates
+from tests.support.broker_fixtures import produce_updates, read_committed
 from tests.support.polling import wait_for
 from tests.support.services import Stack
 
 pytestmark = pytest.mark.integration
 
 PROFILES = 12
+POISON = "not-an-email"
+CONTRACTS = load_contracts()
 SECTION = "com.apsis1.sections.default"
 APSIS_FIRST, APSIS_LAST = "312460234", "312461234"
 QUICK = {"max_attempts": 3, "backoff_initial_seconds": 0.05, "max_requests_per_second": 200}
@@ -45,6 +50,8 @@ class Kind:
     """The destination's settings, given the server's URL."""
     secret: str
     held: Callable[[Any], Names]
+    refuses: str | None = None
+    """What the vendor answers for an email it refuses (None: it takes any)."""
 
 
 def pipedrive_served() -> tuple[Any, FakeServer]:
@@ -74,7 +81,9 @@ def apsis_served() -> tuple[Any, FakeServer]:
 
 
 def rest_served() -> tuple[Any, FakeServer]:
-    api = rest_receiver.Receiver()
+    api = rest_receiver.Receiver(
+        refuse=lambda contact: "no such mailbox" if contact.get("email") == POISON else None
+    )
     return api, rest_receiver.server(api)
 
 
@@ -122,6 +131,7 @@ KINDS: dict[str, Kind] = {
             c["individualContact"]["email"]: c["individualContact"]["firstName"]
             for c in service.crm.contacts.values()
         },
+        refuses="invalid email",
     ),
     "klaviyo": Kind(
         klaviyo_served,
@@ -132,6 +142,7 @@ KINDS: dict[str, Kind] = {
         },
         klaviyo.PRIVATE_KEY,
         lambda account: {p["email"]: p["first_name"] for p in account.profiles.values()},
+        refuses="Invalid email address",
     ),
     "apsis": Kind(
         apsis_served,
@@ -163,6 +174,7 @@ KINDS: dict[str, Kind] = {
         },
         rest_receiver.TOKEN,
         lambda api: {c["email"]: c["first_name"] for c in api.contacts.values()},
+        refuses="no such mailbox",
     ),
 }
 
@@ -184,6 +196,9 @@ def test_committed_profiles_reach_the_vendor_once_with_their_latest_values(
 ) -> None:
     kind, state = destination
     stack.start("writer", "outbound")
+    emails = {i: f"person{i}@example.com" for i in range(PROFILES)}
+    if kind.refuses is not None:
+        emails[5] = POISON
     produce_updates(
         stack,
         [
@@ -191,15 +206,30 @@ def test_committed_profiles_reach_the_vendor_once_with_their_latest_values(
                 "hubspot",
                 str(i),
                 t=version,
-                email=f"person{i}@example.com",
+                email=emails[i],
                 attributes={"name": f"P{i} r{version}", "last_name": f"L{i}"},
             )
             for version in (1, 2)
             for i in range(PROFILES)
         ],
     )
-    expected = {f"person{i}@example.com": f"P{i} r2" for i in range(PROFILES)}
+    expected = {emails[i]: f"P{i} r2" for i in range(PROFILES) if emails[i] != POISON}
     assert wait_for(lambda: kind.held(state) == expected, timeout_s=90), (
         kind.held(state),
         stack["outbound"].log_tail(),
     )
+    if kind.refuses is None:
+        return
+
+    def dead() -> list[RejectedEvent]:
+        return [
+            rejection
+            for m in read_committed(stack.bootstrap, stack.topic("rejected"))
+            if (rejection := CONTRACTS.rejected_event.decode(m.value() or b"")).stage == "outbound"
+        ]
+
+    # Both changes of the poison profile, each with the vendor's own answer.
+    assert wait_for(lambda: len(dead()) == 2, timeout_s=30)
+    for rejection in dead():
+        assert kind.refuses in rejection.reason
+        assert CONTRACTS.profile_changed.decode(rejection.value or b"").record_id == "5"
