@@ -9,7 +9,11 @@ one destination per run:
 - ``webhook``: the Standard Webhooks receiver (tests/fakes/webhook_receiver.py),
   chunks of 100 changes, signed;
 - ``cdp``: the fake of the product documents' CDP records API
-  (tests/fakes/experiture.py), upsert-batch of 500 records with an Idempotency-Key.
+  (tests/fakes/experiture.py), upsert-batch of 500 records with an Idempotency-Key;
+- ``hubspot``: the fake HubSpot's contacts batch upsert, 100 contacts a request;
+- ``pipedrive``: the fake Pipedrive's persons API, a profile at a time (a search by
+  email, then a create), 8 profiles side by side; a tenth of the profiles, as a
+  vendor without a batch endpoint takes ten times as long.
 
 Each fake answers every call after ``--delay-ms`` (50 by default, a vendor API's
 round trip). Timed: from the first update produced until the destination holds every
@@ -30,7 +34,9 @@ from typing import Any
 
 from bench.common import bench_broker, produce_all, write_results
 from services.core.codecs import load_contracts
-from tests.fakes import experiture, webhook_receiver
+from tests.fakes import experiture, pipedrive, webhook_receiver
+from tests.fakes.hubspot import TOKEN as HUBSPOT_TOKEN
+from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.server import FakeServer, Faults, ServerThread
 from tests.stores.changes import update
 from tests.support.services import Stack
@@ -145,9 +151,47 @@ def main() -> None:
                 env={"CRMSYNC_BENCH_CDP_TOKEN": experiture.TOKEN},
                 delivered=lambda: space.upserts,
             )
-    for name in ("webhook", "cdp"):
+        crm = FakeHubSpot()
+        with ServerThread(FakeServer(crm.app(), Faults(delay_seconds=delay))) as hubspot:
+            figures["hubspot"] = run(
+                bootstrap,
+                messages,
+                destination={
+                    "kind": "hubspot",
+                    "api": {
+                        "base_url": hubspot.url,
+                        "token": {"env": "CRMSYNC_BENCH_HUBSPOT_TOKEN"},
+                        "max_requests_per_second": 1000,
+                    },
+                    "attributes": {"first_name": "firstname", "city": "city"},
+                },
+                server=hubspot,
+                env={"CRMSYNC_BENCH_HUBSPOT_TOKEN": HUBSPOT_TOKEN},
+                delivered=lambda: len(crm.contacts),
+            )
+        persons = pipedrive.FakePipedrive()
+        persons.reset_seconds = 0
+        with ServerThread(FakeServer(persons.app(), Faults(delay_seconds=delay))) as pd:
+            figures["pipedrive"] = run(
+                bootstrap,
+                messages[: max(1, len(messages) // 10)],
+                destination={
+                    "kind": "pipedrive",
+                    "api": {
+                        "base_url": pd.url,
+                        "token": {"env": "CRMSYNC_BENCH_PIPEDRIVE_TOKEN"},
+                        "max_requests_per_second": 1000,
+                    },
+                    "attributes": {"first_name": "name"},
+                    "concurrency": 8,
+                },
+                server=pd,
+                env={"CRMSYNC_BENCH_PIPEDRIVE_TOKEN": pipedrive.API_TOKEN},
+                delivered=lambda: len(persons.persons),
+            )
+    for name in ("webhook", "cdp", "hubspot", "pipedrive"):
         result = figures[name]
-        floor = result["requests"] * delay
+        floor = result["requests"] * delay / (8 if name == "pipedrive" else 1)
         result["seconds_waiting_for_the_fake"] = round(floor, 2)
         print(
             f"{name}: {result['changes']} changes in {result['seconds']} s = "

@@ -6,7 +6,7 @@ commit order with the live changes, and the destination's delivery loop sends th
 like any change, at its batch limits and rate. Killed or stopped halfway, the same
 command goes on after the last batch the store committed; ``--restart`` pushes
 everything again (a new run). ``--wait`` follows the destination's backlog until it
-has taken every change queued.
+has taken every change waiting for it (a paused destination takes none: it waits).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def push(settings: Settings, name: str, *, batch: int, restart: bool, wait: bool
             return 2
         store.migrate()
         progress = store.push_progress(name)
-        if progress is None or restart or _done(progress, destination.mapping_version):
+        if progress is None or restart or _due_again(progress, destination.mapping_version):
             if progress is not None and progress.finished_at is not None and not restart:
                 print(
                     f"{name}: pushed under mapping v{progress.mapping_version}; "
@@ -106,6 +106,6 @@ def _count(progress: PushProgress) -> str:
     return f"{progress.pushed} of {progress.total} profiles"
 
 
-def _done(progress: PushProgress, mapping_version: int) -> bool:
+def _due_again(progress: PushProgress, mapping_version: int) -> bool:
     """A finished run under an older mapping: the destination is due again."""
     return progress.finished_at is not None and progress.mapping_version < mapping_version

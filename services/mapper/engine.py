@@ -139,9 +139,9 @@ CRASH_POINTS: Final = (
 )
 
 Origin = tuple[bytes | None, bytes | None, tuple[str, int, int]]
+"""Where a rejected input came from: key, value, (topic, partition, offset)."""
 OUTBOUND_ONLY: Final = "outbound_only"
 """Why a change of a system crmsync only writes to is dropped."""
-"""Where a rejected input came from: key, value, (topic, partition, offset)."""
 
 
 def held_prefix(source: str) -> bytes:

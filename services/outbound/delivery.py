@@ -134,6 +134,7 @@ class DeliveryLoop:
         self._loop = loop_settings
         self._stop = stop
         self._links = links
+        self._unlinked_told = False
         self._profiles = profiles
         self._clock = clock
         self.delivered = 0
@@ -348,11 +349,14 @@ class DeliveryLoop:
         if not assigned:
             return []
         if self._links is None:
-            log.warning(
-                "destination=%s assigned %s ids but has no source to link them to",
-                self._name,
-                len(assigned),
-            )
+            if not self._unlinked_told:
+                # Once: a destination without a source always has ids it cannot link.
+                log.info(
+                    "destination=%s gives ids to the profiles it holds; without a source "
+                    "they are not linked to profiles",
+                    self._name,
+                )
+                self._unlinked_told = True
             return []
         latest = {change.event.profile_id: change.event for change, _ in chunk}
         found: list[ContactChange] = []

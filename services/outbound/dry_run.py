@@ -1,7 +1,8 @@
 """A dry run of a destination: the requests it would send, recorded instead of sent.
 
 ``crmsync destination preview`` opens a destination inside ``recording()``: its API
-connection then sends nothing and asks for no credentials (no token is fetched), and
+connection then sends nothing and fetches no token (the config's secrets must still
+resolve, as for the service), and
 every request is kept as the vendor would have received it, secrets masked (headers
 and fields that name a token, API key, secret, password or signature). Each request is
 answered 200 with an empty JSON object; a destination whose next request depends on

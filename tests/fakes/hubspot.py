@@ -423,6 +423,15 @@ class FakeHubSpot:
 
         # Changes, stamped the way HubSpot stamps them -----------------------------------
         self._by_id: list[int] | None = None
+        self._by_email: dict[str, str] = {}
+        """Email -> the contact last given it (checked on use: it may have moved on)."""
+
+    def with_email(self, email: str, *, archived_too: bool = False) -> dict[str, Any] | None:
+        """The contact holding ``email`` now, as HubSpot's unique email property finds it."""
+        record = self.contacts.get(self._by_email.get(email, ""))
+        if record is None or record["properties"].get("email") != email:
+            return None
+        return record if archived_too or not record["archived"] else None
 
     def _stamp(self, modified_at: datetime | None) -> datetime:
         """The modification time: given, or the clock, never the same ms twice."""
@@ -465,6 +474,8 @@ class FakeHubSpot:
         else:
             changed = {k: v for k, v in changed.items() if record["properties"].get(k) != v}
         record["properties"].update(changed)
+        if changed.get("email"):
+            self._by_email[str(changed["email"])] = record["id"]
         record["properties"]["lastmodifieddate"] = iso(stamp)
         record["updatedAt"] = iso(stamp)
         for name, value in changed.items():
@@ -750,9 +761,9 @@ class FakeHubSpot:
             alive = record is not None and not record["archived"]
             return (item["id"] if alive else None), False
         email = str(item["id"]).lower()
-        for record in self.contacts.values():
-            if not record["archived"] and record["properties"].get("email") == email:
-                return record["id"], False
+        found = self.with_email(email)
+        if found is not None:
+            return found["id"], False
         if not upsert:
             return None, False
         created = self._write(
@@ -793,9 +804,7 @@ class FakeHubSpot:
         self.write_requests.append((request.path, body))
         if id_property == "email":
             email = str(object_id).lower()
-            found = next(
-                (r for r in self.contacts.values() if r["properties"].get("email") == email), None
-            )
+            found = self.with_email(email, archived_too=True)
             if found is None:
                 self.blocklist.add(email)
                 return web.Response(status=204)

@@ -3,12 +3,14 @@ signs and shapes it."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
+from services.core.api_client import ApiUnavailable
 from services.core.config import Settings
 from services.core.contracts import Identity, Operation, Origin
 from services.core.destinations import WebhookDestination
@@ -20,6 +22,7 @@ from services.core.profile_changed import (
 )
 from services.core.standard_webhooks import signature, signed_headers, signing_key
 from services.mapper.rules.errors import RuleError
+from services.outbound.destinations.profiles import side_by_side
 from services.outbound.destinations.webhook import message_body, message_id
 from services.outbound.links import link_change
 from services.outbound.outgoing import ECHO, UNMAPPED, OutgoingChange, outgoing
@@ -217,3 +220,24 @@ def test_transforms_and_filters_are_checked_with_the_config() -> None:
     }
     with pytest.raises(ValidationError, match="send_if, which reads profiles from the store"):
         Settings.model_validate(config)
+
+
+def test_profiles_are_written_side_by_side_and_every_write_ends_before_a_failure() -> None:
+    in_flight: list[int] = []
+    most = 0
+    finished: list[int] = []
+
+    async def write(profile: int) -> None:
+        nonlocal most
+        in_flight.append(profile)
+        most = max(most, len(in_flight))
+        await asyncio.sleep(0.01 if profile != 2 else 0)
+        in_flight.remove(profile)
+        if profile == 2:
+            raise ApiUnavailable(status=503, path="/x", detail="down")
+        finished.append(profile)
+
+    with pytest.raises(ApiUnavailable):
+        asyncio.run(side_by_side(range(10), write, limit=3))
+    assert most == 3
+    assert sorted(finished) == [p for p in range(10) if p != 2]

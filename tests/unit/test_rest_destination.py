@@ -238,3 +238,19 @@ def test_settings_catch_what_an_operator_gets_wrong() -> None:
         RestDestination.model_validate({**base, "path": "/c/{email}", "batch_key": "contacts"})
     with pytest.raises(ValueError, match="retry_statuses"):
         RestDestination.model_validate({**base, "path": "/c", "retry_statuses": [401]})
+
+
+def test_an_api_down_past_its_retries_holds_the_changes_instead_of_refusing_them(
+    receiver: tuple[Receiver, FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, server = receiver
+    api.contacts["100"] = {"email": "e@x.io"}
+    down = settings(server, monkeypatch, delete_path="/contacts/{crm_id}")
+    for chunk in (
+        [change(8, "g@x.io", {"first_name": (None, "G")}, event="e1")],
+        [change(7, "e@x.io", {}, event="e2", kind=ProfileChangeKind.ERASED, crm_id="100")],
+    ):
+        server.faults.script(503, 503, 503)  # every attempt the settings allow
+        with pytest.raises(ApiUnavailable):
+            send(down, chunk)
+    assert api.contacts == {"100": {"email": "e@x.io"}}

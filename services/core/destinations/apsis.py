@@ -6,7 +6,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.settings_base import SecretRef, Strict
 from services.core.sources.common import ApiSettings, checked_api
 
@@ -25,7 +25,7 @@ class ApsisTopic(Strict):
     )
 
 
-class ApsisDestination(DestinationCommon):
+class ApsisDestination(ProfileAtATime):
     """APSIS One: attributes set with ``PATCH .../sections/{section}/attributes``
     (attribute version ids as keys), consents on the profile's email address, erased
     profiles deleted."""

@@ -95,3 +95,17 @@ class DestinationCommon(Strict):
                 "(source:), whose changes it then keeps from profiles"
             )
         return self
+
+
+class ProfileAtATime(DestinationCommon):
+    """A destination whose API writes one profile per request (or a few): its writes of
+    a chunk's profiles go out side by side, each profile once per chunk (so no two
+    writes of one profile ever race), under the API's request rate."""
+
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="profiles written at once within a chunk; the request rate "
+        "(api.max_requests_per_second) still bounds them",
+    )

@@ -6,7 +6,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.sources.common import ApiSettings, checked_api
 
 STANDARD_FIELDS: Final = frozenset(
@@ -46,7 +46,7 @@ MAX_UNSUBSCRIBE: Final = 100
 """Profiles in one bulk unsubscribe job at most, as the API documents."""
 
 
-class KlaviyoDestination(DestinationCommon):
+class KlaviyoDestination(ProfileAtATime):
     """Klaviyo: each profile created or updated with ``POST /api/profile-import``, its
     email marketing consent set with bulk subscribe and unsubscribe jobs, an erased
     profile deleted with a data privacy deletion job."""

@@ -7,7 +7,7 @@ from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.sources.common import ApiSettings, checked_api, default_api_settings
 from services.core.sources.pipedrive import PIPEDRIVE_API_BASE_URL
 
@@ -23,7 +23,7 @@ MARKETING_STATUS: Final = "marketing_status"
 MAX_BATCH: Final = 100
 
 
-class PipedriveDestination(DestinationCommon):
+class PipedriveDestination(ProfileAtATime):
     """Pipedrive: profiles written as persons, ``PATCH /api/v2/persons/{id}`` for a
     person crmsync knows, else found by email (``GET /api/v2/persons/search``) or
     created (``POST /api/v2/persons``); ``DELETE /api/v2/persons/{id}`` on erasure."""

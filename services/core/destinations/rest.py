@@ -8,7 +8,7 @@ from typing import Final, Literal
 
 from pydantic import Field, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.settings_base import SecretRef
 from services.core.sources.common import ApiSettings
 
@@ -21,7 +21,7 @@ def placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
-class RestDestination(DestinationCommon):
+class RestDestination(ProfileAtATime):
     """Any JSON API: each profile (or a batch of them) sent as mapped fields."""
 
     kind: Literal["rest"]

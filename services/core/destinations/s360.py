@@ -8,7 +8,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.settings_base import SecretRef
 from services.core.sources.common import ApiSettings, checked_api
 
@@ -24,7 +24,7 @@ DEFAULT_NAMESPACE: Final = (
 XML_NAME: Final = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 
-class S360Destination(DestinationCommon):
+class S360Destination(ProfileAtATime):
     """SecuTix S-360: one SOAP call per contact (``saveIndividualContactData`` by default),
     authenticated with a WS-Security UsernameToken as the contact service documents."""
 

@@ -7,7 +7,7 @@ from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.destinations.common import DestinationCommon
+from services.core.destinations.common import ProfileAtATime
 from services.core.sources.common import ApiSettings, checked_api, default_api_settings
 from services.core.sources.webcrm import (
     DEFAULT_REQUESTS_PER_SECOND,
@@ -38,7 +38,7 @@ CONSENT_FIELD: Final = re.compile(r"^(PersonBlockMassEmail|PersonCheckMark([1-9]
 MAX_BATCH: Final = 50
 
 
-class WebCrmDestination(DestinationCommon):
+class WebCrmDestination(ProfileAtATime):
     """webCRM: profiles written as persons, ``PUT /Persons/{id}`` for a person crmsync
     knows, else found by email (``GET /Queries``) or created (``POST /Persons``);
     ``DELETE /Persons/{id}`` on erasure."""

@@ -60,7 +60,7 @@ from services.core.http import async_client
 from services.core.profile_changed import ProfileChangeKind
 from services.core.retry import RetryLater, retry_after_seconds
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import ProfileUpdate, by_profile
+from services.outbound.destinations.profiles import ProfileUpdate, by_profile, side_by_side
 from services.outbound.outgoing import OutgoingChange
 
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 (a path, not a secret)
@@ -145,11 +145,15 @@ class ApsisProfiles:
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
         delivered = Delivered()
-        for update in by_profile(
-            c for c in chunk if c.event.kind is not ProfileChangeKind.DETACHED
-        ):
-            refused = await self._deliver(update)
-            delivered.refused += refused
+
+        async def deliver(update: ProfileUpdate) -> None:
+            delivered.refused += await self._deliver(update)
+
+        await side_by_side(
+            by_profile(c for c in chunk if c.event.kind is not ProfileChangeKind.DETACHED),
+            deliver,
+            limit=self._settings.concurrency,
+        )
         return delivered
 
     async def _deliver(self, update: ProfileUpdate) -> list[Refusal]:

@@ -69,7 +69,7 @@ from services.core.destinations.klaviyo import (
 )
 from services.core.profile_changed import ProfileChangeKind
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import email_of, record_id
+from services.outbound.destinations.profiles import email_of, record_id, side_by_side
 from services.outbound.outgoing import OutgoingChange
 
 JSON_API: Final = "application/vnd.api+json"
@@ -237,7 +237,8 @@ class KlaviyoProfiles:
         delivered = Delivered()
         subscribing: list[Profile] = []
         unsubscribing: list[Profile] = []
-        for profile in fold(chunk, self._settings):
+
+        async def one(profile: Profile) -> None:
             if profile.email is None and profile.klaviyo_id is None:
                 delivered.refused += [
                     Refusal(c, None, "the profile has no email or Klaviyo id to be found by")
@@ -253,6 +254,8 @@ class KlaviyoProfiles:
                     ]
                 else:
                     (subscribing if profile.subscribed else unsubscribing).append(profile)
+
+        await side_by_side(fold(chunk, self._settings), one, limit=self._settings.concurrency)
         delivered.refused += await self._jobs(SUBSCRIBE, subscribing, MAX_SUBSCRIBE)
         delivered.refused += await self._jobs(UNSUBSCRIBE, unsubscribing, MAX_UNSUBSCRIBE)
         return delivered

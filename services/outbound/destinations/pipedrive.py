@@ -133,7 +133,12 @@ class PipedrivePersons:
         await self._api.open()
 
     async def send(self, chunk: Sequence[OutgoingChange]) -> Delivered:
-        return await write_each(chunk, source=self._settings.source, write=self._write)
+        return await write_each(
+            chunk,
+            source=self._settings.source,
+            write=self._write,
+            limit=self._settings.concurrency,
+        )
 
     async def _write(self, write: ProfileWrite) -> str | None:
         """The profile's person id once written; None when nothing was (erased, or

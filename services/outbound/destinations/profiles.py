@@ -13,6 +13,7 @@ record is deleted, so the profile's other changes there have nothing left to cha
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -88,11 +89,31 @@ class Unsendable(Exception):
     """A profile crmsync cannot write to the destination at all (the reason says why)."""
 
 
+async def side_by_side(
+    items: Iterable[T], work: Callable[[T], Awaitable[None]], *, limit: int
+) -> None:
+    """``work`` on every item, at most ``limit`` at once: the items are a chunk's
+    profiles, each once, so their order among themselves does not matter. Every one
+    finishes before the first failure is raised: a write in flight is never abandoned
+    halfway, so a chunk sent again finds what it made."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(item: T) -> None:
+        async with semaphore:
+            await work(item)
+
+    outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 async def write_each(
     chunk: Sequence[OutgoingChange],
     *,
     source: str | None,
     write: Callable[[ProfileWrite], Awaitable[str | None]],
+    limit: int,
 ) -> Delivered:
     """Each profile's write (``fold``) made on its own by ``write``, which gives the
     record id the profile has once written (None: nothing was). A profile the
@@ -100,19 +121,22 @@ async def write_each(
     refused alone; one the destination does not take (``ApiUnavailable``) stops the
     chunk, which the loop sends again: the writes already made find their records."""
     delivered = Delivered()
-    for profile in fold(chunk, source=source):
+
+    async def one(profile: ProfileWrite) -> None:
         try:
             found = await write(profile)
         except ApiUnavailable:
             raise
         except ApiError as exc:
             delivered.refused += refusals(exc, profile.changes)
-            continue
+            return
         except Unsendable as exc:
             delivered.refused += [Refusal(c, None, str(exc)) for c in profile.changes]
-            continue
+            return
         if found is not None:
             delivered.assigned[profile.profile_id] = found
+
+    await side_by_side(fold(chunk, source=source), one, limit=limit)
     return delivered
 
 

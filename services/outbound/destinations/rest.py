@@ -34,7 +34,7 @@ from services.core.contracts import FieldValue
 from services.core.destinations.rest import RestDestination, placeholders
 from services.core.profile_changed import ProfileChangeKind
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import ProfileUpdate, by_profile
+from services.outbound.destinations.profiles import ProfileUpdate, by_profile, side_by_side
 from services.outbound.outgoing import OutgoingChange
 
 GONE: Final = 404
@@ -84,8 +84,11 @@ class RestRecords:
         if self._settings.batch_key is not None:
             await self._send_batch(writes, delivered)
         else:
-            for update in writes:
-                await self._send_one(update, delivered)
+            await side_by_side(
+                writes,
+                lambda update: self._send_one(update, delivered),
+                limit=self._settings.concurrency,
+            )
         return delivered
 
     def _values(self, update: ProfileUpdate) -> dict[str, str]:
@@ -133,6 +136,8 @@ class RestRecords:
         method, path, creates = target
         try:
             response = await self._request(method, path, self._body(update), update.changes)
+        except ApiUnavailable:
+            raise  # not taken: the loop sends it again
         except ApiError as exc:
             delivered.refused += refusals(exc, update.changes)
             return
@@ -155,6 +160,8 @@ class RestRecords:
                 {key: [self._body(u) for u in updates]},
                 changes,
             )
+        except ApiUnavailable:
+            raise
         except ApiError as exc:
             delivered.refused += refusals(exc, changes)
             return
@@ -183,8 +190,10 @@ class RestRecords:
             ]
         try:
             await self._request("DELETE", _filled(template, values), None, update.changes)
+        except ApiUnavailable:
+            raise
         except ApiError as exc:
-            if exc.status == GONE and not isinstance(exc, ApiUnavailable):
+            if exc.status == GONE:
                 return []
             return refusals(exc, update.changes)
         return []
@@ -197,10 +206,7 @@ class RestRecords:
         headers.update({k: v.resolve() for k, v in self._settings.secret_headers.items()})
         if self._settings.idempotency_header is not None:
             headers[self._settings.idempotency_header] = idempotency_key(changes)
-        try:
-            return await self._api.client.request(method, path, json_body=body, headers=headers)
-        except ApiUnavailable:
-            raise  # not taken: the loop sends it again
+        return await self._api.client.request(method, path, json_body=body, headers=headers)
 
     async def close(self) -> None:
         await self._api.close()

@@ -66,7 +66,7 @@ from services.core.contracts import FieldValue
 from services.core.destinations.s360 import S360Destination
 from services.core.profile_changed import ProfileChangeKind
 from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
-from services.outbound.destinations.profiles import ProfileUpdate, by_profile
+from services.outbound.destinations.profiles import ProfileUpdate, by_profile, side_by_side
 from services.outbound.outgoing import OutgoingChange
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,11 @@ class S360Contacts:
                 delivered.refused.append(Refusal(change, None, NOT_ERASABLE))
             elif change.event.kind is not ProfileChangeKind.DETACHED:
                 sendable.append(change)
-        for update in by_profile(sendable):
-            await self._save(update, delivered)
+        await side_by_side(
+            by_profile(sendable),
+            lambda update: self._save(update, delivered),
+            limit=self._settings.concurrency,
+        )
         return delivered
 
     async def _save(self, update: ProfileUpdate, delivered: Delivered) -> None:
