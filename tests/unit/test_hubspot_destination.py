@@ -196,8 +196,8 @@ def test_only_the_inputs_hubspot_names_are_refused(
     delivered = deliver(settings(server, monkeypatch), events)
     refused = {r.change.event.profile_id: r for r in delivered.refused}
     assert sorted(refused) == [2, 3]
-    assert refused[2].status == 207 and "VALIDATION_ERROR" in refused[2].answer
-    assert refused[3].status == 207 and "OBJECT_NOT_FOUND" in refused[3].answer
+    assert refused[2].status == 400 and "VALIDATION_ERROR" in refused[2].answer
+    assert refused[3].status == 400 and "OBJECT_NOT_FOUND" in refused[3].answer
     assert sorted(delivered.assigned) == [1, 4]
     names = sorted(r["properties"].get("firstname") or "" for r in live(crm).values())
     assert names == ["Ada", "Dee"]

@@ -165,7 +165,7 @@ def test_a_member_error_refuses_only_that_profile(
         from_hubspot(3, "cy@x.io", {"first_name": (None, "Cy")}, event="e3"),
     ]
     [refused] = deliver(settings(server, monkeypatch), events).refused
-    assert refused.change.event.profile_id == 2 and refused.status == 200
+    assert refused.change.event.profile_id == 2 and refused.status == 400
     assert refused.answer.startswith("ERROR_GENERIC: <member> looks fake or invalid")
     assert "not-an-email" not in refused.answer
     assert sorted(m["email_address"] for m in space.members.values()) == ["ada@x.io", "cy@x.io"]

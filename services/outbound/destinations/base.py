@@ -34,6 +34,9 @@ from services.outbound.dry_run import RECORDER
 from services.outbound.outgoing import OutgoingChange
 
 CREDENTIALS_REFUSED: Final = frozenset({401, 403})
+RECORD_REFUSED: Final = 400
+"""The status a record refused inside an accepted batch is dead-lettered with (the
+batch's own answer is a 200 or 207): what the vendor answers a single record for it."""
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,13 @@ from services.core.api_client import ApiError, ApiUnavailable
 from services.core.contracts import FieldValue
 from services.core.destinations.hubspot import MAX_BATCH_INPUTS, HubSpotDestination
 from services.ingest.connectors.hubspot.pull import is_throttled
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
+from services.outbound.destinations.base import (
+    RECORD_REFUSED,
+    ApiConnection,
+    Delivered,
+    Refusal,
+    refusals,
+)
 from services.outbound.destinations.profiles import RecordWrite, batches, fold_records
 from services.outbound.outgoing import OutgoingChange
 
@@ -166,7 +172,7 @@ class HubSpotContacts:
                 unattributed.append(text)
             for contact in culprits:
                 failed.add(contact.profile_id)
-                delivered.refused += [Refusal(c, response.status, text) for c in contact.changes]
+                delivered.refused += [Refusal(c, RECORD_REFUSED, text) for c in contact.changes]
         by_trace = {trace(c): c for c in contacts}
         by_key = {key(c): c for c in contacts}
         for result in answer.get("results") or ():
@@ -181,7 +187,7 @@ class HubSpotContacts:
             for contact in contacts:
                 if contact.profile_id not in failed | delivered.assigned.keys():
                     delivered.refused += [
-                        Refusal(c, response.status, unattributed[0]) for c in contact.changes
+                        Refusal(c, RECORD_REFUSED, unattributed[0]) for c in contact.changes
                     ]
 
     @staticmethod

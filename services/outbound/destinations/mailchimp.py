@@ -63,7 +63,13 @@ from services.core.destinations.mailchimp import (
     data_center,
 )
 from services.core.profile_changed import ProfileChangeKind
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
+from services.outbound.destinations.base import (
+    RECORD_REFUSED,
+    ApiConnection,
+    Delivered,
+    Refusal,
+    refusals,
+)
 from services.outbound.destinations.profiles import email_of
 from services.outbound.outgoing import OutgoingChange
 
@@ -232,7 +238,8 @@ class MailchimpAudience:
         for error in errors:
             key = str(error.get("email_address") or "").lower()
             refused += [
-                Refusal(change, 200, error_answer(error)) for change in members.changes.get(key, [])
+                Refusal(change, RECORD_REFUSED, error_answer(error))
+                for change in members.changes.get(key, [])
             ]
         return refused
 

@@ -65,7 +65,13 @@ from services.core.api_client import ApiError, ApiUnavailable, StaticBearer
 from services.core.contracts import FieldValue
 from services.core.destinations.s360 import S360Destination
 from services.core.profile_changed import ProfileChangeKind
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
+from services.outbound.destinations.base import (
+    RECORD_REFUSED,
+    ApiConnection,
+    Delivered,
+    Refusal,
+    refusals,
+)
 from services.outbound.destinations.profiles import ProfileUpdate, by_profile, side_by_side
 from services.outbound.outgoing import OutgoingChange
 
@@ -254,12 +260,12 @@ class S360Contacts:
             result = saved(response.body, identifier)
         except (ET.ParseError, ValueError) as exc:
             delivered.refused += [
-                Refusal(c, response.status, f"not a SOAP answer: {exc}") for c in update.changes
+                Refusal(c, RECORD_REFUSED, f"not a SOAP answer: {exc}") for c in update.changes
             ]
             return
         if result.status_code not in settings.success_codes:
             answer = f"statusCode {result.status_code or '(none)'}: {result.detail}"
-            delivered.refused += [Refusal(c, response.status, answer) for c in update.changes]
+            delivered.refused += [Refusal(c, RECORD_REFUSED, answer) for c in update.changes]
             return
         if result.contact_number is not None and result.contact_number != number:
             delivered.assigned[update.profile_id] = result.contact_number

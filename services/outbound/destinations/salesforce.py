@@ -56,11 +56,16 @@ from services.core.destinations.salesforce import MAX_COLLECTION, SalesforceDest
 from services.core.sources.salesforce import TOKEN_PATH
 from services.ingest.connectors.salesforce.oauth import OAuthSession
 from services.ingest.connectors.salesforce.pull import is_throttled
-from services.outbound.destinations.base import ApiConnection, Delivered, Refusal, refusals
+from services.outbound.destinations.base import (
+    RECORD_REFUSED,
+    ApiConnection,
+    Delivered,
+    Refusal,
+    refusals,
+)
 from services.outbound.destinations.profiles import RecordWrite, batches, fold_records
 from services.outbound.outgoing import OutgoingChange
 
-RECORD_FAILED: Final = 400
 ALREADY_DELETED: Final = "ENTITY_IS_DELETED"
 
 
@@ -199,7 +204,7 @@ class SalesforceRecords:
         for record, result in zip(records, results, strict=True):
             problem = failure(result)
             if problem is not None and not (method == "DELETE" and ALREADY_DELETED in problem):
-                delivered.refused += [Refusal(c, RECORD_FAILED, problem) for c in record.changes]
+                delivered.refused += [Refusal(c, RECORD_REFUSED, problem) for c in record.changes]
             elif method != "DELETE" and result.get("id"):
                 delivered.assigned[record.profile_id] = str(result["id"])
 
