@@ -129,7 +129,8 @@ def _add_destination_commands(commands: Any) -> None:
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
     sources = ", ".join(sorted(settings.sources)) or "none"
-    print(f"{config_path(args.config)}: valid (sources: {sources})")
+    destinations = ", ".join(sorted(settings.destinations)) or "none"
+    print(f"{config_path(args.config)}: valid (sources: {sources}; destinations: {destinations})")
     return 0
 
 

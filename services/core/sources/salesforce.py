@@ -134,7 +134,7 @@ class SalesforceChangeEvents(Strict):
     )
     own_client: str | None = Field(
         default=None,
-        pattern=r"^[^;\s]+$",
+        pattern=r"^[^;,=\s]+$",
         description="the client name the Salesforce destination sends in its "
         "Sforce-Call-Options header: change events whose changeOrigin names it "
         "(client=<own_client>) are the echo of crmsync's own write and are dropped",
