@@ -75,6 +75,12 @@ run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the
 	@echo "  $(BIN)/crmsync --config $(CONFIG) status"
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --id hubspot-demo:1000"
 	@echo
+	@echo "See what a backfill would send the webhook destination, then send it every profile:"
+	@echo
+	@echo "  export CRMSYNC_DEMO_WEBHOOK_SECRET=$(CRMSYNC_DEMO_WEBHOOK_SECRET)"
+	@echo "  $(BIN)/crmsync --config $(CONFIG) destination preview marketing-webhook --limit 2"
+	@echo "  $(BIN)/crmsync --config $(CONFIG) destination push marketing-webhook --wait"
+	@echo
 	@echo "Health and metrics: http://127.0.0.1:808{0,1,2,3}/readyz and /metrics. Stop with: make stop"
 
 .PHONY: stop

@@ -196,7 +196,7 @@ class DeliveryLoop:
                 if refusal is not None:
                     rejections.append(self._dead_letter(message, refusal))
             links += self._linked(chunk, delivered.assigned)
-            self._observe_sent(chunk, len(delivered.refused))
+            self._observe_sent(chunk, refused)
         crash_point(CRASH_AFTER_DELIVERY)
         # Step 5
         if rejections or links:
@@ -293,15 +293,18 @@ class DeliveryLoop:
             if paused:
                 self._consumer.resume(paused)
 
-    def _observe_sent(self, chunk: list[tuple[OutgoingChange, Message]], refused: int) -> None:
-        taken = len(chunk) - refused
-        self.delivered += taken
-        metrics.DESTINATION_SENT.labels(self._name).inc(taken)
+    def _observe_sent(
+        self, chunk: list[tuple[OutgoingChange, Message]], refused: dict[int, Refusal]
+    ) -> None:
+        taken = [change for change, _message in chunk if id(change) not in refused]
+        self.delivered += len(taken)
+        metrics.DESTINATION_SENT.labels(self._name).inc(len(taken))
         if refused:
-            metrics.DESTINATION_DEAD_LETTERED.labels(self._name).inc(refused)
+            metrics.DESTINATION_DEAD_LETTERED.labels(self._name).inc(len(refused))
+        # From the store's commit to the destination's acknowledgement: taken changes only.
         now = self._clock()
         lag = metrics.DESTINATION_LAG.labels(self._name)
-        for change, _message in chunk:
+        for change in taken:
             lag.observe((now - change.event.committed_at).total_seconds())
 
     def _dead_letter(self, message: Message, refusal: Refusal) -> RejectedEvent:
