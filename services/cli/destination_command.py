@@ -19,10 +19,9 @@ from typing import Final
 
 from services.core.config import Settings
 from services.core.crash_points import crash_point
-from services.writer.stores import open_store
-from services.writer.stores.postgres import PostgresProfileStore
+from services.core.destinations import DestinationSettings
+from services.writer.stores import open_sql_store
 from services.writer.stores.snapshots import PushableStore, PushProgress
-from services.writer.stores.sqlite import SqliteProfileStore
 
 REPORT_EVERY_S: Final = 2.0
 # Where a kill -9 tests the push: a batch committed, the next not begun.
@@ -31,19 +30,17 @@ WAIT_POLL_S: Final = 2.0
 
 
 def push(settings: Settings, name: str, *, batch: int, restart: bool, wait: bool) -> int:
-    destination = settings.destinations.get(name)
+    destination = named_destination(settings, name)
     if destination is None:
-        known = ", ".join(sorted(settings.destinations)) or "none"
-        sys.stderr.write(f"no destination {name!r} (configured: {known})\n")
         return 1
-    store = open_store(settings.store)
+    store = open_sql_store(settings.store)
+    if store is None:
+        sys.stderr.write(
+            f"the {settings.store.kind} store keeps no outbox: a push needs the SQLite "
+            "or PostgreSQL store\n"
+        )
+        return 2
     try:
-        if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
-            sys.stderr.write(
-                f"the {settings.store.kind} store keeps no outbox: a push needs the SQLite "
-                "or PostgreSQL store\n"
-            )
-            return 2
         store.migrate()
         progress = store.push_progress(name)
         if progress is None or restart or _due_again(progress, destination.mapping_version):
@@ -76,6 +73,15 @@ def push(settings: Settings, name: str, *, batch: int, restart: bool, wait: bool
         return _follow(settings, name, store) if wait else 0
     finally:
         store.close()
+
+
+def named_destination(settings: Settings, name: str) -> DestinationSettings | None:
+    """The destination ``name``; None, and which there are on stderr, when none is."""
+    destination = settings.destinations.get(name)
+    if destination is None:
+        known = ", ".join(sorted(settings.destinations)) or "none"
+        sys.stderr.write(f"no destination {name!r} (configured: {known})\n")
+    return destination
 
 
 def _queue(store: PushableStore, name: str, progress: PushProgress, *, batch: int) -> PushProgress:

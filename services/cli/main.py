@@ -23,11 +23,9 @@ from services.core.config import ConfigError, Settings, config_path, load_settin
 from services.core.contracts import Identity
 from services.core.settings_base import MissingSecretError
 from services.writer.lookup import BadLookup, identity_of
-from services.writer.stores import open_store
+from services.writer.stores import open_sql_store, open_store
 from services.writer.stores.cdp_wire import profile_json
-from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.snapshots import PushProgress
-from services.writer.stores.sqlite import SqliteProfileStore
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -255,12 +253,12 @@ def _pushes(settings: Settings) -> dict[str, PushProgress | None] | None:
     """Each destination's latest push, from the store; None when it keeps none (the
     HTTP store) or cannot be read."""
     try:
-        store = open_store(settings.store, read_only=True)
+        store = open_sql_store(settings.store, read_only=True)
     except Exception:
         return None
+    if store is None:
+        return None
     try:
-        if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
-            return None
         return {name: store.push_progress(name) for name in settings.destinations}
     except Exception as exc:
         sys.stderr.write(f"store not readable, backfills unknown: {exc}\n")

@@ -14,30 +14,30 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
+from services.cli.destination_command import named_destination
 from services.core.config import Settings
 from services.core.contracts import Identity
 from services.core.destinations import DestinationSettings
 from services.outbound.destinations import open_destination
 from services.outbound.dry_run import RecordedRequest, recording
 from services.outbound.outgoing import OutgoingChange, outgoing
-from services.writer.stores import open_store
+from services.writer.stores import open_sql_store
 from services.writer.stores.base import StoredProfile
-from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.snapshots import snapshot_event
-from services.writer.stores.sqlite import SqliteProfileStore
+
+PREVIEW_RUN = "preview"
+"""The run a dry run's snapshots name: none is queued."""
 
 
 def preview(settings: Settings, name: str, *, limit: int, email: str | None) -> int:
-    destination = settings.destinations.get(name)
+    destination = named_destination(settings, name)
     if destination is None:
-        known = ", ".join(sorted(settings.destinations)) or "none"
-        sys.stderr.write(f"no destination {name!r} (configured: {known})\n")
         return 1
-    store = open_store(settings.store, read_only=True)
+    store = open_sql_store(settings.store, read_only=True)
+    if store is None:
+        sys.stderr.write(f"the {settings.store.kind} store cannot be previewed from\n")
+        return 2
     try:
-        if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
-            sys.stderr.write(f"the {settings.store.kind} store cannot be previewed from\n")
-            return 2
         if email is not None:
             found = store.find_profile(Identity("email", email.strip().lower()))
             profiles = [found] if found is not None else []
@@ -57,7 +57,7 @@ def preview(settings: Settings, name: str, *, limit: int, email: str | None) -> 
 def _shown(
     name: str, destination: DestinationSettings, profile: StoredProfile, now: datetime
 ) -> str:
-    event = snapshot_event(profile, destination=name, now=now)
+    event = snapshot_event(profile, destination=name, run_id=PREVIEW_RUN, now=now)
     shaped = outgoing(event, destination, destination=name)
     heading = f"== profile {profile.profile_id}"
     if isinstance(shaped, str):

@@ -32,10 +32,8 @@ from services.core.schema_topic import schema_resolver
 from services.outbound.backlog import group_of
 from services.outbound.delivery import DeliveryLoop, LinkSettings, LoopSettings, ProfileReader
 from services.outbound.destinations import open_destination
-from services.writer.stores import open_store
+from services.writer.stores import SqlStore, open_sql_store
 from services.writer.stores.base import StoredProfile
-from services.writer.stores.postgres import PostgresProfileStore
-from services.writer.stores.sqlite import SqliteProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +49,13 @@ class StoreProfiles:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings.store
-        self._store: SqliteProfileStore | PostgresProfileStore | None = None
+        self._store: SqlStore | None = None
 
     def __call__(self, profile_ids: Sequence[int]) -> list[StoredProfile]:
         if self._store is None:
-            store = open_store(self._settings, read_only=True)
-            if not isinstance(store, SqliteProfileStore | PostgresProfileStore):
-                store.close()
+            self._store = open_sql_store(self._settings, read_only=True)
+            if self._store is None:
                 raise TypeError("send_if reads profiles from an SQL store")
-            self._store = store
         return self._store.profiles_by_id(profile_ids)
 
     def close(self) -> None:

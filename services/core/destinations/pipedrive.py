@@ -8,8 +8,12 @@ from typing import Any, Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.core.destinations.common import ProfileAtATime
-from services.core.sources.common import ApiSettings, checked_api, default_api_settings
-from services.core.sources.pipedrive import PIPEDRIVE_API_BASE_URL
+from services.core.sources.common import ApiSettings
+from services.core.sources.pipedrive import (
+    PIPEDRIVE_API_BASE_URL,
+    checked_pipedrive_api,
+    pipedrive_api_defaults,
+)
 
 # Person fields of POST/PATCH /api/v2/persons that take a profile value as it is.
 PERSON_FIELDS: Final = frozenset({"name", "owner_id", "org_id", "visible_to", "label_ids"})
@@ -50,18 +54,12 @@ class PipedriveDestination(ProfileAtATime):
     @model_validator(mode="before")
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
-        return default_api_settings(data, base_url=PIPEDRIVE_API_BASE_URL)
+        return pipedrive_api_defaults(data)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings) -> ApiSettings:
-        return checked_api(
-            api,
-            needs="Pipedrive's API needs the personal API token (Settings > "
-            "Personal preferences > API)",
-            example=PIPEDRIVE_API_BASE_URL,
-            adds="/api/v2/persons",
-        )
+        return checked_pipedrive_api(api)
 
     @field_validator("attributes")
     @classmethod

@@ -8,12 +8,14 @@ from typing import Any, Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.core.destinations.common import ProfileAtATime
-from services.core.sources.common import ApiSettings, checked_api, default_api_settings
+from services.core.sources.common import ApiSettings
 from services.core.sources.webcrm import (
     DEFAULT_REQUESTS_PER_SECOND,
     PASSWORD_FIELDS,
     REQUESTS_PER_MINUTE,
     WEBCRM_API_BASE_URL,
+    checked_webcrm_api,
+    webcrm_api_defaults,
 )
 
 # Person fields webCRM sets itself, or that crmsync sets from the profile's identities.
@@ -72,28 +74,17 @@ class WebCrmDestination(ProfileAtATime):
     @model_validator(mode="before")
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
-        return default_api_settings(
-            data,
-            base_url=WEBCRM_API_BASE_URL,
-            max_requests_per_second=DEFAULT_REQUESTS_PER_SECOND,
-        )
+        return webcrm_api_defaults(data)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings) -> ApiSettings:
-        checked_api(
+        return checked_webcrm_api(
             api,
             needs="webCRM's REST API needs an application token (Configuration > "
             "Integration > API > REST) with write access to persons",
-            example=WEBCRM_API_BASE_URL,
             adds="/Auth/ApiLogin and /Persons",
         )
-        if api.max_requests_per_second * 60 > REQUESTS_PER_MINUTE:
-            raise ValueError(
-                f"max_requests_per_second: webCRM takes at most {REQUESTS_PER_MINUTE} "
-                "requests per minute per application token (4.16 per second)"
-            )
-        return api
 
     @field_validator("attributes")
     @classmethod

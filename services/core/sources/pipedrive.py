@@ -29,6 +29,22 @@ PERSONS_MAX_LIMIT: Final = 500
 PRIMARY_EMAIL_FIELD: Final = "primary_email"
 
 
+def pipedrive_api_defaults(data: Any) -> Any:
+    """Pipedrive answers on api.pipedrive.com, so ``base_url`` may be left out (a source's
+    or a destination's ``api``)."""
+    return default_api_settings(data, base_url=PIPEDRIVE_API_BASE_URL)
+
+
+def checked_pipedrive_api(api: ApiSettings) -> ApiSettings:
+    return checked_api(
+        api,
+        needs="Pipedrive's API needs the personal API token (Settings > "
+        "Personal preferences > API)",
+        example=PIPEDRIVE_API_BASE_URL,
+        adds="/api/v2/persons",
+    )
+
+
 class PipedriveWebhooks(Strict):
     """How crmsync proves a webhook request comes from Pipedrive: the HTTP Basic
     credentials given to Pipedrive when the webhook was created."""
@@ -74,21 +90,12 @@ class PipedriveSource(SourceBase):
     @model_validator(mode="before")
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
-        """Pipedrive answers on api.pipedrive.com, so ``base_url`` may be left out."""
-        return default_api_settings(data, base_url=PIPEDRIVE_API_BASE_URL)
+        return pipedrive_api_defaults(data)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings | None) -> ApiSettings | None:
-        if api is None:
-            return None
-        return checked_api(
-            api,
-            needs="Pipedrive's API needs the personal API token (Settings > "
-            "Personal preferences > API)",
-            example=PIPEDRIVE_API_BASE_URL,
-            adds="/api/v2/persons",
-        )
+        return None if api is None else checked_pipedrive_api(api)
 
     @field_validator("poll")
     @classmethod

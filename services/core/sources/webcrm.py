@@ -37,6 +37,26 @@ MAX_PAGE_SIZE: Final = 1000
 PASSWORD_FIELDS: Final = ("PersonPassword", "PersonMemberPassword", "PersonCampaignPassword")
 
 
+def webcrm_api_defaults(data: Any) -> Any:
+    """webCRM has one API host and a known request limit, so both may be left out (a
+    source's or a destination's ``api``)."""
+    return default_api_settings(
+        data, base_url=WEBCRM_API_BASE_URL, max_requests_per_second=DEFAULT_REQUESTS_PER_SECOND
+    )
+
+
+def checked_webcrm_api(api: ApiSettings, *, needs: str, adds: str) -> ApiSettings:
+    """``api`` as webCRM takes it: a token (``needs`` says which) and at most its
+    request limit per application token."""
+    checked_api(api, needs=needs, example=WEBCRM_API_BASE_URL, adds=adds)
+    if api.max_requests_per_second * 60 > REQUESTS_PER_MINUTE:
+        raise ValueError(
+            f"max_requests_per_second: webCRM takes at most {REQUESTS_PER_MINUTE} "
+            "requests per minute per application token (4.16 per second)"
+        )
+    return api
+
+
 class WebCrmSource(SourceBase):
     kind: Literal["webcrm"]
     email_field: str = "PersonEmail"
@@ -59,29 +79,17 @@ class WebCrmSource(SourceBase):
     @model_validator(mode="before")
     @classmethod
     def _api_defaults(cls, data: Any) -> Any:
-        """webCRM has one API host and a known request limit, so both may be left out."""
-        return default_api_settings(
-            data,
-            base_url=WEBCRM_API_BASE_URL,
-            max_requests_per_second=DEFAULT_REQUESTS_PER_SECOND,
-        )
+        return webcrm_api_defaults(data)
 
     @field_validator("api")
     @classmethod
     def _api(cls, api: ApiSettings) -> ApiSettings:
-        checked_api(
+        return checked_webcrm_api(
             api,
             needs="webCRM's REST API needs an application token (Configuration > "
             "Integration > API > REST)",
-            example=WEBCRM_API_BASE_URL,
             adds="/Auth/ApiLogin and /Queries",
         )
-        if api.max_requests_per_second * 60 > REQUESTS_PER_MINUTE:
-            raise ValueError(
-                f"max_requests_per_second: webCRM takes at most {REQUESTS_PER_MINUTE} "
-                "requests per minute per application token (4.16 per second)"
-            )
-        return api
 
     @field_validator("poll")
     @classmethod

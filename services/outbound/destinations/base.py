@@ -27,6 +27,7 @@ from services.core.api_client import (
     Credentials,
     StaticBearer,
     ThrottleCheck,
+    WaitHint,
 )
 from services.core.http import async_client
 from services.core.sources.common import ApiSettings
@@ -91,11 +92,13 @@ class ApiConnection:
         settings: ApiSettings,
         *,
         is_throttled: ThrottleCheck | None = None,
+        wait_hint: WaitHint | None = None,
         credentials: Credentials | None = None,
     ) -> None:
         self._name = name
         self._settings = settings
         self._is_throttled = is_throttled
+        self._wait_hint = wait_hint
         self._credentials = credentials
         self._session: httpx.AsyncClient | None = None
         self._client: ApiClient | None = None
@@ -125,6 +128,7 @@ class ApiConnection:
             session=self._session,
             credentials=credentials,
             is_throttled=self._is_throttled,
+            wait_hint=self._wait_hint,
         )
 
     async def close(self) -> None:

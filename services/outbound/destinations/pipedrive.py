@@ -18,7 +18,8 @@ Persons, and the client libraries Pipedrive generates from it):
 - "Authentication": the personal API token in the ``x-api-token`` header (the source's
   ``ApiToken``). "Rate limiting": every token has a burst limit and a daily budget;
   past them the answer is 429 (with ``x-ratelimit-*`` headers). ``ApiClient`` retries
-  429 and 5xx with backoff (``Retry-After`` when sent); ``api.max_requests_per_second``
+  429 and 5xx, waiting ``Retry-After`` when sent, else ``x-ratelimit-reset`` seconds
+  (the source's ``reset_wait``), else backing off; ``api.max_requests_per_second``
   keeps a chunk's requests under the burst limit.
 
 Steps of a chunk: its changes are folded into one write per profile (profiles.py), and
@@ -70,7 +71,7 @@ from services.core.destinations.pipedrive import (
     PHONE_FIELD,
     PipedriveDestination,
 )
-from services.ingest.connectors.pipedrive import ApiToken
+from services.ingest.connectors.pipedrive import ApiToken, reset_wait
 from services.outbound.destinations.base import ApiConnection, Delivered
 from services.outbound.destinations.profiles import ProfileWrite, Unsendable, write_each
 from services.outbound.outgoing import OutgoingChange
@@ -127,7 +128,9 @@ class PipedrivePersons:
         self.batch_size = settings.batch_size
         self._settings = settings
         token = settings.api.token.resolve() if settings.api.token is not None else ""
-        self._api = ApiConnection(name, settings.api, credentials=ApiToken(token))
+        self._api = ApiConnection(
+            name, settings.api, credentials=ApiToken(token), wait_hint=reset_wait
+        )
 
     async def open(self) -> None:
         await self._api.open()

@@ -37,3 +37,16 @@ def open_store(
         # The CDP applies the conflict and identity rules itself (docs/cdp-http-api.md).
         return HttpProfileStore(settings)
     raise ValueError(f"no store of kind {settings.kind!r}")
+
+
+SqlStore = SqliteProfileStore | PostgresProfileStore
+"""The stores that keep an outbox and read profiles by id (pushes, previews, filters)."""
+
+
+def open_sql_store(settings: StoreSettings, *, read_only: bool = False) -> SqlStore | None:
+    """The configured store if it is a SQL one; None for the HTTP store."""
+    store = open_store(settings, read_only=read_only)
+    if isinstance(store, SqliteProfileStore | PostgresProfileStore):
+        return store
+    store.close()
+    return None

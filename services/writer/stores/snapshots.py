@@ -27,11 +27,10 @@ from services.core.profile_changed import (
     ProfileChanged,
     ProfileChangeKind,
     change_key,
-    change_record,
 )
 from services.core.versions import from_micros, to_micros
 from services.writer.profiles import Profile
-from services.writer.stores.base import StoredProfile
+from services.writer.stores.base import StoredProfile, stored_profile
 from services.writer.stores.outbox import ChangeEncoder, Message
 
 PUSH_SOURCE: Final = "crmsync"
@@ -115,45 +114,36 @@ def snapshot_messages(
     encode: ChangeEncoder,
 ) -> list[Message]:
     """The outbox messages of ``profiles``' snapshots for the run of ``progress``."""
-    committed = to_micros(now)
-    messages: list[Message] = []
-    for profile in profiles:
-        record = change_record(
-            event_id=f"push:{progress.destination}:{progress.run_id}:{profile.id}",
-            profile_id=profile.id,
-            kind=ProfileChangeKind.SNAPSHOT,
-            committed_at=committed,
-            source=PUSH_SOURCE,
-            record_id=str(profile.id),
-            source_event_id=f"push:{progress.run_id}",
-            source_modified_at=from_micros(profile.updated_at),
-            mapping_version=0,
-            identities=sorted(profile.identities),
-            attributes=[
-                (name, None, stored.value)
-                for name, stored in sorted(profile.attributes.items())
-                if stored.value is not None
-            ],
-            consents=[
-                (subscription, channel, None, consent.status, consent.changed_at)
-                for (subscription, channel), consent in sorted(profile.consents.items())
-            ],
-            destination=progress.destination,
+    return [
+        (
+            change_key(profile.id),
+            encode(
+                snapshot_event(
+                    stored_profile(profile),
+                    destination=progress.destination,
+                    run_id=progress.run_id,
+                    now=now,
+                ).to_record()
+            ),
         )
-        messages.append((change_key(profile.id), encode(record)))
-    return messages
+        for profile in profiles
+    ]
 
 
-def snapshot_event(profile: StoredProfile, *, destination: str, now: datetime) -> ProfileChanged:
-    """A profile's SNAPSHOT as a push would queue it, for a dry run (no run, no outbox)."""
+def snapshot_event(
+    profile: StoredProfile, *, destination: str, run_id: str, now: datetime
+) -> ProfileChanged:
+    """A profile's SNAPSHOT for ``destination`` in push run ``run_id``: what a push
+    queues, and what a dry run shows (the same event, so the two cannot differ). The
+    profile's live attributes (none it holds as cleared) and its consents."""
     return ProfileChanged(
-        event_id=f"preview:{destination}:{profile.profile_id}",
+        event_id=f"push:{destination}:{run_id}:{profile.profile_id}",
         profile_id=profile.profile_id,
         kind=ProfileChangeKind.SNAPSHOT,
         committed_at=now,
         source=PUSH_SOURCE,
         record_id=str(profile.profile_id),
-        source_event_id="preview",
+        source_event_id=f"push:{run_id}",
         source_modified_at=profile.updated_at,
         mapping_version=0,
         identities=profile.identities,
