@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     csv_import.add_argument("--page-size", type=int, default=1000)
     csv_import.set_defaults(handler=_import_csv)
 
+    source = commands.add_parser("source", help="pause and resume a source")
+    source_commands = source.add_subparsers(dest="source_command", required=True)
+    for name, text in (
+        ("pause", "hold a source's changes (they queue durably)"),
+        ("resume", "apply a paused source's queued changes, in order"),
+    ):
+        command = source_commands.add_parser(name, help=text)
+        command.add_argument("source")
+        command.set_defaults(handler=_source_pause_or_resume)
+
     status = commands.add_parser(
         "status", help="every source (polls, full syncs) and destination (changes waiting)"
     )
@@ -183,6 +193,12 @@ def _import_csv(settings: Settings, args: argparse.Namespace) -> int:
     return import_csv(settings, source=args.source, path=args.file, page_size=args.page_size)
 
 
+def _source_pause_or_resume(settings: Settings, args: argparse.Namespace) -> int:
+    from services.cli.source_command import pause_or_resume
+
+    return pause_or_resume(settings, args.source, args.source_command)
+
+
 def _destination_push(settings: Settings, args: argparse.Namespace) -> int:
     from services.cli.destination_command import push
 
@@ -212,6 +228,8 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
                 f"  profiles: {older} written under an older mapping than "
                 f"v{info['mapping_version']}; a full sync is due"
             )
+        if info.get("paused"):
+            print(f"  paused since {info['paused']['since']}: changes queue until resumed")
         if info["webhook"]:
             print("  webhook: receiving")
         poll = info["poll"]

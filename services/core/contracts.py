@@ -53,6 +53,9 @@ class ControlKind(StrEnum):
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
     FAILED = "FAILED"
+    PAUSED = "PAUSED"
+    """An operator paused the source: its real-time changes are held as during a sync."""
+    RESUMED = "RESUMED"
 
 
 class Channel(StrEnum):

@@ -53,9 +53,15 @@ MAPPER_DROPS: Final = Counter(
 )
 MAPPER_HELD: Final = Gauge(
     "crmsync_mapper_held_changes",
-    "Real-time changes held behind a running full sync, by this mapper instance",
+    "Real-time changes held behind a running full sync or a pause, by this mapper instance",
     ["source"],
     multiprocess_mode="livesum",
+)
+SOURCE_PAUSED: Final = Gauge(
+    "crmsync_source_paused",
+    "1 while an operator has the source paused (its changes queue until resumed)",
+    ["source"],
+    multiprocess_mode="livemax",
 )
 MAPPER_BATCHES: Final = Histogram(
     "crmsync_mapper_batch_seconds", "Time to map and commit one transaction of changes"

@@ -2,7 +2,9 @@
 
 ``POST /fullsync/{source}`` starts a full sync (202, or 409 when one runs),
 ``GET /fullsync/{source}`` shows its progress, ``DELETE /fullsync/{source}`` cancels
-it, ``GET /status`` shows every source. All of it needs the admin bearer token
+it, ``POST /sources/{source}/pause`` and ``.../resume`` pause a source (its changes
+queue) and resume it (they are applied in order), ``GET /status`` shows every source.
+All of it needs the admin bearer token
 (``services.ingest.admin_token``); without one configured the API answers 403.
 The ``crmsync`` CLI is a client of this API.
 """
@@ -19,12 +21,27 @@ from services.core.bearer import bearer_matches
 from services.core.sources.common import PollSettings
 from services.ingest.connectors.base import SourceConnectors
 from services.ingest.fullsync import AlreadyRunning, FullSyncs, NotRunning, Progress
+from services.ingest.pauses import AlreadyPaused, NotPaused, Pause, SourcePauses
 from services.ingest.publisher import BrokerUnavailable
 from services.ingest.state import FullSyncState, PollState, StateStore
 
 
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+async def _told_conflicts(pausing: Awaitable[Pause]) -> Pause:
+    """A pause or resume, its conflicts answered 409 and a broker outage 503."""
+    try:
+        return await pausing
+    except (AlreadyPaused, NotPaused) as exc:
+        raise _error(409, str(exc)) from None
+    except BrokerUnavailable:
+        raise _error(503, "Kafka unavailable; try again") from None
+
+
+def pause_json(pause: Pause) -> dict[str, Any]:
+    return {"pause_id": pause.pause_id, "since": iso(pause.since)}
 
 
 def fullsync_json(state: FullSyncState) -> dict[str, Any]:
@@ -68,6 +85,7 @@ class AdminApi:
         kinds: Mapping[str, str],
         mapping_versions: Mapping[str, int],
         fullsyncs: FullSyncs,
+        pauses: SourcePauses,
         store: StateStore,
         token: str | None,
         accepting: Callable[[], bool],
@@ -76,6 +94,7 @@ class AdminApi:
         self._kinds = kinds
         self._mapping_versions = mapping_versions
         self._fullsyncs = fullsyncs
+        self._pauses = pauses
         self._store = store
         self._token = token
         self._accepting = accepting
@@ -84,6 +103,8 @@ class AdminApi:
         app.router.add_post("/fullsync/{source}", answering_refusals(self.start_fullsync))
         app.router.add_get("/fullsync/{source}", answering_refusals(self.fullsync_status))
         app.router.add_delete("/fullsync/{source}", answering_refusals(self.cancel_fullsync))
+        app.router.add_post("/sources/{source}/pause", answering_refusals(self.pause))
+        app.router.add_post("/sources/{source}/resume", answering_refusals(self.resume))
         app.router.add_get("/status", answering_refusals(self.status))
 
     def _authorize(self, request: web.Request) -> None:
@@ -106,6 +127,12 @@ class AdminApi:
         if not self._fullsyncs.can_sync(source):
             raise _error(
                 422, f"source {source!r} has no API to pull from; use 'crmsync import csv'"
+            )
+        if self._pauses.paused(source) is not None:
+            raise _error(
+                409,
+                f"source {source!r} is paused: resume it first (a full sync would release "
+                "its queued changes)",
             )
         try:
             state = await self._fullsyncs.start(source)
@@ -134,6 +161,21 @@ class AdminApi:
             raise _error(503, "Kafka unavailable; try again") from None
         return web.json_response(fullsync_json(state), status=202)
 
+    async def pause(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source(request)
+        sync = self._fullsyncs.status(source)
+        if sync is not None and sync.running:
+            raise _error(409, f"a full sync of {source!r} is running: cancel it or let it end")
+        pause = await _told_conflicts(self._pauses.pause(source))
+        return web.json_response({"source": source, **pause_json(pause)}, status=202)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source(request)
+        pause = await _told_conflicts(self._pauses.resume(source))
+        return web.json_response({"source": source, "resumed": pause.pause_id}, status=202)
+
     async def status(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body: dict[str, Any] = {}
@@ -147,6 +189,7 @@ class AdminApi:
                 if connectors.poll is not None
                 else None,
                 "fullsync": fullsync_json(sync) if sync is not None else None,
+                "paused": pause_json(pause) if (pause := self._pauses.paused(source)) else None,
             }
         return web.json_response({"sources": body})
 

@@ -49,6 +49,7 @@ from services.ingest.connectors.base import (
     Stamp,
 )
 from services.ingest.fullsync import Codecs, FullSyncs, PageSource, Topics
+from services.ingest.pauses import SourcePauses
 from services.ingest.polling import Poller
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.registry import build_connectors
@@ -83,6 +84,7 @@ class Ingest:
     sources: dict[str, SourceConnectors]
     store: StateStore
     fullsyncs: FullSyncs
+    pauses: SourcePauses
     pollers: list[Poller]
     session: httpx.AsyncClient
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,6 +139,9 @@ class Ingest:
                         rejected_topic=topics.rejected,
                     )
                 )
+        changes_end = functools.partial(
+            asyncio.to_thread, end_offsets, settings.kafka, topics.changes
+        )
         fullsyncs = FullSyncs(
             page_sources=page_sources,
             mapping_versions={n: s.mapping_version for n, s in settings.sources.items()},
@@ -150,9 +155,13 @@ class Ingest:
             topics=Topics(
                 fullsync=topics.fullsync, barrier=topics.barrier, rejected=topics.rejected
             ),
-            changes_end=functools.partial(
-                asyncio.to_thread, end_offsets, settings.kafka, topics.changes
-            ),
+            changes_end=changes_end,
+        )
+        pauses = SourcePauses(
+            publisher=publisher,
+            codec=contracts.sync_control,
+            barrier_topic=topics.barrier,
+            changes_end=changes_end,
         )
         return cls(
             settings=settings,
@@ -162,6 +171,7 @@ class Ingest:
             sources=sources,
             store=store,
             fullsyncs=fullsyncs,
+            pauses=pauses,
             pollers=pollers,
             session=session,
         )
@@ -199,6 +209,7 @@ class Ingest:
             kinds={n: s.kind for n, s in self.settings.sources.items()},
             mapping_versions={n: s.mapping_version for n, s in self.settings.sources.items()},
             fullsyncs=self.fullsyncs,
+            pauses=self.pauses,
             store=self.store,
             token=ingest.admin_token.resolve() if ingest.admin_token else None,
             accepting=self.ready.is_set,
@@ -252,6 +263,9 @@ async def run(settings: Settings, *, stop: asyncio.Event, worker: int = 0) -> No
             # Step 3
             await asyncio.to_thread(
                 ingest.store.load, client_config(settings.kafka, client_id="crmsync-ingest-state")
+            )
+            await asyncio.to_thread(
+                ingest.pauses.load, client_config(settings.kafka, client_id="crmsync-ingest-pauses")
             )
             # Step 4
             if config.run_pulls:

@@ -5,13 +5,15 @@ is what counts) and asks, per input partition:
 
 - ``holding``: should this source's real-time change be held? Yes while the
   source's latest sync is STARTED, or COMPLETED but not yet released on this
-  partition, for a change at or after the offset where the changes partition ended
-  when the sync started (STARTED names it; an earlier change arrived before the
-  sync and is applied as usual, whenever the mapper gets to it).
+  partition, or while an operator has the source PAUSED, for a change at or after
+  the offset where the changes partition ended when the sync started or the pause
+  began (STARTED and PAUSED name it; an earlier change arrived before and is
+  applied as usual, whenever the mapper gets to it).
 - ``due``: may what this partition holds for the source be released now? When the
-  sync was cancelled or failed, or it completed and this partition's fullsync
-  position has reached the offset COMPLETED names for it (the mapper has then
-  mapped every full-sync record that could compete with the held changes).
+  source was RESUMED, the sync was cancelled or failed, or it completed and this
+  partition's fullsync position has reached the offset COMPLETED names for it (the
+  mapper has then mapped every full-sync record that could compete with the held
+  changes). Held changes are released in the order they arrived.
 
 Which sync a partition has released is part of the partition's durable state, so
 a restart neither holds again nor releases twice.
@@ -23,7 +25,11 @@ from collections.abc import Iterable
 
 from services.core.contracts import ControlKind, SyncControl
 
-RUNNING = (ControlKind.STARTED, ControlKind.COMPLETED)
+# What holds a source's real-time changes: a full sync until it is released, and a
+# pause until it is resumed (a pause is a barrier that only an operator lifts).
+RUNNING = (ControlKind.STARTED, ControlKind.COMPLETED, ControlKind.PAUSED)
+# What names, as its start, where the changes partitions ended.
+OPENING = (ControlKind.STARTED, ControlKind.PAUSED)
 
 
 class Barriers:
@@ -35,7 +41,7 @@ class Barriers:
 
     def observe(self, control: SyncControl) -> None:
         self._latest[control.source] = control
-        if control.kind is ControlKind.STARTED:
+        if control.kind in OPENING:
             starts = {p.partition: p.offset for p in control.changes_start_offsets}
             self._starts[control.source] = (control.sync_id, starts)
 
@@ -61,7 +67,7 @@ class Barriers:
         control = self._latest.get(source)
         if control is None or released == control.sync_id:
             return None
-        if control.kind is ControlKind.STARTED:
+        if control.kind in OPENING:
             return None
         if control.kind is ControlKind.COMPLETED:
             ends = {p.partition: p.offset for p in control.fullsync_end_offsets}

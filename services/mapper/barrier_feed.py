@@ -11,8 +11,9 @@ from typing import Final
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from services.core import metrics
 from services.core.codecs import Codec
-from services.core.contracts import SyncControl
+from services.core.contracts import ControlKind, SyncControl
 from services.core.kafka import watermarks
 from services.core.serde import DecodeError
 from services.core.topic_reader import read_to_end
@@ -135,11 +136,16 @@ class BarrierFeed:
             log.error("undecodable SyncControl at offset %s ignored: %s", message.offset(), exc)
             return
         starts = {p.partition: p.offset for p in control.changes_start_offsets}
+        pausing = control.kind in (ControlKind.PAUSED, ControlKind.RESUMED)
         log.info(
-            "full sync %s of %s: %s%s",
+            "%s %s of %s: %s%s",
+            "pause" if pausing else "full sync",
             control.sync_id,
             control.source,
             control.kind.value.lower(),
             f" (holding changes from offsets {starts})" if starts else "",
+        )
+        metrics.SOURCE_PAUSED.labels(control.source).set(
+            1 if control.kind is ControlKind.PAUSED else 0
         )
         self._barriers.observe(control)

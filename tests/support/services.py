@@ -267,6 +267,17 @@ class Stack:
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``crmsync ARGS`` on this stack's config, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env={**os.environ, **SECRETS_ENV},
+            check=False,
+        )
+
 
 def kill_leftovers() -> None:
     for process in STARTED:

@@ -180,3 +180,18 @@ def test_each_source_has_its_own_barrier() -> None:
 def test_the_latest_control_of_a_source_is_what_counts() -> None:
     b = barriers(STARTED, COMPLETED)
     assert b.latest("crm") == COMPLETED
+
+
+def test_a_pause_holds_changes_from_where_it_began_until_resumed() -> None:
+    paused = barriers(control(ControlKind.PAUSED, sync_id="p1", starts={0: 50}))
+    assert not holding(paused, offset=49)
+    assert holding(paused, offset=50)
+    assert paused.due("crm", partition=0, fullsync_position=0, released=None) is None
+
+    resumed = barriers(
+        control(ControlKind.PAUSED, sync_id="p1", starts={0: 50}),
+        control(ControlKind.RESUMED, sync_id="p1"),
+    )
+    assert not holding(resumed, offset=50)
+    assert resumed.due("crm", partition=0, fullsync_position=0, released=None) == "p1"
+    assert resumed.due("crm", partition=0, fullsync_position=0, released="p1") is None
