@@ -16,5 +16,5 @@ RUN pip install --no-cache-dir -c constraints.txt . \
 ENV CRMSYNC_SCHEMAS_DIR=/app/schemas
 
 USER crmsync
-EXPOSE 8079 8080 8081 8082
+EXPOSE 8079 8080 8081 8082 8083 8084
 CMD ["python", "-m", "services.ingest"]

@@ -50,10 +50,15 @@ kafka-down: ## Stop the local Kafka cluster
 	@$(KAFKA) stop --name local
 
 .PHONY: run
-run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the four services on the example config
-	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090 --fake webhook_receiver=8095
+run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the five services on the example config
+	@$(BIN)/python -m services.devstack up --config $(CONFIG) --fake hubspot=8090,change-every=5 --fake webhook_receiver=8095
 	@echo
-	@echo "crmsync is running (logs in var/log/). Send a contact to the demo source:"
+	@echo "crmsync is running (logs in var/log/). The sync console, with the fake HubSpot's"
+	@echo "contacts being edited every 5 s (sign in with $(CRMSYNC_READ_TOKEN), or $(CRMSYNC_ADMIN_TOKEN) to act):"
+	@echo
+	@echo "  http://127.0.0.1:8084/"
+	@echo
+	@echo "Send a contact to the demo source:"
 	@echo
 	@echo "  curl -sS -X POST http://127.0.0.1:8080/webhooks/demo \\"
 	@echo "    -H 'Authorization: Bearer $(CRMSYNC_DEMO_TOKEN)' -H 'Content-Type: application/json' \\"
@@ -81,7 +86,7 @@ run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the
 	@echo "  $(BIN)/crmsync --config $(CONFIG) destination preview marketing-webhook --limit 2"
 	@echo "  $(BIN)/crmsync --config $(CONFIG) destination push marketing-webhook --wait"
 	@echo
-	@echo "Health and metrics: http://127.0.0.1:808{0,1,2,3}/readyz and /metrics. Stop with: make stop"
+	@echo "Health and metrics: http://127.0.0.1:808{0,1,2,3,4}/readyz and /metrics. Stop with: make stop"
 
 .PHONY: stop
 stop: ## Stop the services and Kafka

@@ -23,8 +23,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crmsync"))
 
-# The broker fixtures serve both tests/integration and tests/faults: one session broker.
-pytest_plugins = ("tests.support.broker_fixtures",)
+# The broker fixtures serve both tests/integration and tests/faults: one session broker;
+# the browser fixtures drive Debian's Chromium for the console's page tests.
+pytest_plugins = ("tests.support.broker_fixtures", "tests.support.browser")
 
 BROKER_KEY = pytest.StashKey[str]()
 POSTGRES_KEY = pytest.StashKey[str]()

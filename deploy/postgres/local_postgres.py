@@ -3,8 +3,9 @@
 
 The server is Debian's PostgreSQL (the postgresql-15 package, binaries under
 /usr/lib/postgresql/<major>/bin); the script installs the package with apt-get when it is
-missing and we are root. Each instance is one cluster listening on 127.0.0.1 only, with
-trust authentication and a superuser named crmsync that owns a database named crmsync.
+missing and we are root (with deploy/apt_package.py, which the deploy scripts share). Each
+instance is one cluster listening on 127.0.0.1 only, with trust authentication and a
+superuser named crmsync that owns a database named crmsync.
 
 PostgreSQL refuses to run as root. When this script runs as root, the instance belongs to
 the `postgres` system user (created when missing), and initdb and pg_ctl run as that user
@@ -64,6 +65,7 @@ import argparse
 import contextlib
 import fcntl
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -79,8 +81,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
+APT_MODULE = HERE.parent / "apt_package.py"
 DEFAULT_VAR_DIR = HERE.parents[1] / "var"
 VAR_DIR_ENV = "CRMSYNC_VAR_DIR"
 
@@ -103,9 +107,6 @@ STOP_TIMEOUT_S = 60.0
 KILL_TIMEOUT_S = 10.0
 INITDB_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_S = 30.0
-APT_TIMEOUT_S = 900.0
-# Another apt-get (say, a parallel CI job installing the same package) holds the dpkg lock.
-APT_LOCK_TIMEOUT_S = 300
 POLL_S = 0.2
 STATUS_NOT_RUNNING = 3
 
@@ -115,8 +116,6 @@ LOG_TAIL_LINES = 40
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CONF_FILE = "crmsync.conf"
 INCLUDE_LINE = f"include = '{CONF_FILE}'"
-# What apt-get says when its package lists predate the package (or were never fetched).
-APT_UNKNOWN_PACKAGE = ("Unable to locate package", "has no installation candidate")
 
 _log = logging.getLogger("local_postgres")
 
@@ -270,42 +269,32 @@ def _newest_bin_dir() -> Path | None:
     return found[max(found, key=_version_key)]
 
 
-def _apt_get(apt: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    command = [apt, "-q", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", *args]
-    try:
-        return subprocess.run(
-            command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired as error:
-        raise PostgresToolError(f"`apt-get {' '.join(args)}` took over {error.timeout}s") from None
+@functools.cache
+def _apt_package() -> ModuleType:
+    """deploy/apt_package.py: deploy/ is no package, and this script runs by its path."""
+    loaded = sys.modules.get("apt_package")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("apt_package", APT_MODULE)
+    if spec is None or spec.loader is None:
+        raise PostgresToolError(f"cannot load {APT_MODULE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["apt_package"] = module
+    return module
 
 
 def _apt_install(package: str) -> None:
-    apt = shutil.which("apt-get")
-    if apt is None:
+    apt = _apt_package()
+    try:
+        apt.install(package)
+    except apt.AptUnavailable:
         raise PostgresToolError(
             f"no PostgreSQL server under {PG_LIB_DIR}/*/bin and no apt-get to install one: "
             f"install PostgreSQL's server binaries (Debian's {package} package)"
-        )
-    install = ("install", "-y", "--no-install-recommends", package)
-    _log.info("installing %s with apt-get (once per machine)", package)
-    result = _apt_get(apt, *install)
-    output = result.stdout + result.stderr
-    if result.returncode != 0 and any(marker in output for marker in APT_UNKNOWN_PACKAGE):
-        _log.info("apt-get does not know %s yet; running apt-get update", package)
-        update = _apt_get(apt, "update")
-        if update.returncode != 0:
-            raise PostgresToolError(
-                f"apt-get update failed (exit {update.returncode}):\n"
-                f"{(update.stdout + update.stderr).strip()}"
-            )
-        result = _apt_get(apt, *install)
-        output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise PostgresToolError(
-            f"apt-get install {package} failed (exit {result.returncode}):\n{output.strip()}"
-        )
+        ) from None
+    except apt.AptError as error:
+        raise PostgresToolError(str(error)) from None
 
 
 def ensure_binaries() -> Path:

@@ -6,20 +6,22 @@ import json
 import os
 from typing import Any, Final
 
-from services.core.config import Settings
+from services.core.config import HttpListen, Settings
 from services.core.http import TRANSIENT, client
 
 INGEST_URL_ENV: Final = "CRMSYNC_INGEST_URL"
 
 
+def listener_url(env: str, listen: HttpListen) -> str:
+    """The URL in the environment variable ``env``, else the configured listener's
+    (a wildcard host reached on loopback)."""
+    configured = os.environ.get(env)
+    return configured.rstrip("/") if configured else listen.local_url
+
+
 def ingest_url(settings: Settings) -> str:
-    """``CRMSYNC_INGEST_URL``, else ingest's admin listener (0.0.0.0 -> loopback)."""
-    configured = os.environ.get(INGEST_URL_ENV)
-    if configured:
-        return configured.rstrip("/")
-    http = settings.services.ingest.admin
-    host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host  # noqa: S104
-    return f"http://{host}:{http.port}"
+    """``CRMSYNC_INGEST_URL``, else ingest's admin listener."""
+    return listener_url(INGEST_URL_ENV, settings.services.ingest.admin)
 
 
 def admin_call(settings: Settings, method: str, path: str) -> tuple[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaException
 
 from services.cli.admin_client import admin_call
 from services.cli.erase_command import ErasureNotSent, erase
+from services.cli.rejected_command import add_commands as add_rejected_commands
 from services.core.config import ConfigError, Settings, config_path, load_settings
 from services.core.contracts import Identity
 from services.core.settings_base import MissingSecretError
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     _add_destination_commands(commands)
+    add_rejected_commands(commands)
 
     profile = commands.add_parser("profile", help="look up profiles in the store")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)

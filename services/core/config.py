@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.core.destinations import DestinationSettings
 from services.core.mapping_settings import ProfileSettings, check_profile
@@ -188,6 +195,13 @@ class HttpListen(Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
 
+    @property
+    def local_url(self) -> str:
+        """Where a process on this host reaches the listener (a wildcard host on
+        loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
 
 class IngestSettings(Strict):
     http: HttpListen = HttpListen(port=8080)
@@ -208,6 +222,13 @@ class IngestSettings(Strict):
         pattern=r"^https?://",
         description="the scheme and host CRMs use to reach ingest (behind a proxy); "
         "some CRMs sign the URL they called",
+    )
+    # IPv4Network or IPv6Network, whichever the CIDR is; host bits set (10.1.2.3/8) refused.
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="networks (CIDR) of the proxies in front of ingest: from these peers "
+        "only, X-Forwarded-Proto and X-Forwarded-Host give the URL CRMs called (when "
+        "public_base_url is not set)",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     delivery_timeout_ms: int = Field(default=10_000, ge=100)
@@ -285,11 +306,43 @@ class OutboundSettings(Strict):
     batch_max_wait_ms: int = Field(default=200, ge=0, le=60_000)
 
 
+class ConsoleSettings(Strict):
+    http: HttpListen = Field(
+        default=HttpListen(port=8084),
+        description="the sync console (web pages and their JSON): operators only, like "
+        "ingest's admin listener",
+    )
+    data_dir: Path = Field(
+        default=Path("var/console"),
+        description="the console's index of rejections, audit and profile changes (SQLite)",
+    )
+    retention_days: int = Field(
+        default=14,
+        ge=1,
+        le=3650,
+        description="days the index keeps rejections and record timelines (daily counts "
+        "are kept for good)",
+    )
+    read_token: SecretRef | None = Field(
+        default=None,
+        description="token for the read-only pages; the admin token "
+        "(services.ingest.admin_token) also allows the actions: pause, resume, full "
+        "sync, replay",
+    )
+    ingest_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="ingest's admin listener as the console reaches it (default: "
+        "services.ingest.admin)",
+    )
+
+
 class ServicesSettings(Strict):
     ingest: IngestSettings = IngestSettings()
     mapper: MapperSettings = MapperSettings()
     writer: WriterSettings = WriterSettings()
     outbound: OutboundSettings = OutboundSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
 
 SourceSettings = Annotated[SourceKinds, Field(discriminator="kind")]

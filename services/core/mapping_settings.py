@@ -12,7 +12,9 @@ Per source (``sources.<name>``):
   that stops matching;
 - ``consent``: CRM checkboxes -> opt-in / opt-out of a subscription on one channel;
 - ``clears``: attributes this source may clear by sending a blank (it must own them);
-- ``default_region``: where phone numbers without a country code are from.
+- ``default_region``: where phone numbers without a country code are from;
+- ``on_invalid``: what a value a rule cannot accept does when the rule does not say:
+  reject the whole change, or drop that field and apply the rest.
 
 Across sources (``profile``): which source owns each attribute and how conflicts
 between sources resolve, and which source is the consent source of each
@@ -43,6 +45,14 @@ FieldValueType = Literal[
 ATTRIBUTE_NAME: Final = r"^[a-z][a-z0-9_]{0,62}$"
 MAX_CONSENT_RULES: Final = 100
 ScalarSetting = str | int | float | bool
+OnInvalid = Literal["reject", "drop_field"]
+ON_INVALID_RULE: Final = (
+    "a value this rule cannot accept: 'reject' the whole change (to the rejected topic, "
+    "replayable once fixed), or 'drop_field': leave it out and apply the rest of the "
+    "change; the attribute keeps its stored value, as if the CRM had not sent the "
+    "field (no clear, no default), and the audit records the drop with code 'invalid'. "
+    "Unset: the source's on_invalid"
+)
 
 
 class FieldRule(Strict):
@@ -50,7 +60,8 @@ class FieldRule(Strict):
 
     Applied in this order: ``values`` (a value map), then ``split`` (one part of a
     text), then the coercion to ``type``. A value that cannot be coerced rejects the
-    change with the field and the reason; it never becomes a silent null.
+    change with the field and the reason, or is dropped (``on_invalid``); it never
+    becomes a silent null.
     """
 
     attribute: str = Field(pattern=ATTRIBUTE_NAME)
@@ -83,6 +94,13 @@ class FieldRule(Strict):
         default_factory=list,
         description="strptime formats tried after ISO 8601, e.g. '%d.%m.%Y'",
     )
+    on_invalid: OnInvalid | None = Field(
+        default=None,
+        description=f"{ON_INVALID_RULE} (an unmapped value-map entry with unmapped: "
+        "reject, a split of a non-text, a value that cannot be coerced to type). Not "
+        "for the source's email_field: the email is the change's identity, and an "
+        "invalid one always rejects the change",
+    )
 
 
 class Computed(Strict):
@@ -99,6 +117,11 @@ class Computed(Strict):
         "'x if c else y', and lower() upper() trim() coalesce() round()",
     )
     type: FieldValueType = "keep"
+    on_invalid: OnInvalid | None = Field(
+        default=None,
+        description=f"{ON_INVALID_RULE} (an expression that fails on the record's "
+        "values, e.g. a division by zero, or a result that cannot be coerced to type)",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Computed:
@@ -156,6 +179,13 @@ class ConsentRule(Strict):
         description="what a checked box means: opt_in for 'subscribed', opt_out for "
         "'unsubscribed' or 'do not contact' boxes",
     )
+    on_invalid: OnInvalid | None = Field(
+        default=None,
+        description="a value that is not clearly checked or unchecked (consent is never "
+        "guessed): 'reject' the whole change, or 'drop_field': leave this "
+        "subscription's consent as it is and apply the rest of the change (the audit "
+        "records the drop with code 'invalid'). Unset: the source's on_invalid",
+    )
 
 
 MappingTarget = Annotated[str, Field(pattern=ATTRIBUTE_NAME)] | FieldRule | list[FieldRule]
@@ -190,6 +220,13 @@ class SourceMapping(Strict):
         pattern=r"^[A-Z]{2}$",
         description="ISO 3166 country of phone numbers written without a country code",
     )
+    on_invalid: OnInvalid = Field(
+        default="reject",
+        description="for mapping, computed and consent rules that set no on_invalid: a "
+        "value a rule cannot accept rejects the whole change ('reject'), or is left out "
+        "while the rest applies ('drop_field'). Never for the email_field: an invalid "
+        "email (the change's identity) always rejects the change",
+    )
     mapping_version: int = Field(default=1, ge=1)
 
     @field_validator("consent")
@@ -216,6 +253,20 @@ class SourceMapping(Strict):
             else:
                 rules.extend((field, rule) for rule in target)
         return rules
+
+    def identity_dropped(self, email_field: str) -> str | None:
+        """Why the config is wrong when a mapping rule of ``email_field`` (the
+        identity) says drop_field, else None."""
+        if any(
+            crm_field == email_field and rule.on_invalid == "drop_field"
+            for crm_field, rule in self.field_rules()
+        ):
+            return (
+                f"mapping.{email_field}: on_invalid: drop_field cannot apply to the "
+                "email field, the change's identity; an invalid email always rejects "
+                "the change"
+            )
+        return None
 
     def attributes(self) -> set[str]:
         """Every attribute this source can write."""

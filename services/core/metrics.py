@@ -48,8 +48,14 @@ PROFILE_UPDATES: Final = Counter(
 )
 MAPPER_DROPS: Final = Counter(
     "crmsync_mapper_drops_total",
-    "Attributes or records the rules left out (unmatched, ownership, blank, stale)",
+    "Attributes or records the rules left out (unmatched, ownership, blank, stale, invalid)",
     ["source", "reason"],
+)
+FIELD_REJECTIONS: Final = Counter(
+    "crmsync_field_rejections_total",
+    "Values a rule refused and left out under on_invalid: drop_field, the rest of the "
+    "change applied (a consent as consent:<subscription>)",
+    ["source", "attribute"],
 )
 MAPPER_HELD: Final = Gauge(
     "crmsync_mapper_held_changes",
@@ -206,4 +212,13 @@ DESTINATION_LAG: Final = Histogram(
     "From a profile change's commit in the store to the destination's acknowledgement",
     ["destination"],
     buckets=LATENCY_BUCKETS,
+)
+NOTIFICATIONS_SENT: Final = Counter(
+    "crmsync_notifications_sent_total",
+    "Notification messages by channel and outcome (sent, refused, gave_up, dropped, failed)",
+    ["channel", "outcome"],
+)
+NOTIFICATIONS_DROPPED: Final = Counter(
+    "crmsync_notifications_dropped_total",
+    "Incidents and resolutions the notifier dropped, oldest first, because its queue was full",
 )

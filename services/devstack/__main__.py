@@ -1,7 +1,7 @@
 """``python -m services.devstack up|down|status``: the local stack in the background.
 
 ``up`` starts the demo's fakes (``--fake hubspot=8090``: the test fakes, serving
-their vendor's API on loopback) and then ingest, mapper, writer and outbound on the
+their vendor's API on loopback) and then ingest, mapper, writer, outbound and console on the
 given config, all as detached processes (pid files and logs under ``var/``), waits until
 each answers, and returns. ``down`` sends SIGTERM to everything it started, waits
 for the clean stop, and only then resorts to SIGKILL. A pid is signalled only if its
@@ -23,7 +23,7 @@ from typing import Final
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.http import TRANSIENT, client
 
-SERVICES: Final = ("ingest", "mapper", "writer", "outbound")
+SERVICES: Final = ("ingest", "mapper", "writer", "outbound", "console")
 READY_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 40.0
 
@@ -62,7 +62,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="CRM=PORT",
-        help="also run a fake CRM for the demo, e.g. hubspot=8090",
+        help="also run a fake CRM for the demo, e.g. hubspot=8090,change-every=5",
     )
     args = parser.parse_args()
     var = Path(args.var_dir)
@@ -84,12 +84,17 @@ def main() -> None:
 def fakes(specs: list[str]) -> list[Process]:
     found = []
     for spec in specs:
-        crm, _, port = spec.partition("=")
+        # NAME=PORT[,OPTION=VALUE...]: the options pass to the fake as --OPTION VALUE.
+        crm, _, rest = spec.partition("=")
+        port, *options = rest.split(",")
+        extra = [
+            part for o in options for part in (f"--{o.partition('=')[0]}", o.partition("=")[2])
+        ]
         found.append(
             Process(
                 name=f"fake-{crm}",
                 module=f"tests.fakes.{crm}",
-                args=("--port", port),
+                args=("--port", port, *extra),
                 ready_url=f"http://127.0.0.1:{port}/",
             )
         )

@@ -196,6 +196,7 @@ class Ingest:
             retry_after_seconds=ingest.retry_after_seconds,
             accepting=self.ready.is_set,
             public_base_url=ingest.public_base_url,
+            trusted_proxies=ingest.trusted_proxies,
         ).install(app)
         return app
 

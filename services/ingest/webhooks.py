@@ -4,7 +4,8 @@ Steps, and the answer each failure gets:
 
 1. Find the source's connector: unknown source -> 404.
 2. Read the body up to the configured cap: larger -> 413.
-3. Authenticate with the connector: unproven sender -> 401.
+3. Authenticate with the connector, against the URL the CRM called (behind a proxy:
+   public_base_url, or what a trusted proxy forwarded): unproven sender -> 401.
 4. Parse into ContactChanges: invalid -> 400 naming the field and problem; the raw
    body also goes to the rejected topic, since an authenticated sender sent it.
 5. Publish every change durably: Kafka unavailable -> 503 with Retry-After.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 
@@ -29,7 +31,8 @@ from services.ingest.connectors.base import (
     PayloadError,
     WebhookConnector,
 )
-from services.ingest.publisher import BrokerUnavailable, KafkaPublisher, OutgoingMessage
+from services.ingest.forwarded import Network, Origin, public_origin
+from services.ingest.publisher import BrokerUnavailable, OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,19 @@ class BodyTooLarge(Exception):
     pass
 
 
+class Publisher(Protocol):
+    """Where accepted changes go (KafkaPublisher): returns once every message is durable,
+    raises BrokerUnavailable otherwise."""
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, int]: ...
+
+
 class WebhookHandler:
     def __init__(
         self,
         *,
         connectors: Mapping[str, WebhookConnector],
-        publisher: KafkaPublisher,
+        publisher: Publisher,
         changes: Codec[ContactChange],
         rejected: Codec[RejectedEvent],
         changes_topic: str,
@@ -58,6 +68,7 @@ class WebhookHandler:
         retry_after_seconds: int,
         accepting: Callable[[], bool],
         public_base_url: str | None = None,
+        trusted_proxies: Sequence[Network] = (),
         clock: Clock = utc_now,
     ) -> None:
         self._connectors = connectors
@@ -70,6 +81,7 @@ class WebhookHandler:
         self._retry_after = str(retry_after_seconds)
         self._accepting = accepting
         self._public_base_url = public_base_url
+        self._trusted_proxies = tuple(trusted_proxies)
         self._clock = clock
 
     def install(self, app: web.Application) -> None:
@@ -139,10 +151,20 @@ class WebhookHandler:
         )
 
     def _public_url(self, request: web.Request) -> str:
-        """The URL as the CRM addressed it: behind a proxy, the configured public base."""
-        if self._public_base_url is None:
+        """The URL as the CRM addressed it: behind a proxy, the configured public base,
+        else the scheme and host a trusted proxy forwarded (services.ingest.forwarded)."""
+        if self._public_base_url is not None:
+            return self._public_base_url.rstrip("/") + request.path_qs
+        if not self._trusted_proxies:
             return str(request.url)
-        return self._public_base_url.rstrip("/") + request.path_qs
+        own = Origin(scheme=request.scheme, host=request.host)
+        # request.remote is the TCP peer: nothing in this app clones it from a header.
+        origin = public_origin(
+            own, peer=request.remote, headers=request.headers, trusted_proxies=self._trusted_proxies
+        )
+        if origin == own:
+            return str(request.url)
+        return str(request.clone(scheme=origin.scheme, host=origin.host).url)
 
     async def _read_body(self, request: web.Request, cap: int) -> bytes:
         if request.content_length is not None and request.content_length > cap:

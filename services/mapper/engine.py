@@ -11,11 +11,13 @@ The life of a batch (one Kafka transaction):
 1. New SyncControls are read from the barrier topic.
 2. Up to ``batch_max_records`` messages are consumed and, in order, each is:
    rejected (undecodable, unknown source, a value the rules refuse, an output larger
-   than the broker takes, any other failure of that one message); held (a real-time
-   change of a source whose full sync is running: stored as it came, under its
-   offset, in the partition's state); or applied (``apply_change`` against the
-   record's state). A message's outputs are all built and checked before the first
-   is sent, so a rejected message leaves nothing behind.
+   than the broker takes, any other failure of that one message: to ``rejected``
+   with the full reason, and one log line without the record's values); held (a
+   real-time change of a source whose full sync is running: stored as it came, under
+   its offset, in the partition's state); or applied (``apply_change`` against the
+   record's state; a value dropped under ``on_invalid: drop_field`` is counted and
+   logged, without the value). A message's outputs are all built and checked before
+   the first is sent, so a rejected message leaves nothing behind.
 3. Holds that are due (the sync completed and this partition's fullsync position
    reached what COMPLETED names, or it was cancelled or failed) are released in
    chunks of at most ``batch_max_records`` a transaction, in their original order,
@@ -93,17 +95,17 @@ from services.core.retry import Backoff, RetryPolicy, logged
 from services.core.serde import DecodeError
 from services.mapper.barrier import Barriers
 from services.mapper.barrier_feed import BarrierFeed
+from services.mapper.rejection_log import (
+    Refused,
+    log_dropped,
+    log_rejection,
+    rejected_reason,
+)
 from services.mapper.restore import DEFAULT_DELETE_RETENTION_MS, Changelog, open_states, restore
-from services.mapper.rules.errors import RuleError
-from services.mapper.rules.expressions import ExpressionError
 from services.mapper.rules.mapping import CompiledSource
 from services.mapper.rules.record import RecordState, Step, apply_change
 from services.mapper.state import PartitionState
-from services.mapper.transaction import (
-    OutputTooLarge,
-    TransactionAborted,
-    TransactionalProducer,
-)
+from services.mapper.transaction import TransactionAborted, TransactionalProducer
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +207,6 @@ class EngineSettings:
                 state_config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS)
             ),
         )
-
-
-class Refused(Exception):
-    """This one input cannot be mapped; the reason goes to ``rejected``."""
 
 
 class MapperEngine:
@@ -440,13 +438,16 @@ class MapperEngine:
         except KafkaException:
             raise
         except Exception as exc:  # one bad message never stops the stream
-            self._reject(origin, reason=_reason(exc), change=change)
+            self._reject(origin, error=exc, change=change)
 
     def _decode(self, value: bytes) -> ContactChange:
         try:
             return self._contracts.contact_change.decode(value)
         except DecodeError as exc:
-            raise Refused(f"undecodable ContactChange: {exc}") from exc
+            # The decoder's message may quote the bytes: the log gets the summary.
+            raise Refused(
+                f"undecodable ContactChange: {exc}", summary="undecodable ContactChange"
+            ) from exc
 
     def _source(self, name: str) -> CompiledSource:
         source = self._sources.get(name)
@@ -479,6 +480,9 @@ class MapperEngine:
             self._out.send(topic, key=out_key, value=value)
         for drop in step.drops:
             self._count(metrics.MAPPER_DROPS, change.source, drop.code)
+        for refused in step.invalid:
+            self._count(metrics.FIELD_REJECTIONS, change.source, refused.attribute)
+            log_dropped(change, refused)
         if step.update is not None:
             self._count(metrics.PROFILE_UPDATES, change.source)
 
@@ -512,13 +516,16 @@ class MapperEngine:
             for key, value in state.staged.items():
                 self._out.send(topic, key=key, value=value, partition=state.partition)
 
-    def _reject(self, origin: Origin, *, reason: str, change: ContactChange | None) -> None:
+    def _reject(
+        self, origin: Origin, *, error: BaseException, change: ContactChange | None
+    ) -> None:
         source = change.source if change is not None else None
         self._count(metrics.EVENTS_REJECTED, "mapper", source or "", "invalid")
         key, value, (topic, partition, offset) = origin
+        log_rejection(error, change=change, origin=(topic, partition, offset))
         rejected = RejectedEvent(
             stage="mapper",
-            reason=reason,
+            reason=rejected_reason(error),
             rejected_at=self._decided_at,
             source=source,
             event_id=change.event_id if change is not None else None,
@@ -586,7 +593,7 @@ class MapperEngine:
             except KafkaException:
                 raise
             except Exception as exc:  # nor one bad held change a release
-                self._reject(origin, reason=_reason(exc), change=change)
+                self._reject(origin, error=exc, change=change)
             self._write(state, key, None)
             released += 1
         if finished:
@@ -679,15 +686,6 @@ class MapperEngine:
 def _committed_may_come(failure: BaseException) -> bool:
     error = kafka_error(failure)
     return error is not None and (error.retriable() or error.code() == KafkaError._TIMED_OUT)
-
-
-def _reason(exc: BaseException) -> str:
-    # Refusals and rule errors say what is wrong in their own words; anything else is
-    # named by its type too, so that a bug is told apart from bad data.
-    if isinstance(exc, (Refused, OutputTooLarge, RuleError, ExpressionError)):
-        return str(exc)
-    name = type(exc).__name__
-    return f"{name}: {exc}" if str(exc) else name
 
 
 def _held_offset(key: bytes) -> int:

@@ -21,8 +21,17 @@ def group_of(settings: Settings, destination: str) -> str:
 
 def waiting_changes(settings: Settings) -> dict[str, int]:
     """Per destination, the changes not yet delivered (or dead-lettered)."""
+    return {
+        name: sum(max(0, end - position) for position, end in places.values())
+        for name, places in destination_places(settings).items()
+    }
+
+
+def destination_places(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
+    """Per destination and partition of the profile changes: the offset its loop
+    goes on from (what is before it was delivered or dead-lettered) and the end."""
     topic = TopicNames.from_settings(settings.kafka).profile_changes
-    waiting: dict[str, int] = {}
+    places: dict[str, dict[int, tuple[int, int]]] = {}
     for name in settings.destinations:
         consumer = Consumer(
             {
@@ -33,17 +42,16 @@ def waiting_changes(settings: Settings) -> dict[str, int]:
         )
         try:
             metadata = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics.get(topic)
+            places[name] = {}
             if metadata is None or metadata.error is not None:
-                waiting[name] = 0  # no topic yet: nothing was ever committed to a store
-                continue
+                continue  # no topic yet: nothing was ever committed to a store
             partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-            total = 0
             for position in consumer.committed(partitions, timeout=LOOKUP_TIMEOUT_S):
                 low, high = watermarks(
                     consumer, TopicPartition(topic, position.partition), timeout_s=LOOKUP_TIMEOUT_S
                 )
-                total += max(0, high - (position.offset if position.offset >= 0 else low))
-            waiting[name] = total
+                start = position.offset if position.offset >= 0 else low
+                places[name][position.partition] = (start, high)
         finally:
             consumer.close()
-    return waiting
+    return places

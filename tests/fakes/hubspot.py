@@ -53,12 +53,14 @@ rate limit (HubSpot's TEN_SECONDLY_ROLLING 429), random 5xx and slow answers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import functools
 import hashlib
 import hmac
 import json
+import random
 import re
 import time
 import uuid
@@ -822,8 +824,30 @@ class FakeHubSpot:
         return web.Response(status=204)
 
 
+async def keep_editing(crm: FakeHubSpot, *, every_s: float, seed: int) -> None:
+    """A sales team at work: every ``every_s`` seconds one contact's name is edited, as
+    in HubSpot's UI, so that polls keep finding changes (the demo's console moves)."""
+    rng = random.Random(seed)
+    edits = 0
+    while True:
+        await asyncio.sleep(every_s)
+        ids = list(crm.contacts)
+        if not ids:
+            continue
+        edits += 1
+        record_id = rng.choice(ids)
+        crm.upsert(record_id, firstname=f"Edited{edits}", lastname=rng.choice(LAST_NAMES))
+
+
+LAST_NAMES: Final = ("Hansen", "Jensen", "Nielsen", "Larsen", "Berg", "Lind")
+
+
 def main() -> None:
-    args = standalone_arguments("fake HubSpot (CRM v3 contacts search and list)").parse_args()
+    parser = standalone_arguments("fake HubSpot (CRM v3 contacts search and list)")
+    parser.add_argument(
+        "--change-every", type=float, default=0.0, help="edit a contact every N seconds"
+    )
+    args = parser.parse_args()
     crm = FakeHubSpot()
     crm.seed(args.records)
     faults = Faults(
@@ -832,7 +856,13 @@ def main() -> None:
         seed=args.seed,
         throttle_response=ten_secondly_throttle,
     )
-    run_standalone(FakeServer(crm.app(), faults), args.port)
+
+    async def editing() -> None:
+        await keep_editing(crm, every_s=args.change_every, seed=args.seed)
+
+    run_standalone(
+        FakeServer(crm.app(), faults), args.port, alongside=editing if args.change_every else None
+    )
 
 
 if __name__ == "__main__":

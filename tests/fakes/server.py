@@ -113,12 +113,17 @@ def standalone_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_standalone(server: FakeServer, port: int) -> None:
-    """Serve until interrupted; print the URL as one JSON line for scripts."""
+def run_standalone(
+    server: FakeServer, port: int, *, alongside: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Serve until interrupted; print the URL as one JSON line for scripts.
+    ``alongside`` runs as well, until interrupted (say, a user editing contacts)."""
 
     async def serve() -> None:
         url = await server.start(port)
         print(json.dumps({"url": url}), flush=True)
+        if alongside is not None:
+            await alongside()
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -28,16 +28,18 @@ import yaml
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SERVICES: Final = ("ingest", "mapper", "writer")
 """What a stack starts unless told otherwise."""
-ALL_SERVICES: Final = (*SERVICES, "outbound")
+ALL_SERVICES: Final = (*SERVICES, "outbound", "console")
 # Every process a test started, so the session can kill what a failed or timed-out
 # test left behind.
 STARTED: Final[list[subprocess.Popen[bytes]]] = []
 DEMO_TOKEN: Final = "test-token-5f2c"
 ADMIN_TOKEN: Final = "admin-token-9d1e"
+READ_TOKEN: Final = "read-token-4c2a"
 # Secrets the test stacks' configs name; the values travel as environment variables.
 SECRETS_ENV: Final = {
     "CRMSYNC_DEMO_TOKEN": DEMO_TOKEN,
     "CRMSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+    "CRMSYNC_READ_TOKEN": READ_TOKEN,
     "CRMSYNC_REST_TOKEN": "rest-token-1",
 }
 
@@ -111,6 +113,11 @@ def stack_config(
             "mapper": {"http": {"port": ports["mapper"]}, "data_dir": str(workdir / "mapper")},
             "writer": {"http": {"port": ports["writer"]}, "batch_max_wait_ms": 50},
             "outbound": {"http": {"port": ports["outbound"]}, "batch_max_wait_ms": 50},
+            "console": {
+                "http": {"port": ports["console"]},
+                "data_dir": str(workdir / "console"),
+                "read_token": {"env": "CRMSYNC_READ_TOKEN"},
+            },
         },
         "sources": {
             "demo": {

@@ -123,6 +123,13 @@ class SourceBase(SourceMapping):
         default_factory=CsvSettings, description="how this source's export files read"
     )
 
+    @model_validator(mode="after")
+    def _identity_never_dropped(self) -> SourceBase:
+        problem = self.identity_dropped(self.email_field)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
 
 def default_api_settings(data: Any, **defaults: Any) -> Any:
     """For a source's before-validator: fill ``api`` settings a CRM's own API makes

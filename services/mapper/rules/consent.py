@@ -1,8 +1,10 @@
 """Consent mapping: a CRM checkbox becomes opt-in or opt-out of one subscription.
 
 Consent is explicit (guarantee 7): a checkbox value that is not clearly checked or
-unchecked rejects the change instead of being guessed, a blank leaves consent as it
-is, and only the subscription's configured consent source may change it.
+unchecked is never guessed: it rejects the change, or, when its rule's ``on_invalid``
+(else the source's) is ``drop_field``, leaves that subscription's consent as it is
+while the rest of the change applies. A blank leaves consent as it is, and only the
+subscription's configured consent source may change it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from datetime import datetime
 from typing import Final
 
 from services.core.contracts import Channel, ConsentChange, ConsentStatus, FieldValue
-from services.core.mapping_settings import ConsentRule, ProfileSettings
-from services.mapper.rules.errors import RuleError
+from services.core.mapping_settings import ConsentRule, OnInvalid, ProfileSettings
+from services.mapper.rules.errors import InvalidValue, RuleError
 from services.mapper.rules.values import is_blank
 
 CHECKED: Final = frozenset({"true", "yes", "y", "1", "on", "checked", "x"})
 UNCHECKED: Final = frozenset({"false", "no", "n", "0", "off", "unchecked"})
+CONSENT_PREFIX: Final = "consent:"
+"""How a subscription is named among attributes (audit changes and drops)."""
 
 
 def checkbox(value: FieldValue, *, where: str) -> bool | None:
@@ -34,7 +38,10 @@ def checkbox(value: FieldValue, *, where: str) -> bool | None:
             return True
         if text in UNCHECKED:
             return False
-    raise RuleError(where, f"{value!r} is not a checkbox value (consent is never guessed)")
+    shown = repr(value)
+    raise RuleError(
+        where, f"{shown} is not a checkbox value (consent is never guessed)", value=shown
+    )
 
 
 def consent_changes(
@@ -44,12 +51,23 @@ def consent_changes(
     source: str,
     profile: ProfileSettings,
     changed_at: datetime,
-) -> tuple[ConsentChange, ...]:
+    on_invalid: OnInvalid = "reject",
+) -> tuple[tuple[ConsentChange, ...], tuple[InvalidValue, ...]]:
+    """The consent changes the checkboxes in ``fields`` make, and the unclear values
+    dropped (by rules whose ``on_invalid``, else the source's ``on_invalid``, is
+    ``drop_field``); RuleError for an unclear value any other rule reads."""
     changes = []
+    invalid = []
     for rule in rules:
         if rule.field not in fields:
             continue
-        checked = checkbox(fields[rule.field], where=rule.field)
+        try:
+            checked = checkbox(fields[rule.field], where=rule.field)
+        except RuleError as error:
+            if (rule.on_invalid or on_invalid) != "drop_field":
+                raise
+            invalid.append(InvalidValue(CONSENT_PREFIX + rule.subscription, error))
+            continue
         if checked is None:
             continue
         subscription = profile.subscriptions.get(rule.subscription)
@@ -68,4 +86,4 @@ def consent_changes(
                 changed_at=changed_at,
             )
         )
-    return tuple(changes)
+    return tuple(changes), tuple(invalid)

@@ -67,12 +67,23 @@ Evaluator = Callable[[Fields], FieldValue]
 
 
 class ExpressionError(ValueError):
-    """An expression or template that cannot compile, or a value it cannot evaluate."""
+    """An expression or template that cannot compile, or a value it cannot evaluate.
 
-    def __init__(self, reason: str, *, line: int | None = None, column: int | None = None):
+    ``value``: the record's value as ``reason`` quotes it, if it does (so that a log
+    can leave it out, as ``RuleError`` does)."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        value: str | None = None,
+    ):
         self.reason = reason
         self.line = line
         self.column = column
+        self.value = value
         place = f"line {line}, column {column}: " if line and column else ""
         super().__init__(f"{place}{reason}")
 
@@ -82,8 +93,8 @@ class _Place:
     line: int
     column: int
 
-    def fail(self, reason: str) -> ExpressionError:
-        return ExpressionError(reason, line=self.line, column=self.column)
+    def fail(self, reason: str, *, value: str | None = None) -> ExpressionError:
+        return ExpressionError(reason, line=self.line, column=self.column, value=value)
 
 
 def _kind(value: object) -> str:
@@ -238,7 +249,8 @@ def _num(place: _Place, value: FieldValue) -> FieldValue:
             return None
         number = parse_number(value)
         if number is None:
-            raise place.fail(f"num() cannot read {value[:40]!r} as a number")
+            shown = repr(value[:40])
+            raise place.fail(f"num() cannot read {shown} as a number", value=shown)
         return _bounded(number, place)
     raise place.fail(f"num() takes text or a number, not {_kind(value)}")
 

@@ -8,12 +8,15 @@ input and returns a new value. For one change:
    when the source says ``when_unmatched: delete``.
 3. Each mapped CRM field present in the change is transformed by its rule; computed
    attributes are built; defaults fill attributes still without a value. A value a
-   rule cannot accept rejects the whole change (``RuleError``), never a silent null.
+   rule cannot accept rejects the whole change (``RuleError``), never a silent null;
+   or, when its rule's ``on_invalid`` (else the source's) is ``drop_field``, is left
+   out as if the CRM had not sent it (no clear, no default) and reported as an
+   ``invalid`` drop. The email field, the change's identity, always rejects.
 4. Blanks never clear: a blank value is left out, unless the source owns the
    attribute and lists it in ``clears``; then it is an explicit clear.
 5. Ownership: attributes the source may not write are dropped (and reported).
 6. Consent: mapped checkboxes become subscription changes (only from the consent
-   source; an unclear value rejects the change).
+   source; an unclear value rejects the change, or is dropped as in step 3).
 7. Identities: the CRM id always; the email (validated, lower-cased) when present,
    also written to the ``email`` attribute unless the mapping maps it.
 """
@@ -34,13 +37,14 @@ from services.core.contracts import (
     ProfileUpdate,
     UpdateOperation,
 )
-from services.core.mapping_settings import FieldRule, ProfileSettings, writable
+from services.core.mapping_settings import Computed, FieldRule, ProfileSettings, writable
 from services.core.sources.common import SourceBase
 from services.mapper.rules.conditions import matches
 from services.mapper.rules.consent import consent_changes
-from services.mapper.rules.errors import RuleError
+from services.mapper.rules.errors import InvalidValue, RuleError
 from services.mapper.rules.expressions import (
     Expression,
+    ExpressionError,
     Template,
     compile_expression,
     compile_template,
@@ -56,7 +60,7 @@ EMAIL_ATTRIBUTE: Final = "email"
 TOUCHED_CACHE_SIZE: Final = 4096
 
 
-DropCode = Literal["unmatched", "ownership", "blank", "stale"]
+DropCode = Literal["unmatched", "ownership", "blank", "stale", "invalid"]
 
 
 class Touched(NamedTuple):
@@ -95,6 +99,9 @@ class Mapped(NamedTuple):
     drops: tuple[Drop, ...] = ()
     rules: Mapping[str, str] = MappingProxyType({})
     """Which rule decided each attribute of the update (for the audit)."""
+    invalid: tuple[InvalidValue, ...] = ()
+    """The refused values ``drop_field`` left out (each also an ``invalid`` drop), with
+    their refusal, for the log and the metrics."""
 
 
 @dataclass(frozen=True)
@@ -197,12 +204,14 @@ def map_change(
         return Mapped(None, (Drop("*", "unmatched", "record does not match sync_if"),))
     # Step 3
     only = None if changed is None else changed.attributes
-    values, rules = _attribute_values(fields, source, only)
-    _identity_and_defaults(values, rules, identities, source, only)
+    values, rules, invalid = _attribute_values(fields, source, only)
+    _identity_and_defaults(
+        values, rules, identities=identities, source=source, only=only, invalid=invalid
+    )
     # Steps 4 and 5
     attributes: dict[str, FieldValue] = {}
     cleared: list[str] = []
-    drops: list[Drop] = []
+    drops: list[Drop] = [_invalid_drop(refused) for refused in invalid]
     for attribute, value in values.items():
         if not writable(profile, source=change.source, attribute=attribute):
             drops.append(Drop(attribute, "ownership", f"{change.source} does not own it"))
@@ -217,13 +226,17 @@ def map_change(
     consent_rules = settings.consent
     if changed is not None:
         consent_rules = [rule for rule in consent_rules if rule.field in changed.fields]
-    consents = consent_changes(
+    consents, invalid_consents = consent_changes(
         fields,
         consent_rules,
         source=change.source,
         profile=profile,
         changed_at=change.source_modified_at,
+        on_invalid=settings.on_invalid,
     )
+    if invalid_consents:
+        invalid = [*invalid, *invalid_consents]
+        drops.extend(_invalid_drop(refused) for refused in invalid_consents)
     update = _update(
         change,
         source,
@@ -233,54 +246,106 @@ def map_change(
         cleared=tuple(sorted(cleared)),
         consents=consents,
     )
-    return Mapped(update, tuple(drops), rules)
+    return Mapped(update, tuple(drops), rules, tuple(invalid))
 
 
 def _identity_and_defaults(
     values: dict[str, FieldValue],
     rules: dict[str, str],
+    *,
     identities: tuple[Identity, ...],
     source: CompiledSource,
     only: frozenset[str] | None,
+    invalid: list[InvalidValue],
 ) -> None:
     """The email attribute from the identity, and defaults for attributes still blank
-    (only those in ``only``, when given)."""
+    (only those in ``only``, when given). An attribute whose value was dropped as
+    invalid gets no default: it keeps what it had, as if its field had not come."""
     settings = source.settings
     email = next((i.value for i in identities if i.kind == EMAIL), None)
     if email is not None and not source.maps_email and (only is None or EMAIL_ATTRIBUTE in only):
         values[EMAIL_ATTRIBUTE] = email
         rules[EMAIL_ATTRIBUTE] = f"identity {settings.email_field}"
+    dropped = {refused.attribute for refused in invalid}
     for attribute, default in settings.defaults.items():
-        if (only is None or attribute in only) and is_blank(values.get(attribute)):
+        if (
+            (only is None or attribute in only)
+            and is_blank(values.get(attribute))
+            and attribute not in dropped
+        ):
             values[attribute] = default
             rules[attribute] = "default"
 
 
 def _attribute_values(
     fields: Mapping[str, FieldValue], source: CompiledSource, only: frozenset[str] | None
-) -> tuple[dict[str, FieldValue], dict[str, str]]:
-    """Every attribute's value and rule (only those in ``only``, when given)."""
-    region = source.settings.default_region
+) -> tuple[dict[str, FieldValue], dict[str, str], list[InvalidValue]]:
+    """Every attribute's value and rule (only those in ``only``, when given), and the
+    values refused and dropped."""
+    settings = source.settings
+    region = settings.default_region
     values: dict[str, FieldValue] = {}
     rules: dict[str, str] = {}
+    invalid: list[InvalidValue] = []
     for crm_field, rule, text in source.rules_for(only):
         if crm_field in fields:
-            values[rule.attribute] = apply_rule(
-                fields[crm_field], rule, where=crm_field, default_region=region
-            )
+            try:
+                value = apply_rule(fields[crm_field], rule, where=crm_field, default_region=region)
+            except RuleError as error:
+                if crm_field == settings.email_field or not _drops(rule, settings):
+                    raise
+                invalid.append(InvalidValue(rule.attribute, error))
+                continue
+            values[rule.attribute] = value
             rules[rule.attribute] = text
     for attribute, compiled in source.computed.items():
         if only is not None and attribute not in only:
             continue
-        raw: FieldValue
-        if isinstance(compiled, Template):
-            raw = compiled.render(fields)
-        else:
-            raw = compiled.evaluate(fields)
-        rule = FieldRule(attribute=attribute, type=source.settings.computed[attribute].type)
-        values[attribute] = apply_rule(raw, rule, where=attribute, default_region=region)
+        spec = settings.computed[attribute]
+        try:
+            values[attribute] = _computed_value(
+                compiled, spec, fields=fields, attribute=attribute, region=region
+            )
+        except RuleError as error:
+            if not _drops(spec, settings):
+                raise
+            invalid.append(InvalidValue(attribute, error))
+            continue
         rules[attribute] = f"computed {compiled.text!r}"
-    return values, rules
+    return values, rules, invalid
+
+
+def _computed_value(
+    compiled: Expression | Template,
+    spec: Computed,
+    *,
+    fields: Mapping[str, FieldValue],
+    attribute: str,
+    region: str | None,
+) -> FieldValue:
+    """The computed attribute's value; RuleError naming the attribute when an
+    expression fails on the record's values or its result cannot be coerced."""
+    raw: FieldValue
+    if isinstance(compiled, Template):
+        raw = compiled.render(fields)
+    else:
+        try:
+            raw = compiled.evaluate(fields)
+        except ExpressionError as error:
+            raise RuleError(attribute, str(error), value=error.value) from error
+    rule = FieldRule(attribute=attribute, type=spec.type)
+    return apply_rule(raw, rule, where=attribute, default_region=region)
+
+
+def _drops(rule: FieldRule | Computed, settings: SourceBase) -> bool:
+    """Whether a value ``rule`` refuses is dropped rather than rejecting the change."""
+    return (rule.on_invalid or settings.on_invalid) == "drop_field"
+
+
+def _invalid_drop(refused: InvalidValue) -> Drop:
+    # The reason the rejection would have carried, value and all: the audit holds
+    # the record's values anyway.
+    return Drop(refused.attribute, "invalid", str(refused.error))
 
 
 def _identities(
@@ -322,4 +387,13 @@ def _update(
     )
 
 
-__all__ = ["CompiledSource", "Drop", "Mapped", "RuleError", "Touched", "is_blank", "map_change"]
+__all__ = [
+    "CompiledSource",
+    "Drop",
+    "InvalidValue",
+    "Mapped",
+    "RuleError",
+    "Touched",
+    "is_blank",
+    "map_change",
+]

@@ -177,5 +177,6 @@ def normalise_currency(value: FieldValue, *, where: str) -> str:
         # Numeric codes are three digits; CRMs storing them as numbers lose the zeros.
         currency = pycountry.currencies.get(numeric=code.zfill(3))
     if currency is None:
-        raise RuleError(where, f"{code[:20]!r} is not an ISO 4217 currency code")
+        shown = repr(code[:20])
+        raise RuleError(where, f"{shown} is not an ISO 4217 currency code", value=shown)
     return str(currency.alpha_3)

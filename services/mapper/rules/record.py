@@ -21,8 +21,11 @@ only stores and sends what it returns:
    differ travel on; when nothing differs there is no update at all.
 4. **Explanations.** Every emitted attribute and consent comes with the rule that
    decided it and the value it replaces; every drop says why. Drops are reported
-   for the attributes this change's fresh fields feed, not for the rest of the
-   record, which an earlier change already accounted for.
+   for the attributes and consents this change's fresh fields feed, not for the
+   rest of the record, which an earlier change already accounted for. A value
+   dropped as invalid (``on_invalid: drop_field``) is still remembered as the
+   record's field, so that its version orders later changes; its attribute keeps
+   what this source last emitted.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from services.core.contracts import (
 )
 from services.core.mapping_settings import ProfileSettings
 from services.core.versions import Version
+from services.mapper.rules.consent import CONSENT_PREFIX
+from services.mapper.rules.errors import InvalidValue
 from services.mapper.rules.mapping import CompiledSource, Drop, Touched, map_change
 from services.mapper.rules.values import is_blank
 
@@ -165,12 +170,14 @@ class AttributeChange(NamedTuple):
 
 class Step(NamedTuple):
     """The outcome of one change: the record's new state (None: unchanged), the update
-    to emit (None: nothing to apply), what it changes, and what was dropped."""
+    to emit (None: nothing to apply), what it changes, and what was dropped (the
+    values dropped as invalid also with their refusal, in ``invalid``)."""
 
     state: RecordState | None
     update: ProfileUpdate | None
     changes: tuple[AttributeChange, ...] = ()
     drops: tuple[Drop, ...] = ()
+    invalid: tuple[InvalidValue, ...] = ()
 
 
 def apply_change(
@@ -181,8 +188,8 @@ def apply_change(
     profile: ProfileSettings,
     incremental: bool = True,
 ) -> Step:
-    """Raises what the rules raise (RuleError, ExpressionError) for a change that cannot
-    be mapped; the state is then left as it was.
+    """Raises what the rules raise (RuleError) for a change that cannot be mapped; the
+    state is then left as it was.
 
     ``incremental=False`` maps the whole record on every change, as the incremental
     mapping must decide alike (a property test holds the two together)."""
@@ -235,7 +242,20 @@ def apply_change(
         # sync_if a record may have been left alone while fields changed: not so.)
         changed = Touched(fresh_fields, touched, known.identities)
     mapped = map_change(change, source=source, profile=profile, fields=merged, changed=changed)
-    drops = [*stale, *(d for d in mapped.drops if d.attribute == "*" or d.attribute in touched)]
+    # Most drops are of attributes the fresh fields feed: that test first, no call.
+    drops = [
+        *stale,
+        *(
+            d
+            for d in mapped.drops
+            if d.attribute in touched or _fed(d.attribute, fresh, source=source)
+        ),
+    ]
+    invalid = tuple(
+        i
+        for i in mapped.invalid
+        if i.attribute in touched or _fed(i.attribute, fresh, source=source)
+    )
     update = mapped.update
     if update is None:
         # Unmatched and left alone: the record's fields are still remembered, so a
@@ -257,7 +277,17 @@ def apply_change(
         return Step(detached, _with_known_identities(update, known), drops=tuple(drops))
     # The fields, their versions and the known attributes go into one new state, built
     # at once: a NamedTuple's _replace costs as much as building it twice.
-    return _changed(known, (merged, versions, valued), update, mapped.rules, drops, source=source)
+    step = _changed(known, (merged, versions, valued), update, mapped.rules, drops, source=source)
+    return step._replace(invalid=invalid) if invalid else step
+
+
+def _fed(attribute: str, fresh: Mapping[str, FieldValue], *, source: CompiledSource) -> bool:
+    """For a drop of something the fresh fields feed no attribute of: whether it
+    stands for the whole change (``*``) or names a consent a fresh field decides."""
+    if attribute == "*":
+        return True
+    subscription = attribute.removeprefix(CONSENT_PREFIX)
+    return subscription != attribute and source.consent_fields.get(subscription) in fresh
 
 
 def _changed(
@@ -290,7 +320,7 @@ def _changed(
         field = source.consent_fields.get(c.subscription, "?")
         changes.append(
             AttributeChange(
-                f"consent:{c.subscription}",
+                CONSENT_PREFIX + c.subscription,
                 known.consents.get(c.subscription),
                 c.status.value,
                 f"consent {field} ({c.channel.value.lower()})",

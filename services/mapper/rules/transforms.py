@@ -37,7 +37,8 @@ Coercions (each is idempotent: coercing its own output again gives it back):
   ``separator``, each trimmed; order and duplicates are kept.
 - email, phone, currency: ``normalise.py``.
 
-Every value that cannot be coerced raises ``RuleError(where, reason)``.
+Every value that cannot be coerced raises ``RuleError(where, reason)``; a reason that
+quotes the value says which part it is, so that logs can leave it out.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class _Target:
     def fail(self, problem: str) -> RuleError:
         return RuleError(self.where, problem)
 
+    def refuse(self, value: FieldValue, problem: str) -> RuleError:
+        """``problem`` after the value (cut short): '<value> <problem>'."""
+        shown = _shown(value)
+        return RuleError(self.where, f"{shown} {problem}", value=shown)
+
 
 def apply_rule(
     value: FieldValue, rule: FieldRule, *, where: str, default_region: str | None
@@ -123,7 +129,7 @@ def _map_one(value: FieldValue, target: _Target) -> FieldValue:
         return value
     if target.rule.unmapped == "blank":
         return None
-    raise target.fail(f"{_shown(key)} is not in the value map")
+    raise target.refuse(key, "is not in the value map")
 
 
 def _split(value: FieldValue, target: _Target) -> FieldValue:
@@ -161,11 +167,11 @@ def _number(value: FieldValue, target: _Target) -> int | float:
     number = parse_number(value) if isinstance(value, str) else value
     if not is_number(number):
         hint = "" if not isinstance(value, str) else " (plain decimal notation, e.g. -1234.5)"
-        raise target.fail(f"{_shown(value)} is not a number{hint}")
+        raise target.refuse(value, f"is not a number{hint}")
     if isinstance(number, float) and not math.isfinite(number):
         raise target.fail("not a finite number")
     if isinstance(number, int) and abs(number) >= INT_LIMIT:
-        raise target.fail(f"{_shown(value)} is out of range (integers are 64-bit)")
+        raise target.refuse(value, "is out of range (integers are 64-bit)")
     return number
 
 
@@ -174,9 +180,9 @@ def _integer(value: FieldValue, target: _Target) -> int:
     if isinstance(number, int):
         return number
     if not number.is_integer():
-        raise target.fail(f"{_shown(value)} is not a whole number")
+        raise target.refuse(value, "is not a whole number")
     if abs(number) >= INT_LIMIT:
-        raise target.fail(f"{_shown(value)} is out of range (integers are 64-bit)")
+        raise target.refuse(value, "is out of range (integers are 64-bit)")
     return int(number)
 
 
@@ -187,7 +193,7 @@ def _boolean(value: FieldValue, target: _Target) -> bool:
         return value == 1
     if isinstance(value, str) and value.strip().lower() in BOOLEAN_TEXT:
         return BOOLEAN_TEXT[value.strip().lower()]
-    raise target.fail(f"{_shown(value)} is not a boolean (true/false, yes/no, 1/0, on/off)")
+    raise target.refuse(value, "is not a boolean (true/false, yes/no, 1/0, on/off)")
 
 
 def _date(value: FieldValue, target: _Target) -> str:
@@ -259,7 +265,7 @@ def _moment(value: FieldValue, target: _Target) -> date | datetime:
             return _unix_time(int(value.strip()), target)
     elif is_number(value):
         return _unix_time(value, target)
-    raise target.fail(f"{_shown(value)} is not a date or time")
+    raise target.refuse(value, "is not a date or time")
 
 
 def _parsed(text: str, formats: list[str]) -> date | datetime | None:
@@ -285,14 +291,15 @@ def _unix_time(number: int | float, target: _Target) -> datetime:
             return EPOCH + timedelta(seconds=number)
         return EPOCH + timedelta(milliseconds=number)
     except OverflowError:
-        raise target.fail(f"{_shown(number)} is out of range as a Unix time") from None
+        raise target.refuse(number, "is out of range as a Unix time") from None
 
 
 def _shifted(moment: datetime, zone: tzinfo, target: _Target) -> datetime:
     try:
         return moment.astimezone(zone)
     except (OverflowError, ValueError):
-        raise target.fail(f"{moment.isoformat()} is out of range") from None
+        shown = moment.isoformat()
+        raise RuleError(target.where, f"{shown} is out of range", value=shown) from None
 
 
 def _zone(target: _Target) -> tzinfo:

@@ -1,0 +1,113 @@
+"""The console service: the sync console's pages on their own listener, and the
+indexer that keeps its index current (on its own thread).
+
+Start: listen for HTTP, prepare Kafka (topics, schemas) with retries, then start
+indexing. The pages answer from the first moment, from what the index holds. Stop
+(SIGTERM): the indexer commits the batch in hand and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+
+from aiohttp import web
+
+from services.console.auth import Tokens
+from services.console.index import ConsoleIndex
+from services.console.indexer import Indexer
+from services.console.replay import Replayer
+from services.console.rows import MessageRows
+from services.console.views import IngestAdmin, Views
+from services.console.web import Console
+from services.core.codecs import load_contracts
+from services.core.config import Settings
+from services.core.kafka import TopicNames, producer_config, reader_config
+from services.core.loop_service import LoopThread, serve_loop
+from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
+from services.core.schema_topic import schema_resolver
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "console.db"
+
+
+class NotReady(Exception):
+    pass
+
+
+async def run(settings: Settings, *, stop: asyncio.Event) -> None:
+    console = settings.services.console
+    contracts = load_contracts()
+    contracts.catalog.add_resolver(
+        schema_resolver(settings.kafka, client_id="crmsync-console-schemas")
+    )
+    topics = TopicNames.from_settings(settings.kafka)
+    index = ConsoleIndex(console.data_dir / INDEX_FILE)
+    indexer = Indexer(
+        consumer_config=reader_config(settings.kafka, client_id="crmsync-console-index"),
+        rows=MessageRows(
+            topics=topics,
+            contracts=contracts,
+            email_fields={name: s.email_field for name, s in settings.sources.items()},
+        ),
+        index=ConsoleIndex(console.data_dir / INDEX_FILE),
+        retention=timedelta(days=console.retention_days),
+    )
+    ingest = IngestAdmin(settings)
+    replayer = Replayer(
+        topics=topics,
+        contracts=contracts,
+        producer_config=producer_config(settings.kafka, client_id="crmsync-console-replay"),
+        reader_config=reader_config(settings.kafka, client_id="crmsync-console-replay"),
+    )
+    read_token = console.read_token.resolve() if console.read_token else None
+    admin_token = (
+        settings.services.ingest.admin_token.resolve()
+        if settings.services.ingest.admin_token
+        else None
+    )
+    pages = Console(
+        views=Views(settings=settings, index=index, ingest=ingest),
+        index=index,
+        ingest=ingest,
+        replayer=replayer,
+        tokens=Tokens(read=read_token, admin=admin_token),
+    )
+
+    def index_body(stop_loop: threading.Event) -> None:
+        indexer.run(stop_loop)
+
+    loop = LoopThread("console-indexer", index_body)
+
+    async def indexer_ready() -> None:
+        if loop.failure is not None:
+            raise NotReady(f"indexer failed: {loop.failure}")
+
+    def routes(app: web.Application) -> None:
+        pages.install(app)
+
+    health = HealthEndpoints(service="console")
+    health.add_check("indexer", indexer_ready)
+    try:
+        await serve_loop(
+            service="console",
+            kafka=settings.kafka,
+            catalog=contracts.catalog,
+            http=console.http,
+            health=health,
+            loops=[loop],
+            stop=stop,
+            routes=routes,
+        )
+    finally:
+        replayer.close()
+        await ingest.close()
+        index.close()
+
+
+def main() -> None:
+    settings = service_settings("console")
+    run_until_signalled(lambda stop: run(settings, stop=stop))

@@ -1,0 +1,200 @@
+"""The console in a real browser (Debian's Chromium, driven by Playwright) against
+the real broker and store: signing in, the overview and health lights following a
+CRM that fails and recovers, a rejected contact found by its email and replayed
+after a config fix, a source paused and resumed from its page.
+
+With CRMSYNC_SCREENSHOTS=DIR the main pages are saved there as PNGs (how the
+screenshots in docs/console/ are made).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.fakes.generic_rest import FakeRestCrm
+from tests.fakes.server import FakeServer, Faults, ServerThread
+from tests.support.polling import wait_for
+from tests.support.services import ADMIN_TOKEN, READ_TOKEN, Stack
+from tests.support.store import attribute
+from tests.support.webhooks import contact, post_webhook
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOTS = os.environ.get("CRMSYNC_SCREENSHOTS")
+
+
+def screenshot(page: Page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, stack: Stack, token: str = ADMIN_TOKEN, path: str = "/") -> None:
+    page.goto(f"{stack['console'].url}{path}")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{stack['console'].url}{path}")
+
+
+def light_of(page: Page, stack: Stack, source: str) -> str:
+    page.goto(f"{stack['console'].url}/")
+    return str(page.locator(f'tr[data-source="{source}"] .light').get_attribute("data-light"))
+
+
+@pytest.fixture
+def crm() -> FakeRestCrm:
+    return FakeRestCrm()
+
+
+@pytest.fixture
+def crm_server(crm: FakeRestCrm) -> Iterator[FakeServer]:
+    with ServerThread(FakeServer(crm.app(), Faults(seed=5))) as server:
+        yield server
+
+
+def rest_source(url: str) -> dict[str, Any]:
+    return {
+        "kind": "generic_rest",
+        "api": {
+            "base_url": url,
+            "token": {"env": "CRMSYNC_REST_TOKEN"},
+            "max_attempts": 1,
+            "backoff_initial_seconds": 0.05,
+            "backoff_max_seconds": 0.1,
+        },
+        "poll": {"interval_seconds": 5, "start_from": "2000-01-01T00:00:00Z", "page_size": 50},
+        "path": "/v1/contacts",
+        "since_param": "updated_since",
+        "paging": {"kind": "cursor"},
+        "mapping": {"email": "email", "first_name": "first_name"},
+    }
+
+
+def test_the_overview_follows_a_crm_that_fails_and_recovers(
+    kafka_bootstrap: str, tmp_path: Path, crm: FakeRestCrm, crm_server: FakeServer, page: Page
+) -> None:
+    crm.seed(3)
+    stack = Stack(
+        bootstrap=kafka_bootstrap,
+        workdir=tmp_path / "stack",
+        sources={"rest": rest_source(crm_server.url)},
+    )
+    try:
+        stack.start("ingest", "mapper", "writer", "console")
+        assert post_webhook(stack["ingest"].url, contact("w1", first_name="Wes"))[0] == 200
+        sign_in(page, stack, token=READ_TOKEN)
+        expect(page.locator("h1")).to_have_text("Sync overview")
+        expect(page.locator('tr[data-source="demo"]')).to_be_visible()
+        assert wait_for(lambda: light_of(page, stack, "rest") == "healthy", timeout_s=60)
+        assert wait_for(lambda: light_of(page, stack, "demo") == "healthy", timeout_s=30)
+        screenshot(page, "overview")
+
+        crm_server.faults.error_rate = 1.0  # every call answered 5xx from now on
+        assert wait_for(lambda: light_of(page, stack, "rest") == "error", timeout_s=90)
+        rule = page.locator('tr[data-source="rest"] .rule').inner_text()
+        assert "polls in a row failed" in rule
+        page.get_by_role("link", name="rest", exact=True).click()
+        expect(page.locator("#rule")).to_contain_text("polls in a row failed")
+        # A read-only caller sees no action buttons.
+        expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+        screenshot(page, "source-error")
+
+        crm_server.faults.error_rate = 0.0
+        assert wait_for(lambda: light_of(page, stack, "rest") == "healthy", timeout_s=60)
+    finally:
+        stack.stop()
+
+
+def test_a_rejected_contact_is_found_replayed_after_a_fix_and_stored(
+    stack: Stack, page: Page
+) -> None:
+    stack.config["sources"]["demo"]["mapping"]["phone"] = {"attribute": "phone", "type": "phone"}
+    stack.write_config()
+    stack.start("ingest", "mapper", "writer", "console")
+    bad = contact("r7", email="Rosa@Example.com", first_name="Rosa", phone="not a number")
+    assert post_webhook(stack["ingest"].url, bad)[0] == 200
+
+    sign_in(page, stack, path="/rejected")
+    page.get_by_label("Email").fill("rosa@example.com")
+    page.get_by_role("button", name="Filter").click()
+    assert wait_for(
+        lambda: page.reload() is not None and page.locator("#count").inner_text() == "1"
+    )
+    row = page.locator("#rejections tbody tr")
+    expect(row).to_contain_text("mapper")
+    expect(row).to_contain_text("phone")
+    screenshot(page, "rejected")
+    row.get_by_role("link").click()
+    expect(page.locator("#reason")).to_contain_text("phone")
+    screenshot(page, "rejection")
+
+    # The fix: drop an invalid phone and keep the rest; the mapper restarts on it.
+    stack["mapper"].stop()
+    stack.config["sources"]["demo"]["mapping"]["phone"]["on_invalid"] = "drop_field"
+    stack.write_config()
+    stack.start("mapper")
+    page.get_by_role("button", name="Replay").click()
+    expect(page.locator(".done")).to_have_text("replayed 1")
+    assert wait_for(lambda: attribute(stack.db_path, record_id="r7", name="first_name") == '"Rosa"')
+    expect(page.locator("#replayed")).not_to_have_text("no")
+
+    page.goto(f"{stack['console'].url}/records?q=rosa@example.com")
+
+    def shown_kinds() -> list[str]:
+        page.reload()
+        return page.locator("#timeline .event").evaluate_all(
+            "events => events.map(e => e.dataset.kind)"
+        )
+
+    assert wait_for(lambda: "written" in shown_kinds())
+    kinds = shown_kinds()
+    assert kinds[:2] == ["received", "rejected"]
+    assert kinds.index("decided") < kinds.index("written")
+    expect(page.locator('.event[data-kind="decided"]')).to_contain_text("invalid")
+    screenshot(page, "record-timeline")
+
+
+def test_pause_queues_and_resume_applies_in_order(stack: Stack, page: Page) -> None:
+    stack.start("ingest", "mapper", "writer", "console")
+    url = stack["ingest"].url
+    assert post_webhook(url, contact("q1", first_name="v0", updated_at="2026-12-01T09:00:00Z"))[0]
+    assert wait_for(lambda: attribute(stack.db_path, record_id="q1", name="first_name") == '"v0"')
+
+    sign_in(page, stack, path="/sources/demo")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".done")).to_contain_text("paused demo")
+    expect(page.locator(".light")).to_have_text("inactive")
+    for minute, name in ((1, "v1"), (2, "v2"), (3, "v3")):
+        updated = f"2026-12-01T09:0{minute}:00Z"
+        assert post_webhook(url, contact("q1", first_name=name, updated_at=updated))[0] == 200
+    screenshot(page, "source-paused")
+    # Queued, not applied.
+    page.goto(f"{stack['console'].url}/records?q=demo:q1")
+    assert wait_for(
+        lambda: (
+            page.reload() is not None and page.locator('.event[data-kind="received"]').count() == 4
+        )
+    )
+    assert attribute(stack.db_path, record_id="q1", name="first_name") == '"v0"'
+
+    page.goto(f"{stack['console'].url}/sources/demo")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".done")).to_contain_text("resumed demo")
+    assert wait_for(lambda: attribute(stack.db_path, record_id="q1", name="first_name") == '"v3"')
+
+    page.goto(f"{stack['console'].url}/records?q=demo:q1")
+    assert wait_for(
+        lambda: (
+            page.reload() is not None and page.locator('.event[data-kind="written"]').count() == 4
+        )
+    )
+    written = page.locator('.event[data-kind="written"] table').all_inner_texts()
+    assert [text.split()[-1] for text in written] == ["v0", "v1", "v2", "v3"]
