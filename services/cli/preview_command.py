@@ -5,16 +5,22 @@ The first ``limit`` profiles of the store (or those ``--email`` names) are shape
 the destination as a push shapes them (services/writer/stores/snapshots.py,
 services/outbound/outgoing.py) and handed to the destination one at a time inside a
 dry run (services/outbound/dry_run.py): its requests are recorded, secrets masked,
-and printed. A profile the destination would skip says why.
+and printed. A profile the destination would skip says why. ``previewed`` gathers one
+profile's preview; ``shown`` writes it for people, ``preview_json`` for ``--json``
+(a list, one object per profile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from services.cli.destination_command import named_destination
+from services.cli.exit_codes import DONE, FAILED, USAGE
+from services.cli.json_output import print_json
 from services.core.config import Settings
 from services.core.contracts import Identity
 from services.core.destinations import DestinationSettings
@@ -29,14 +35,26 @@ PREVIEW_RUN = "preview"
 """The run a dry run's snapshots name: none is queued."""
 
 
-def preview(settings: Settings, name: str, *, limit: int, email: str | None) -> int:
+@dataclass(frozen=True)
+class ProfilePreview:
+    profile_id: int
+    skipped: str | None
+    """Why the destination takes nothing of this profile; None when it takes some."""
+    requests: tuple[RecordedRequest, ...]
+    stopped: str | None
+    """Why the dry run ended early (its empty answer was not one the vendor gives)."""
+
+
+def preview(
+    settings: Settings, name: str, *, limit: int, email: str | None, as_json: bool = False
+) -> int:
     destination = named_destination(settings, name)
     if destination is None:
-        return 1
+        return FAILED
     store = open_sql_store(settings.store, read_only=True)
     if store is None:
         sys.stderr.write(f"the {settings.store.kind} store cannot be previewed from\n")
-        return 2
+        return USAGE
     try:
         if email is not None:
             found = store.find_profile(Identity("email", email.strip().lower()))
@@ -45,35 +63,63 @@ def preview(settings: Settings, name: str, *, limit: int, email: str | None) -> 
             profiles = store.profiles_after(0, limit)
     finally:
         store.close()
-    if not profiles:
-        print("no profile to preview")
-        return 1
     now = datetime.now(UTC)
-    for profile in profiles:
-        print(_shown(name, destination, profile, now))
-    return 0
+    if as_json:
+        print_json([preview_json(previewed(name, destination, p, now)) for p in profiles])
+    elif not profiles:
+        print("no profile to preview")
+    else:
+        for profile in profiles:
+            print(shown(previewed(name, destination, profile, now)))
+    return DONE if profiles else FAILED
 
 
-def _shown(
+def previewed(
     name: str, destination: DestinationSettings, profile: StoredProfile, now: datetime
-) -> str:
+) -> ProfilePreview:
     event = snapshot_event(profile, destination=name, run_id=PREVIEW_RUN, now=now)
     shaped = outgoing(event, destination, destination=name)
-    heading = f"== profile {profile.profile_id}"
     if isinstance(shaped, str):
-        return f"{heading}: skipped ({shaped})"
+        return ProfilePreview(profile.profile_id, skipped=shaped, requests=(), stopped=None)
     requests, stopped = asyncio.run(_dry_run(name, destination, shaped))
+    return ProfilePreview(
+        profile.profile_id, skipped=None, requests=tuple(requests), stopped=stopped
+    )
+
+
+def shown(preview: ProfilePreview) -> str:
+    heading = f"== profile {preview.profile_id}"
+    if preview.skipped is not None:
+        return f"{heading}: skipped ({preview.skipped})"
     lines = [heading]
-    for request in requests:
+    for request in preview.requests:
         lines.append(f"{request.method} {request.url}")
         lines += [f"{header}: {value}" for header, value in sorted(request.headers.items())]
         if request.body:
             lines.append(request.body)
-    if not requests:
+    if not preview.requests:
         lines.append("(no request: nothing this destination takes)")
-    if stopped is not None:
-        lines.append(f"(the dry run's empty answer ends it: {stopped})")
+    if preview.stopped is not None:
+        lines.append(f"(the dry run's empty answer ends it: {preview.stopped})")
     return "\n".join(lines)
+
+
+def preview_json(preview: ProfilePreview) -> dict[str, Any]:
+    """The requests as recorded: headers and bodies already masked where secret."""
+    return {
+        "profile_id": preview.profile_id,
+        "skipped": preview.skipped,
+        "requests": [
+            {
+                "method": request.method,
+                "url": request.url,
+                "headers": dict(sorted(request.headers.items())),
+                "body": request.body or None,
+            }
+            for request in preview.requests
+        ],
+        "stopped": preview.stopped,
+    }
 
 
 async def _dry_run(

@@ -1,9 +1,9 @@
 """``crmsync rejected list|show|replay`` and ``crmsync logs``: the console's index
 from a shell.
 
-Exit codes: 0 done, 1 not found or refused (replay: some not replayable), 2 bad
-usage, 3 the console not reachable. ``--json`` prints the console's answer as it
-is, for scripts.
+Exit codes (services/cli/exit_codes.py): 0 done, 1 not found or refused (replay:
+some not replayable), 2 bad usage, 3 the console not reachable. ``--json`` prints
+the console's answer as it is, for scripts.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Final
+from typing import Any
 
 from services.cli.console_client import console_call
+from services.cli.exit_codes import UNAVAILABLE_STATUSES, refused
 from services.core.config import Settings
-
-UNREACHABLE: Final = 3
 
 
 def add_commands(commands: Any) -> None:
@@ -123,7 +122,7 @@ def rejected_replay(settings: Settings, args: argparse.Namespace) -> int:
         code, body = 202, {}
         for rejection_id in args.ids:
             code, body = console_call(settings, "POST", f"/rejected/{rejection_id}/replay")
-            if code == 0:
+            if code in UNAVAILABLE_STATUSES:
                 return _refused(code, body)
             replayed.extend(body.get("replayed", []))
             refused.update(body.get("refused", {}))
@@ -184,7 +183,4 @@ def _event_line(event: dict[str, Any]) -> str:
 
 
 def _refused(code: int, body: dict[str, Any]) -> int:
-    sys.stderr.write(f"console answered {code}: {body.get('error', body)}\n")
-    if code == 0:
-        return UNREACHABLE
-    return 1
+    return refused("console", code, body)

@@ -99,6 +99,9 @@ def source_health(facts: SourceFacts) -> Health:
 @dataclass(frozen=True)
 class DestinationFacts:
     paused: bool = False
+    """Paused in its config."""
+    paused_since: str | None = None
+    """Paused by an operator (crmsync destination pause, the console)."""
     waiting: int | None = None
     dead_letters_last_hour: int = 0
     kafka_error: str | None = None
@@ -107,6 +110,10 @@ class DestinationFacts:
 def destination_health(facts: DestinationFacts) -> Health:
     if facts.paused:
         return Health(Light.INACTIVE, "paused in the config; its changes wait in Kafka")
+    if facts.paused_since is not None:
+        return Health(
+            Light.INACTIVE, f"paused since {_when(facts.paused_since)}; its changes wait in Kafka"
+        )
     if facts.dead_letters_last_hour >= DEAD_LETTERS_ERROR:
         return Health(
             Light.ERROR, f"{facts.dead_letters_last_hour} changes dead-lettered in the last hour"

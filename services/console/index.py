@@ -322,6 +322,30 @@ class ConsoleIndex:
         )
         return {r["source"]: int(r["n"]) for r in rows}
 
+    def latest_received(self, source: str, limit: int) -> list[sqlite3.Row]:
+        """The source's last ``limit`` changes received, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM timeline WHERE kind = 'received' AND source = ? "
+            "ORDER BY at DESC, id DESC LIMIT ?",
+            (source, limit),
+        ).fetchall()
+        return list(reversed(rows))
+
+    def controls_since(self, since: datetime) -> list[sqlite3.Row]:
+        """Every source's full-sync and pause controls at or after ``since``."""
+        return self._db.execute(
+            "SELECT * FROM controls WHERE at >= ? ORDER BY at, id", (_iso(since),)
+        ).fetchall()
+
+    def dead_letters_since(self, since: datetime) -> dict[str, int]:
+        """Per destination, changes dead-lettered at or after ``since``."""
+        rows = self._db.execute(
+            "SELECT destination, count(*) AS n FROM rejections "
+            "WHERE destination IS NOT NULL AND rejected_at >= ? GROUP BY destination",
+            (_iso(since),),
+        )
+        return {r["destination"]: int(r["n"]) for r in rows}
+
     def controls(self, source: str, *, limit: int = 20) -> list[sqlite3.Row]:
         return self._db.execute(
             "SELECT * FROM controls WHERE source = ? ORDER BY at DESC, id DESC LIMIT ?",

@@ -2,13 +2,15 @@
 indexer that keeps its index current (on its own thread).
 
 Start: listen for HTTP, prepare Kafka (topics, schemas) with retries, then start
-indexing. The pages answer from the first moment, from what the index holds. Stop
-(SIGTERM): the indexer commits the batch in hand and returns.
+indexing. The pages answer from the first moment, from what the index holds. The
+watcher (watch.py) tells the notifier what it sees, every ``watch_seconds``. Stop (SIGTERM): the
+indexer commits the batch in hand and returns; the notifier sends what waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from datetime import timedelta
@@ -21,6 +23,7 @@ from services.console.indexer import Indexer
 from services.console.replay import Replayer
 from services.console.rows import MessageRows
 from services.console.views import IngestAdmin, Views
+from services.console.watch import Watcher
 from services.console.web import Console
 from services.core.codecs import load_contracts
 from services.core.config import Settings
@@ -28,6 +31,7 @@ from services.core.kafka import TopicNames, producer_config, reader_config
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
 from services.core.schema_topic import schema_resolver
+from services.notify.notifier import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,9 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         if settings.services.ingest.admin_token
         else None
     )
+    views = Views(settings=settings, index=index, ingest=ingest)
     pages = Console(
-        views=Views(settings=settings, index=index, ingest=ingest),
+        views=views,
         index=index,
         ingest=ingest,
         replayer=replayer,
@@ -91,6 +96,12 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
 
     health = HealthEndpoints(service="console")
     health.add_check("indexer", indexer_ready)
+    notifier = Notifier(settings.notifications)
+    await notifier.start()
+    watcher = Watcher(overview=views.overview, index=index, notifier=notifier)
+    watching = asyncio.create_task(
+        watcher.run(stop, every_s=console.watch_seconds), name="console-watcher"
+    )
     try:
         await serve_loop(
             service="console",
@@ -103,6 +114,10 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
             routes=routes,
         )
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await notifier.close()
         replayer.close()
         await ingest.close()
         index.close()

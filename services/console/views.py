@@ -32,7 +32,10 @@ from services.console.index import (
     ConsoleIndex,
     RejectionFilter,
 )
+from services.console.test_sync import pulls_from_api, run_test_sync
+from services.console.test_sync_report import report_json
 from services.core.config import Settings
+from services.core.contracts import ContactChange, Operation, Origin
 from services.core.http import TRANSIENT, async_client
 from services.outbound.backlog import destination_places
 from services.writer.stores import open_sql_store, open_store
@@ -131,8 +134,10 @@ class Views:
             waiting = (
                 sum(max(0, end - at) for at, end in place.values()) if place is not None else None
             )
+            runtime = ((body.get("destinations") or {}).get(name) or {}).get("paused")
             facts_d = DestinationFacts(
                 paused=destination.paused,
+                paused_since=(runtime or {}).get("since"),
                 waiting=waiting,
                 dead_letters_last_hour=rejected.get(name, 0),
                 kafka_error=kafka_error,
@@ -143,7 +148,8 @@ class Views:
                     "kind": destination.kind,
                     "source": destination.source,
                     "health": _health(destination_health(facts_d)),
-                    "paused": destination.paused,
+                    "paused": destination.paused or runtime is not None,
+                    "paused_in_config": destination.paused,
                     "waiting": waiting,
                     "dead_letters_last_hour": facts_d.dead_letters_last_hour,
                     "dead_letters_today": today.get((name, REJECTED), 0),
@@ -224,6 +230,17 @@ class Views:
     def rejection(self, rejection_id: int) -> dict[str, Any] | None:
         row = self._index.rejection(rejection_id)
         return _rejection(row, full=True) if row is not None else None
+
+    async def test_sync(self, name: str, limit: int) -> dict[str, Any] | None:
+        """What ``limit`` records of the source would change, writing nothing: pulled
+        from its API, or (webhooks only) the last changes it sent, from the index."""
+        if name not in self._settings.sources:
+            return None
+        records = None
+        if not pulls_from_api(self._settings, name):
+            records = [_received_change(row) for row in self._index.latest_received(name, limit)]
+        report = await run_test_sync(self._settings, name, limit=limit, records=records)
+        return {"name": name, "limit": limit, **report_json(report)}
 
     # --- helpers --------------------------------------------------------------------
 
@@ -329,6 +346,21 @@ class Views:
             return build_connectors(name, self._settings.sources[name]).pull is not None
         except Exception:
             return False
+
+
+def _received_change(row: sqlite3.Row) -> ContactChange:
+    """A change as the index keeps it (its sequence is not kept: 0)."""
+    detail = json.loads(row["detail"])
+    return ContactChange(
+        source=row["source"],
+        record_id=row["record_id"],
+        operation=Operation(detail["operation"]),
+        event_id=row["event_id"] or "",
+        source_modified_at=datetime.fromisoformat(detail["modified_at"]),
+        received_at=datetime.fromisoformat(row["at"]),
+        fields=detail["fields"],
+        origin=Origin(detail["origin"]),
+    )
 
 
 def _health(health: Health) -> dict[str, str]:

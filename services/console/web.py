@@ -23,11 +23,13 @@ from aiohttp import web
 from services.console.auth import COOKIE, SESSION_S, Caller, Role, Tokens
 from services.console.index import ConsoleIndex, RejectionFilter
 from services.console.replay import Replayer
+from services.console.test_sync import MAX_RECORDS
 from services.console.views import IngestAdmin, Views
 
 TEMPLATES: Final = Path(__file__).parent / "templates"
 STATIC: Final = Path(__file__).parent / "static"
 PAGE_SIZE: Final = 50
+TEST_SYNC_LIMIT: Final = 10
 REPLAY_ALL_LIMIT: Final = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,6 +69,7 @@ class Console:
         for path, handler in (
             ("/", self.overview),
             ("/sources/{name}", self.source),
+            ("/sources/{name}/test", self.test_sync),
             ("/destinations/{name}", self.destination),
             ("/records", self.record),
             ("/rejected", self.rejected),
@@ -81,6 +84,14 @@ class Console:
             (
                 "/sources/{name}/fullsync/cancel",
                 self._ingest_action("DELETE", "/fullsync/{name}"),
+            ),
+            (
+                "/destinations/{name}/pause",
+                self._ingest_action("POST", "/destinations/{name}/pause", page="destinations"),
+            ),
+            (
+                "/destinations/{name}/resume",
+                self._ingest_action("POST", "/destinations/{name}/resume", page="destinations"),
             ),
             ("/rejected/{id:\\d+}/replay", self.replay_one),
             ("/rejected/replay", self.replay_matching),
@@ -126,6 +137,16 @@ class Console:
             raise web.HTTPNotFound(text=f"no source {request.match_info['name']!r}")
         return "source.html", data
 
+    async def test_sync(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        name = request.match_info["name"]
+        limit = _int(request.query.get("limit"), TEST_SYNC_LIMIT)
+        if not 1 <= limit <= MAX_RECORDS:
+            raise web.HTTPBadRequest(text=f"limit is 1 to {MAX_RECORDS}")
+        data = await self._views.test_sync(name, limit)
+        if data is None:
+            raise web.HTTPNotFound(text=f"no source {name!r}")
+        return "test_sync.html", data
+
     async def destination(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         data = await self._views.destination(request.match_info["name"])
         if data is None:
@@ -158,15 +179,15 @@ class Console:
     # --- actions ----------------------------------------------------------------------
 
     def _ingest_action(
-        self, method: str, path: str
+        self, method: str, path: str, *, page: str = "sources"
     ) -> Callable[[web.Request], Awaitable[tuple[int, dict[str, Any], str]]]:
-        """An action ingest's admin API carries out on a source (``{name}`` in
-        ``path``); the browser goes back to the source's page."""
+        """An action ingest's admin API carries out on a source or destination
+        (``{name}`` in ``path``); the browser goes back to its page."""
 
         async def act(request: web.Request) -> tuple[int, dict[str, Any], str]:
             name = quote(request.match_info["name"])
             code, body = await self._ingest.call(method, path.format(name=name))
-            return code, body, f"/sources/{name}"
+            return code, body, f"/{page}/{name}"
 
         return act
 
@@ -275,10 +296,11 @@ def _told(code: int, body: dict[str, Any]) -> str:
     if "replayed" in body:
         refused = f", {len(body['refused'])} not replayable" if body["refused"] else ""
         return f"replayed {len(body['replayed'])}{refused}"
+    who = body.get("source") or body.get("destination")
     if "pause_id" in body:
-        return f"paused {body['source']}: its changes queue until resumed"
+        return f"paused {who}: its changes queue until resumed"
     if "resumed" in body:
-        return f"resumed {body['source']}: its queued changes are applied in order"
+        return f"resumed {who}: its queued changes are applied in order"
     if "sync_id" in body:
         return f"full sync {body['sync_id']}: {body.get('status', '').lower()}"
     return "done"

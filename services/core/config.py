@@ -34,6 +34,7 @@ from services.core.destinations import DestinationSettings
 from services.core.mapping_settings import ProfileSettings, check_profile
 from services.core.settings_base import SecretRef, Strict
 from services.core.sources.kinds import SourceKinds
+from services.notify.settings import NotificationSettings
 
 CONFIG_ENV: Final = "CRMSYNC_CONFIG"
 DEFAULT_CONFIG_PATH: Final = "crmsync.yaml"
@@ -335,6 +336,12 @@ class ConsoleSettings(Strict):
         description="ingest's admin listener as the console reaches it (default: "
         "services.ingest.admin)",
     )
+    watch_seconds: float = Field(
+        default=15.0,
+        ge=0.5,
+        le=3600,
+        description="how often the console looks for incidents to notify",
+    )
 
 
 class ServicesSettings(Strict):
@@ -367,6 +374,11 @@ class Settings(Strict):
     sources: dict[SourceName, SourceSettings] = Field(default_factory=dict)
     destinations: dict[SourceName, DestinationSettings] = Field(default_factory=dict)
     profile: ProfileSettings = ProfileSettings()
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings,
+        description="who is told of failing syncs, rejection spikes, full syncs and dead "
+        "letters (docs/notifications.md); the console sends them",
+    )
 
     @model_validator(mode="after")
     def _destination_sources_exist(self) -> Settings:

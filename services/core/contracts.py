@@ -273,6 +273,20 @@ class PartitionOffset:
     offset: int
 
 
+DESTINATION_SUBJECT: Final = "destination:"
+"""A SyncControl whose ``source`` starts so pauses or resumes that destination's
+deliveries (names cannot contain ':', so no source is ever taken for one)."""
+
+
+def destination_subject(name: str) -> str:
+    return f"{DESTINATION_SUBJECT}{name}"
+
+
+def destination_of(subject: str) -> str | None:
+    """The destination a control's subject names, or None for a source."""
+    return subject[len(DESTINATION_SUBJECT) :] if subject.startswith(DESTINATION_SUBJECT) else None
+
+
 @dataclass(frozen=True, slots=True)
 class SyncControl:
     source: str

@@ -63,6 +63,12 @@ MAPPER_HELD: Final = Gauge(
     ["source"],
     multiprocess_mode="livesum",
 )
+DESTINATION_PAUSED: Final = Gauge(
+    "crmsync_destination_paused",
+    "1 while an operator has the destination paused (its changes wait in Kafka)",
+    ["destination"],
+    multiprocess_mode="livemax",
+)
 SOURCE_PAUSED: Final = Gauge(
     "crmsync_source_paused",
     "1 while an operator has the source paused (its changes queue until resumed)",

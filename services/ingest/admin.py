@@ -3,7 +3,9 @@
 ``POST /fullsync/{source}`` starts a full sync (202, or 409 when one runs),
 ``GET /fullsync/{source}`` shows its progress, ``DELETE /fullsync/{source}`` cancels
 it, ``POST /sources/{source}/pause`` and ``.../resume`` pause a source (its changes
-queue) and resume it (they are applied in order), ``GET /status`` shows every source.
+queue) and resume it (they are applied in order), ``POST /destinations/{name}/pause``
+and ``.../resume`` do the same for a destination's deliveries, ``GET /status`` shows
+every source and destination.
 All of it needs the admin bearer token
 (``services.ingest.admin_token``); without one configured the API answers 403.
 The ``crmsync`` CLI is a client of this API.
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from services.core.bearer import bearer_matches
+from services.core.contracts import destination_subject
 from services.core.sources.common import PollSettings
 from services.ingest.connectors.base import SourceConnectors
 from services.ingest.fullsync import AlreadyRunning, FullSyncs, NotRunning, Progress
@@ -86,6 +89,7 @@ class AdminApi:
         mapping_versions: Mapping[str, int],
         fullsyncs: FullSyncs,
         pauses: SourcePauses,
+        destinations: Mapping[str, bool],
         store: StateStore,
         token: str | None,
         accepting: Callable[[], bool],
@@ -95,6 +99,7 @@ class AdminApi:
         self._mapping_versions = mapping_versions
         self._fullsyncs = fullsyncs
         self._pauses = pauses
+        self._destinations = destinations
         self._store = store
         self._token = token
         self._accepting = accepting
@@ -105,6 +110,12 @@ class AdminApi:
         app.router.add_delete("/fullsync/{source}", answering_refusals(self.cancel_fullsync))
         app.router.add_post("/sources/{source}/pause", answering_refusals(self.pause))
         app.router.add_post("/sources/{source}/resume", answering_refusals(self.resume))
+        app.router.add_post(
+            "/destinations/{destination}/pause", answering_refusals(self.pause_destination)
+        )
+        app.router.add_post(
+            "/destinations/{destination}/resume", answering_refusals(self.resume_destination)
+        )
         app.router.add_get("/status", answering_refusals(self.status))
 
     def _authorize(self, request: web.Request) -> None:
@@ -176,6 +187,24 @@ class AdminApi:
         pause = await _told_conflicts(self._pauses.resume(source))
         return web.json_response({"source": source, "resumed": pause.pause_id}, status=202)
 
+    async def pause_destination(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        name = self._destination(request)
+        pause = await _told_conflicts(self._pauses.pause(destination_subject(name)))
+        return web.json_response({"destination": name, **pause_json(pause)}, status=202)
+
+    async def resume_destination(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        name = self._destination(request)
+        pause = await _told_conflicts(self._pauses.resume(destination_subject(name)))
+        return web.json_response({"destination": name, "resumed": pause.pause_id}, status=202)
+
+    def _destination(self, request: web.Request) -> str:
+        name = request.match_info["destination"]
+        if name not in self._destinations:
+            raise _error(404, f"unknown destination {name!r}")
+        return name
+
     async def status(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body: dict[str, Any] = {}
@@ -191,7 +220,16 @@ class AdminApi:
                 "fullsync": fullsync_json(sync) if sync is not None else None,
                 "paused": pause_json(pause) if (pause := self._pauses.paused(source)) else None,
             }
-        return web.json_response({"sources": body})
+        destinations = {
+            name: {
+                "paused_in_config": in_config,
+                "paused": pause_json(pause)
+                if (pause := self._pauses.paused(destination_subject(name)))
+                else None,
+            }
+            for name, in_config in sorted(self._destinations.items())
+        }
+        return web.json_response({"sources": body, "destinations": destinations})
 
 
 class Refusal(Exception):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import httpx
 from aiohttp import web
 
-from services.core.api_client import ApiClient, StaticBearer
+from services.core.api_client import ApiClient
 from services.core.bootstrap import prepare_kafka_with_retry
 from services.core.codecs import WireContracts, load_contracts
 from services.core.config import Settings
@@ -53,6 +53,7 @@ from services.ingest.pauses import SourcePauses
 from services.ingest.polling import Poller
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.registry import build_connectors
+from services.ingest.source_api import source_api_client
 from services.ingest.state import FullSyncState, StateStore, state_codec
 from services.ingest.webhooks import WebhookHandler
 
@@ -114,15 +115,7 @@ class Ingest:
         for name, connectors in sources.items():
             if connectors.pull is None or connectors.api is None:
                 continue
-            api = ApiClient(
-                source=name,
-                settings=connectors.api,
-                session=session,
-                credentials=connectors.credentials
-                or StaticBearer(connectors.api.token.resolve() if connectors.api.token else None),
-                is_throttled=connectors.is_throttled,
-                wait_hint=connectors.wait_hint,
-            )
+            api = source_api_client(name, connectors, session=session)
             page_sources[name] = full_sync_pages(connectors.pull, api)
             if connectors.poll is not None and connectors.poll.enabled:
                 pollers.append(
@@ -211,6 +204,7 @@ class Ingest:
             mapping_versions={n: s.mapping_version for n, s in self.settings.sources.items()},
             fullsyncs=self.fullsyncs,
             pauses=self.pauses,
+            destinations={n: d.paused for n, d in self.settings.destinations.items()},
             store=self.store,
             token=ingest.admin_token.resolve() if ingest.admin_token else None,
             accepting=self.ready.is_set,

@@ -11,6 +11,10 @@ The barrier topic is the one record of a pause: each source's latest control the
 says whether it is paused, so ingest reads it at start-up and the mapper, the console
 and a restarted ingest agree. A full sync cannot start while its source is paused
 (its COMPLETED would release the paused changes), nor a pause begin while one runs.
+
+A destination is paused the same way, under the subject ``destination:<name>``: the
+outbound service reads the barrier topic too and stops taking that destination's
+profile changes, which wait in Kafka (its consumer group's place) until resumed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.core.codecs import Codec
-from services.core.contracts import ControlKind, PartitionOffset, SyncControl
+from services.core.contracts import ControlKind, PartitionOffset, SyncControl, destination_of
 from services.core.serde import DecodeError
 from services.core.topic_reader import read_compacted
 from services.ingest.publisher import KafkaPublisher, OutgoingMessage
@@ -83,12 +87,15 @@ class SourcePauses:
         return self._paused.get(source)
 
     async def pause(self, source: str) -> Pause:
+        """Pause a source, or a destination by its subject (``destination_subject``)."""
         if source in self._paused:
             raise AlreadyPaused(f"{source} is already paused")
         now = self._clock()
-        pause = Pause(pause_id=f"pause-{source}-{now.strftime('%Y%m%dT%H%M%S%fZ')}", since=now)
+        name = destination_of(source) or source
+        pause = Pause(pause_id=f"pause-{name}-{now.strftime('%Y%m%dT%H%M%S%fZ')}", since=now)
         # Where the changes partitions end now: what arrived before the pause is applied.
-        starts = await self._changes_end()
+        # A destination's changes wait in Kafka from wherever its loop stands.
+        starts = await self._changes_end() if destination_of(source) is None else {}
         await self._write(
             SyncControl(
                 source=source,

@@ -12,10 +12,10 @@ from typing import Final
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.core import metrics
+from services.core.barrier_controls import control_of
 from services.core.codecs import Codec
-from services.core.contracts import ControlKind, SyncControl
+from services.core.contracts import ControlKind, SyncControl, destination_of
 from services.core.kafka import watermarks
-from services.core.serde import DecodeError
 from services.core.topic_reader import read_to_end
 from services.mapper.barrier import Barriers
 
@@ -127,14 +127,11 @@ class BarrierFeed:
         partition, offset = message.partition(), message.offset()
         if partition is not None and offset is not None:
             self._positions[partition] = offset + 1
-        value = message.value()
-        if value is None:
+        control = control_of(self._codec, message)
+        if control is None:
             return
-        try:
-            control = self._codec.decode(value)
-        except DecodeError as exc:
-            log.error("undecodable SyncControl at offset %s ignored: %s", message.offset(), exc)
-            return
+        if destination_of(control.source) is not None:
+            return  # a destination's pause: the outbound service's, not the mapper's
         starts = {p.partition: p.offset for p in control.changes_start_offsets}
         pausing = control.kind in (ControlKind.PAUSED, ControlKind.RESUMED)
         log.info(

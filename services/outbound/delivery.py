@@ -65,6 +65,7 @@ from services.mapper.rules.errors import RuleError
 from services.outbound.destinations.base import Delivered, Destination, Refusal
 from services.outbound.links import link_change
 from services.outbound.outgoing import OutgoingChange, outgoing
+from services.outbound.pauses import hold_while_paused
 from services.writer.stores.base import StoredProfile
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class DeliveryLoop:
         stop: threading.Event,
         links: LinkSettings | None = None,
         profiles: ProfileReader | None = None,
+        paused: Callable[[], bool] = lambda: False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._destination = destination
@@ -136,6 +138,7 @@ class DeliveryLoop:
         self._links = links
         self._unlinked_told = False
         self._profiles = profiles
+        self._paused = paused
         self._clock = clock
         self.delivered = 0
 
@@ -150,6 +153,10 @@ class DeliveryLoop:
                 runner.run(self._destination.open())
                 try:
                     while not self._stop.is_set():
+                        if self._paused() and hold_while_paused(
+                            self._consumer, self._paused, self._stop, name=self._name
+                        ):
+                            break
                         # Step 1
                         messages = self._consumer.consume(
                             num_messages=self._loop.batch_max_records,

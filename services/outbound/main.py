@@ -9,9 +9,10 @@ supervisor restarts it; what it had not committed is delivered again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, Producer
 
@@ -24,6 +25,7 @@ from services.core.kafka import (
     TopicNames,
     consumer_config,
     producer_config,
+    reader_config,
 )
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.rejections import rejection_message_limit
@@ -32,6 +34,7 @@ from services.core.schema_topic import schema_resolver
 from services.outbound.backlog import group_of
 from services.outbound.delivery import DeliveryLoop, LinkSettings, LoopSettings, ProfileReader
 from services.outbound.destinations import open_destination
+from services.outbound.pauses import DestinationPauses
 from services.writer.stores import SqlStore, open_sql_store
 from services.writer.stores.base import StoredProfile
 
@@ -71,6 +74,7 @@ def delivery_loop(
     contracts: WireContracts,
     stop: threading.Event,
     profiles: ProfileReader | None = None,
+    paused: Callable[[], bool] = lambda: False,
 ) -> DeliveryLoop:
     kafka = settings.kafka
     outbound = settings.services.outbound
@@ -99,6 +103,7 @@ def delivery_loop(
         ),
         stop=stop,
         profiles=profiles,
+        paused=paused,
         links=(
             LinkSettings(
                 topic=topics.changes,
@@ -117,12 +122,21 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     contracts.catalog.add_resolver(
         schema_resolver(settings.kafka, client_id="crmsync-outbound-schemas")
     )
-    loops: list[LoopThread] = []
+    pauses = DestinationPauses(
+        consumer_config=reader_config(settings.kafka, client_id="crmsync-outbound-pauses"),
+        topic=TopicNames.from_settings(settings.kafka).barrier,
+        codec=contracts.sync_control,
+    )
+    loops: list[LoopThread] = [LoopThread("outbound-pauses", pauses.follow)]
     for name, destination in settings.destinations.items():
 
         def body(
             stop_loop: threading.Event, name: str = name, dest: DestinationSettings = destination
         ) -> None:
+            # A destination paused before this start stays paused from the first change.
+            while not pauses.loaded.wait(0.5):
+                if stop_loop.is_set():
+                    return
             profiles = StoreProfiles(settings) if dest.send_if is not None else None
             try:
                 delivery_loop(
@@ -132,13 +146,14 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
                     contracts=contracts,
                     stop=stop_loop,
                     profiles=profiles,
+                    paused=functools.partial(pauses.paused, name),
                 ).run()
             finally:
                 if profiles is not None:
                     profiles.close()
 
         loops.append(LoopThread(f"outbound-{name}", body))
-    if not loops:
+    if not settings.destinations:
         log.info("no destinations configured: nothing to deliver")
 
     async def loops_ready() -> None:

@@ -21,7 +21,7 @@ from tests.support.services import stack_config
 def engine_settings(
     *, bootstrap: str, prefix: str, workdir: Path, mapper: dict[str, Any] | None = None
 ) -> Settings:
-    ports = {"ingest": 0, "admin": 0, "mapper": 0, "writer": 0, "outbound": 0}
+    ports = {"ingest": 0, "admin": 0, "mapper": 0, "writer": 0, "outbound": 0, "console": 0}
     config = stack_config(bootstrap=bootstrap, prefix=prefix, workdir=workdir, ports=ports)
     config["services"]["mapper"].update(mapper or {})
     return Settings.model_validate(config)

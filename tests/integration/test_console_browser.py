@@ -1,7 +1,8 @@
 """The console in a real browser (Debian's Chromium, driven by Playwright) against
 the real broker and store: signing in, the overview and health lights following a
 CRM that fails and recovers, a rejected contact found by its email and replayed
-after a config fix, a source paused and resumed from its page.
+after a config fix, a source paused and resumed from its page; and the same failing
+CRM told once to a Slack incoming webhook.
 
 With CRMSYNC_SCREENSHOTS=DIR the main pages are saved there as PNGs (how the
 screenshots in docs/console/ are made).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ from playwright.sync_api import Page, expect
 
 from tests.fakes.generic_rest import FakeRestCrm
 from tests.fakes.server import FakeServer, Faults, ServerThread
+from tests.fakes.slack import SlackWebhook
 from tests.support.polling import wait_for
 from tests.support.services import ADMIN_TOKEN, READ_TOKEN, Stack
-from tests.support.store import attribute
+from tests.support.store import attribute, query
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = pytest.mark.integration
@@ -42,6 +45,17 @@ def sign_in(page: Page, stack: Stack, token: str = ADMIN_TOKEN, path: str = "/")
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{stack['console'].url}{path}")
+
+
+def shown(page: Page, url: str, selector: str) -> str:
+    """The text at ``selector`` on a fresh load of ``url``."""
+    page.goto(url)
+    return page.locator(selector).inner_text()
+
+
+def count_shown(page: Page, url: str, selector: str) -> int:
+    page.goto(url)
+    return page.locator(selector).count()
 
 
 def light_of(page: Page, stack: Stack, source: str) -> str:
@@ -125,9 +139,9 @@ def test_a_rejected_contact_is_found_replayed_after_a_fix_and_stored(
     sign_in(page, stack, path="/rejected")
     page.get_by_label("Email").fill("rosa@example.com")
     page.get_by_role("button", name="Filter").click()
-    assert wait_for(
-        lambda: page.reload() is not None and page.locator("#count").inner_text() == "1"
-    )
+    expect(page).to_have_url(re.compile(r"email=rosa%40example\.com"))
+    filtered = page.url
+    assert wait_for(lambda: shown(page, filtered, "#count") == "1")
     row = page.locator("#rejections tbody tr")
     expect(row).to_contain_text("mapper")
     expect(row).to_contain_text("phone")
@@ -149,7 +163,7 @@ def test_a_rejected_contact_is_found_replayed_after_a_fix_and_stored(
     page.goto(f"{stack['console'].url}/records?q=rosa@example.com")
 
     def shown_kinds() -> list[str]:
-        page.reload()
+        page.goto(f"{stack['console'].url}/records?q=rosa@example.com")
         return page.locator("#timeline .event").evaluate_all(
             "events => events.map(e => e.dataset.kind)"
         )
@@ -177,12 +191,8 @@ def test_pause_queues_and_resume_applies_in_order(stack: Stack, page: Page) -> N
         assert post_webhook(url, contact("q1", first_name=name, updated_at=updated))[0] == 200
     screenshot(page, "source-paused")
     # Queued, not applied.
-    page.goto(f"{stack['console'].url}/records?q=demo:q1")
-    assert wait_for(
-        lambda: (
-            page.reload() is not None and page.locator('.event[data-kind="received"]').count() == 4
-        )
-    )
+    history = f"{stack['console'].url}/records?q=demo:q1"
+    assert wait_for(lambda: count_shown(page, history, '.event[data-kind="received"]') == 4)
     assert attribute(stack.db_path, record_id="q1", name="first_name") == '"v0"'
 
     page.goto(f"{stack['console'].url}/sources/demo")
@@ -190,11 +200,73 @@ def test_pause_queues_and_resume_applies_in_order(stack: Stack, page: Page) -> N
     expect(page.locator(".done")).to_contain_text("resumed demo")
     assert wait_for(lambda: attribute(stack.db_path, record_id="q1", name="first_name") == '"v3"')
 
-    page.goto(f"{stack['console'].url}/records?q=demo:q1")
-    assert wait_for(
-        lambda: (
-            page.reload() is not None and page.locator('.event[data-kind="written"]').count() == 4
-        )
-    )
+    assert wait_for(lambda: count_shown(page, history, '.event[data-kind="written"]') == 4)
     written = page.locator('.event[data-kind="written"] table').all_inner_texts()
     assert [text.split()[-1] for text in written] == ["v0", "v1", "v2", "v3"]
+
+
+def test_a_failing_crm_is_told_to_slack_once(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    crm: FakeRestCrm,
+    crm_server: FakeServer,
+) -> None:
+    hook = SlackWebhook()
+    with ServerThread(FakeServer(hook.app())) as slack:
+        crm.seed(2)
+        stack = Stack(
+            bootstrap=kafka_bootstrap,
+            workdir=tmp_path / "stack",
+            sources={"rest": rest_source(crm_server.url)},
+        )
+        stack.config["services"]["console"]["watch_seconds"] = 1
+        stack.config["notifications"] = {
+            "channels": {"ops": {"kind": "slack", "url": {"env": "CRMSYNC_TEST_SLACK_URL"}}},
+            "group_seconds": 0,
+            "send_resolved": True,
+        }
+        stack.write_config()
+        stack["console"].env["CRMSYNC_TEST_SLACK_URL"] = f"{slack.url}{hook.path}"
+        try:
+            stack.start("ingest", "console")
+            crm_server.faults.error_rate = 1.0
+            assert wait_for(lambda: len(hook.messages) >= 1, timeout_s=90)
+            time.sleep(10)  # more failing polls and watcher rounds: told once
+            assert len(hook.messages) == 1
+            assert "sync failing: source rest (reason http_5" in hook.messages[0]["text"]
+            crm_server.faults.error_rate = 0.0
+            assert wait_for(lambda: len(hook.messages) == 2, timeout_s=60)
+            assert "resolved" in hook.messages[1]["text"].lower()
+        finally:
+            stack.stop()
+
+
+def test_a_test_sync_shows_what_would_change_and_writes_nothing(
+    kafka_bootstrap: str, tmp_path: Path, crm: FakeRestCrm, crm_server: FakeServer, page: Page
+) -> None:
+    crm.seed(3)
+    source = rest_source(crm_server.url)
+    source["poll"]["enabled"] = False  # not active yet: tried first
+    stack = Stack(bootstrap=kafka_bootstrap, workdir=tmp_path / "stack", sources={"rest": source})
+    try:
+        stack.start("ingest", "mapper", "writer", "console")
+        known = contact("k1", email="c0@example.com", first_name="Old")
+        assert post_webhook(stack["ingest"].url, known)[0] == 200
+        assert wait_for(lambda: attribute(stack.db_path, record_id="k1", name="first_name"))
+        before = query(stack.db_path, "SELECT * FROM attributes ORDER BY profile_id, name")
+
+        sign_in(page, stack, token=READ_TOKEN, path="/sources/rest")
+        page.get_by_role("button", name="Run test sync").click()
+        expect(page.locator("#summary")).to_contain_text("Nothing was written")
+        records = page.locator(".event[data-record]")
+        expect(records).to_have_count(3)
+        known_row = page.locator('.event[data-record="c0"] tr[data-attribute="first_name"]')
+        expect(known_row).to_contain_text("Old")
+        expect(known_row).to_contain_text("First0")
+        expect(page.locator('.event[data-record="c1"] .verdict')).to_have_text("a new profile")
+        screenshot(page, "test-sync")
+
+        assert query(stack.db_path, "SELECT * FROM attributes ORDER BY profile_id, name") == before
+        assert len(query(stack.db_path, "SELECT 1 FROM profiles")) == 1
+    finally:
+        stack.stop()

@@ -39,8 +39,11 @@ def chromium() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One Chromium for a module's tests. Module-scoped, not session-scoped: the sync
+    API keeps an event loop running on this thread until it stops, and the suite's
+    asyncio tests that follow need the thread free of one."""
     executable = chromium()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

@@ -31,7 +31,7 @@ K8S: Final = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION: Final = "1.30"
 CONFIG_KEY: Final = "crmsync.yaml"
 PLACEHOLDER: Final = "replace-me"
-SERVICES: Final = ("ingest", "mapper", "writer", "outbound")
+SERVICES: Final = ("ingest", "mapper", "writer", "outbound", "console")
 WORKLOADS: Final = frozenset({"Deployment", "StatefulSet"})
 # What a listener reached by probes and Services must bind to (not a bind itself).
 ANY_ADDRESS: Final = frozenset({"0.0.0.0", "::"})  # noqa: S104

@@ -18,8 +18,9 @@ from aiosmtpd.smtp import SMTP
 from prometheus_client import REGISTRY
 
 from services.core.logs import EMAIL_PATTERN
-from services.notify import NotificationSettings, Notifier
+from services.notify import NotificationSettings
 from services.notify.incidents import Incident, IncidentKind
+from services.notify.notifier import Notifier
 from tests.support.notify_receivers import Mailbox, until
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio]

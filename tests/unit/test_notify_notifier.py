@@ -13,9 +13,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from services.notify import NotificationSettings, Notifier
+from services.notify import NotificationSettings
 from services.notify.channels import Channel, build_channel
 from services.notify.incidents import Incident, IncidentKind, Notice
+from services.notify.notifier import Notifier
 from tests.support.notify_receivers import SignedReceiver, until
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio]

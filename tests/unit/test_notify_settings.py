@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.core.settings_base import REFERENCE_HINT, MissingSecretError
-from services.notify import EmailChannel, NotificationSettings, Notifier, SlackChannel
+from services.notify import EmailChannel, NotificationSettings, SlackChannel
 from services.notify.incidents import Incident, IncidentKind, Severity
+from services.notify.notifier import Notifier
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from services.core.logs import EMAIL_PATTERN
-from services.notify import NotificationSettings, Notifier
+from services.notify import NotificationSettings
 from services.notify.incidents import Incident, IncidentKind
+from services.notify.notifier import Notifier
 from tests.fakes.slack import SlackWebhook
 from tests.support.notify_receivers import SignedReceiver, until
 
