@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE INDEX IF NOT EXISTS rejections_by_source ON rejections (source, rejected_at);
 CREATE INDEX IF NOT EXISTS rejections_by_email ON rejections (email);
 CREATE INDEX IF NOT EXISTS rejections_by_record ON rejections (record_id);
+CREATE INDEX IF NOT EXISTS rejections_by_event ON rejections (event_id);
 CREATE TABLE IF NOT EXISTS timeline (
     id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -53,6 +54,7 @@ CREATE INDEX IF NOT EXISTS timeline_by_record ON timeline (source, record_id);
 CREATE INDEX IF NOT EXISTS timeline_by_email ON timeline (email);
 CREATE INDEX IF NOT EXISTS timeline_by_profile ON timeline (profile_id);
 CREATE INDEX IF NOT EXISTS timeline_by_at ON timeline (at);
+CREATE INDEX IF NOT EXISTS timeline_by_event ON timeline (event_id);
 CREATE TABLE IF NOT EXISTS daily (
     source TEXT NOT NULL, day TEXT NOT NULL, counter TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (source, day, counter)
@@ -73,6 +75,9 @@ APPLIED: Final = "applied"
 """A daily counter: changes of a source's records the store took."""
 REJECTED: Final = "rejected"
 """A daily counter: a source's (or destination's) rejected events."""
+INVALID: Final = "invalid"
+"""A daily counter: values the mapper dropped as invalid (``on_invalid: drop_field``)
+while applying the rest of their change."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ Row = RejectionRow | TimelineRow | ControlRow | Count
 @dataclass(frozen=True)
 class RejectionFilter:
     source: str | None = None
+    destination: str | None = None
     stage: str | None = None
     reason: str | None = None
     """Rejections whose reason contains this text."""
@@ -322,6 +328,38 @@ class ConsoleIndex:
         )
         return {r["source"]: int(r["n"]) for r in rows}
 
+    def dead_lettered(self, event_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Per profile change (its event id), the destinations that dead-lettered it."""
+        if not event_ids:
+            return {}
+        # Only placeholders are formatted in; the ids are parameters.
+        sql = (
+            "SELECT event_id, destination FROM rejections WHERE destination IS NOT NULL "  # noqa: S608
+            f"AND event_id IN ({_marks(event_ids)})"
+        )
+        rows = self._db.execute(sql, list(event_ids))
+        found: dict[str, set[str]] = {}
+        for row in rows:
+            found.setdefault(row["event_id"], set()).add(row["destination"])
+        return found
+
+    def lags(self, source: str, *, last: int = 100) -> list[float]:
+        """Seconds from receiving each of the source's last changes to the store
+        taking it (the changes the store took, newest first)."""
+        rows = self._db.execute(
+            "SELECT w.at AS written, min(r.at) AS received FROM timeline w "
+            "JOIN timeline r ON r.event_id = w.event_id AND r.kind = 'received' "
+            "WHERE w.kind = 'written' AND w.source = ? "
+            "GROUP BY w.id ORDER BY w.id DESC LIMIT ?",
+            (source, last),
+        )
+        return [
+            (
+                datetime.fromisoformat(r["written"]) - datetime.fromisoformat(r["received"])
+            ).total_seconds()
+            for r in rows
+        ]
+
     def latest_received(self, source: str, limit: int) -> list[sqlite3.Row]:
         """The source's last ``limit`` changes received, oldest first."""
         rows = self._db.execute(
@@ -374,6 +412,7 @@ def _rejection_query(where: RejectionFilter) -> tuple[str, tuple[Any, ...]]:
     params: list[Any] = []
     for column, value in (
         ("source", where.source),
+        ("destination", where.destination),
         ("stage", where.stage),
         ("email", where.email),
         ("record_id", where.record_id),

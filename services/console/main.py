@@ -20,13 +20,14 @@ from aiohttp import web
 from services.console.auth import Tokens
 from services.console.index import ConsoleIndex
 from services.console.indexer import Indexer
+from services.console.pushes import PushRunner
 from services.console.replay import Replayer
 from services.console.rows import MessageRows
 from services.console.views import IngestAdmin, Views
 from services.console.watch import Watcher
 from services.console.web import Console
 from services.core.codecs import load_contracts
-from services.core.config import Settings
+from services.core.config import Settings, config_path
 from services.core.kafka import TopicNames, producer_config, reader_config
 from services.core.loop_service import LoopThread, serve_loop
 from services.core.runtime import HealthEndpoints, run_until_signalled, service_settings
@@ -73,13 +74,16 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         if settings.services.ingest.admin_token
         else None
     )
-    views = Views(settings=settings, index=index, ingest=ingest)
+    pushes = PushRunner(config=config_path(), logs=console.data_dir)
+    views = Views(settings=settings, index=index, ingest=ingest, pushes=pushes)
     pages = Console(
         views=views,
         index=index,
         ingest=ingest,
         replayer=replayer,
         tokens=Tokens(read=read_token, admin=admin_token),
+        pushes=pushes,
+        destinations=set(settings.destinations),
     )
 
     def index_body(stop_loop: threading.Event) -> None:
@@ -118,6 +122,7 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await watching
         await notifier.close()
+        await asyncio.to_thread(pushes.close)
         replayer.close()
         await ingest.close()
         index.close()

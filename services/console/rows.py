@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from services.console.index import (
     APPLIED,
+    INVALID,
     RECEIVED,
     REJECTED,
     ControlRow,
@@ -112,7 +113,12 @@ class MessageRows:
                 "merged_profile_id": audit.merge.merged_profile_id,
                 "into_profile_id": audit.merge.into_profile_id,
             }
+        invalid = sum(1 for d in audit.dropped if d.code == INVALID)
+        counted: list[Row] = (
+            [Count(audit.source, _day(audit.decided_at), INVALID, invalid)] if invalid else []
+        )
         return [
+            *counted,
             TimelineRow(
                 where=where,
                 at=audit.decided_at,
@@ -123,7 +129,7 @@ class MessageRows:
                 profile_id=audit.merge.into_profile_id if audit.merge is not None else None,
                 event_id=audit.event_id,
                 detail=detail,
-            )
+            ),
         ]
 
     def _profile_changed(self, where: Where, value: bytes) -> list[Row]:

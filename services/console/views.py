@@ -27,16 +27,19 @@ from services.console.health import (
 )
 from services.console.index import (
     APPLIED,
+    INVALID,
     RECEIVED,
     REJECTED,
     ConsoleIndex,
     RejectionFilter,
 )
+from services.console.pushes import PushRunner
 from services.console.test_sync import pulls_from_api, run_test_sync
 from services.console.test_sync_report import report_json
 from services.core.config import Settings
 from services.core.contracts import ContactChange, Operation, Origin
 from services.core.http import TRANSIENT, async_client
+from services.ingest.registry import build_connectors
 from services.outbound.backlog import destination_places
 from services.writer.stores import open_sql_store, open_store
 
@@ -73,10 +76,18 @@ class IngestAdmin:
 
 
 class Views:
-    def __init__(self, *, settings: Settings, index: ConsoleIndex, ingest: IngestAdmin) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        index: ConsoleIndex,
+        ingest: IngestAdmin,
+        pushes: PushRunner,
+    ) -> None:
         self._settings = settings
         self._index = index
         self._ingest = ingest
+        self._pushes = pushes
 
     # --- the overview -------------------------------------------------------------
 
@@ -125,6 +136,7 @@ class Views:
                     "today": _counts(today, name),
                     "total": _counts(totals, name),
                     "errors_last_hour": facts.rejected_last_hour,
+                    "lag": _lag(self._index.lags(name)),
                 }
             )
         destinations = []
@@ -181,10 +193,9 @@ class Views:
         summary = next(d for d in overview["destinations"] if d["name"] == name)
         dead = [
             _rejection(r)
-            for r in self._index.rejections(RejectionFilter(stage="outbound"), limit=200)
-            if r["destination"] == name
-        ][:20]
-        push = await asyncio.to_thread(self._push, name)
+            for r in self._index.rejections(RejectionFilter(destination=name), limit=20)
+        ]
+        push = await asyncio.to_thread(self._push, name, running=self._pushes.running(name))
         return {**summary, "dead_letters": dead, "backfill": push}
 
     # --- records and rejections -----------------------------------------------------
@@ -206,7 +217,10 @@ class Views:
             profiles=sorted(linked.profiles),
         )
         places, _error = await asyncio.to_thread(self._destination_places)
-        events = [self._event(row, places) for row in rows]
+        dead = self._index.dead_lettered(
+            [json.loads(r["detail"]).get("event_id", "") for r in rows if r["kind"] == "written"]
+        )
+        events = [self._event(row, places, dead) for row in rows]
         return {
             "query": query,
             "emails": sorted(linked.emails),
@@ -245,7 +259,10 @@ class Views:
     # --- helpers --------------------------------------------------------------------
 
     def _event(
-        self, row: sqlite3.Row, places: Mapping[str, Mapping[int, tuple[int, int]]]
+        self,
+        row: sqlite3.Row,
+        places: Mapping[str, Mapping[int, tuple[int, int]]],
+        dead: Mapping[str, set[str]],
     ) -> dict[str, Any]:
         detail = json.loads(row["detail"])
         event = {
@@ -258,7 +275,8 @@ class Views:
             "detail": detail,
         }
         if row["kind"] == "written":
-            event["destinations"] = self._sent(row["source"], detail, places)
+            dead_for = dead.get(detail.get("event_id", ""), set())
+            event["destinations"] = self._sent(row["source"], detail, places, dead_for)
         return event
 
     def _sent(
@@ -266,14 +284,11 @@ class Views:
         source: str | None,
         detail: Mapping[str, Any],
         places: Mapping[str, Mapping[int, tuple[int, int]]],
+        dead: set[str],
     ) -> dict[str, str]:
-        """Per destination, what became of one committed profile change."""
+        """Per destination, what became of one committed profile change (``dead``:
+        the destinations that dead-lettered it)."""
         outcomes: dict[str, str] = {}
-        dead = {
-            r["destination"]
-            for r in self._index.rejections(RejectionFilter(stage="outbound"), limit=1000)
-            if r["event_id"] == detail.get("event_id")
-        }
         for name, destination in self._settings.destinations.items():
             if destination.source is not None and destination.source == source:
                 outcomes[name] = "not sent: the change came from it"
@@ -316,7 +331,7 @@ class Views:
         except Exception as exc:  # Kafka down: the page says so
             return {}, str(exc)
 
-    def _push(self, name: str) -> dict[str, Any] | None:
+    def _push(self, name: str, *, running: bool) -> dict[str, Any] | None:
         try:
             store = open_sql_store(self._settings.store, read_only=True)
         except Exception:
@@ -330,18 +345,25 @@ class Views:
         finally:
             store.close()
         if progress is None:
-            return {"state": "never pushed"}
+            return {"state": "running" if running else "never pushed", "running": running}
+        if progress.finished_at is not None:
+            state = "done"
+        else:
+            state = "running" if running else "interrupted"
         return {
-            "state": "done" if progress.finished_at is not None else "interrupted",
+            "state": state,
+            "running": running,
             "pushed": progress.pushed,
             "total": progress.total,
             "mapping_version": progress.mapping_version,
+            "started_at": progress.started_at.isoformat(),
             "finished_at": progress.finished_at.isoformat() if progress.finished_at else None,
+            "eta_seconds": _eta(progress.pushed, progress.total, progress.started_at)
+            if running
+            else None,
         }
 
     def _can_full_sync(self, name: str) -> bool:
-        from services.ingest.registry import build_connectors
-
         try:
             return build_connectors(name, self._settings.sources[name]).pull is not None
         except Exception:
@@ -363,12 +385,28 @@ def _received_change(row: sqlite3.Row) -> ContactChange:
     )
 
 
+def _lag(seconds: list[float]) -> dict[str, float] | None:
+    """The last change's lag and the median of the last 100 (received to stored)."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return {"last_s": round(seconds[0], 2), "median_s": round(ordered[len(ordered) // 2], 2)}
+
+
+def _eta(done: int, total: int, started_at: datetime) -> int | None:
+    """Seconds left at the rate so far."""
+    elapsed = (datetime.now(UTC) - started_at).total_seconds()
+    if done <= 0 or elapsed <= 0 or total <= done:
+        return None
+    return round((total - done) / (done / elapsed))
+
+
 def _health(health: Health) -> dict[str, str]:
     return {"light": health.light.value, "rule": health.rule}
 
 
 def _counts(counts: Mapping[tuple[str, str], int], name: str) -> dict[str, int]:
-    return {c: counts.get((name, c), 0) for c in (RECEIVED, APPLIED, REJECTED)}
+    return {c: counts.get((name, c), 0) for c in (RECEIVED, APPLIED, REJECTED, INVALID)}
 
 
 def _last_success(facts: SourceFacts) -> str | None:

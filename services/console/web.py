@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +22,7 @@ from aiohttp import web
 
 from services.console.auth import COOKIE, SESSION_S, Caller, Role, Tokens
 from services.console.index import ConsoleIndex, RejectionFilter
+from services.console.pushes import PushRunner
 from services.console.replay import Replayer
 from services.console.test_sync import MAX_RECORDS
 from services.console.views import IngestAdmin, Views
@@ -45,7 +46,11 @@ class Console:
         ingest: IngestAdmin,
         replayer: Replayer,
         tokens: Tokens,
+        pushes: PushRunner,
+        destinations: Collection[str],
     ) -> None:
+        self._pushes = pushes
+        self._destinations = destinations
         self._views = views
         self._index = index
         self._ingest = ingest
@@ -93,6 +98,8 @@ class Console:
                 "/destinations/{name}/resume",
                 self._ingest_action("POST", "/destinations/{name}/resume", page="destinations"),
             ),
+            ("/destinations/{name}/push", self.start_push),
+            ("/destinations/{name}/push/cancel", self.cancel_push),
             ("/rejected/{id:\\d+}/replay", self.replay_one),
             ("/rejected/replay", self.replay_matching),
         ):
@@ -190,6 +197,25 @@ class Console:
             return code, body, f"/{page}/{name}"
 
         return act
+
+    async def start_push(self, request: web.Request) -> tuple[int, dict[str, Any], str]:
+        name = self._named_destination(request)
+        if self._pushes.start(name):
+            return 202, {"push": name, "state": "started"}, f"/destinations/{quote(name)}"
+        return 409, {"error": f"a push of {name} is running"}, f"/destinations/{quote(name)}"
+
+    async def cancel_push(self, request: web.Request) -> tuple[int, dict[str, Any], str]:
+        name = self._named_destination(request)
+        stopped = await asyncio.to_thread(self._pushes.cancel, name)
+        if stopped:
+            return 202, {"push": name, "state": "cancelled"}, f"/destinations/{quote(name)}"
+        return 409, {"error": f"no push of {name} is running"}, f"/destinations/{quote(name)}"
+
+    def _named_destination(self, request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in self._destinations:
+            raise web.HTTPNotFound(text=f"no destination {name!r}")
+        return name
 
     async def replay_one(self, request: web.Request) -> tuple[int, dict[str, Any], str]:
         rejection_id = int(request.match_info["id"])
@@ -301,6 +327,8 @@ def _told(code: int, body: dict[str, Any]) -> str:
         return f"paused {who}: its changes queue until resumed"
     if "resumed" in body:
         return f"resumed {who}: its queued changes are applied in order"
+    if "push" in body:
+        return f"backfill of {body['push']}: {body['state']}"
     if "sync_id" in body:
         return f"full sync {body['sync_id']}: {body.get('status', '').lower()}"
     return "done"
@@ -324,6 +352,7 @@ def _rejection_filter(query: Any) -> RejectionFilter:
     replayed = query.get("replayed")
     return RejectionFilter(
         source=query.get("source") or None,
+        destination=query.get("destination") or None,
         stage=query.get("stage") or None,
         reason=query.get("reason") or None,
         email=(query.get("email") or "").strip().lower() or None,

@@ -6,14 +6,16 @@ what was received, decided, written and sent; the CLI reads the same."""
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.test_outbound_webhook import Destinations
 from tests.support.polling import wait_for
 from tests.support.services import ADMIN_TOKEN, READ_TOKEN, Stack
-from tests.support.store import attribute
+from tests.support.store import attribute, query
 from tests.support.webhooks import contact, post_webhook
 
 pytestmark = pytest.mark.integration
@@ -96,6 +98,10 @@ def test_a_rejected_contact_is_found_by_email_replayed_after_a_fix_and_stored(
     written = next(e for e in events if e["kind"] == "written")
     assert {"name": "first_name", "old": None, "new": "Rita"} in written["detail"]["attributes"]
     assert record["emails"] == ["rita@example.com"]
+    # The dropped phone is counted on the source's page as an invalid value.
+    code, page = console(stack, "GET", "/sources/demo")
+    assert code == 200
+    assert page["today"]["invalid"] == 1
 
     # The CLI reads the same through the console.
     listed = stack.cli("rejected", "list", "--source", "demo", "--json")
@@ -119,6 +125,7 @@ def test_the_overview_shows_each_source_with_its_light_and_counts(stack: Stack) 
 
     assert wait_for(lambda: demo()["today"]["applied"] == 1)
     assert demo()["health"]["light"] == "healthy"
+    assert demo()["lag"]["last_s"] >= 0
     assert demo()["today"]["received"] == 1
 
     assert stack["ingest"].admin("POST", "/sources/demo/pause")[0] == 202
@@ -128,3 +135,32 @@ def test_the_overview_shows_each_source_with_its_light_and_counts(stack: Stack) 
 
     code, _ = console(stack, "GET", "/", token="wrong")
     assert code == 401
+
+
+def test_a_backfill_started_from_the_console_reaches_the_destination_and_shows_done(
+    stack: Stack,
+) -> None:
+    with ExitStack() as exits:
+        hooks = Destinations(stack, exits)
+        receiver = hooks.add("hook")
+        stack.start("ingest", "mapper", "writer", "console")
+        for n in range(3):
+            assert post_webhook(stack["ingest"].url, contact(f"b{n}"))[0] == 200
+        assert wait_for(lambda: len(query(stack.db_path, "SELECT 1 FROM profiles")) == 3)
+        # The outbound service starts later, so the live changes and the snapshots
+        # both wait for it; the snapshots are what a backfill adds.
+        code, body = console(stack, "POST", "/destinations/hook/push", token=ADMIN_TOKEN)
+        assert code == 202, body
+
+        def backfill() -> dict[str, Any]:
+            code, page = console(stack, "GET", "/destinations/hook")
+            assert code == 200, page
+            return dict(page["backfill"])
+
+        assert wait_for(lambda: backfill()["state"] == "done", timeout_s=60)
+        assert backfill()["pushed"] == 3
+        stack.start("outbound")
+        assert wait_for(
+            lambda: len([c for c in receiver.changes() if c["kind"] == "snapshot"]) == 3,
+            timeout_s=60,
+        ), stack["outbound"].log_tail()

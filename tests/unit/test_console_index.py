@@ -107,3 +107,33 @@ def test_rejections_filter_and_expire_after_the_retention(tmp_path: Path) -> Non
     assert index.count_rejections(RejectionFilter(replayed=False)) == 2
     assert index.expire(NOW, timedelta(days=14)) == 1
     assert index.count_rejections(RejectionFilter()) == 2
+
+
+def test_lag_is_from_receiving_a_change_to_the_store_taking_it(tmp_path: Path) -> None:
+    index = ConsoleIndex(tmp_path / "console.db")
+
+    def pair(n: int, seconds: float) -> list[TimelineRow]:
+        got = TimelineRow(
+            where=Where("changes", 0, n),
+            at=NOW + timedelta(minutes=n),
+            kind="received",
+            source="crm",
+            record_id=f"r{n}",
+            event_id=f"e{n}",
+            detail={},
+        )
+        stored = TimelineRow(
+            where=Where("profile-changes", 0, n),
+            at=got.at + timedelta(seconds=seconds),
+            kind="written",
+            source="crm",
+            record_id=f"r{n}",
+            event_id=f"e{n}",
+            profile_id=n,
+            detail={},
+        )
+        return [got, stored]
+
+    index.write([*pair(0, 0.5), *pair(1, 2.0), *pair(2, 0.25)], {})
+    assert index.lags("crm") == [0.25, 2.0, 0.5]
+    assert index.lags("other") == []
