@@ -67,6 +67,7 @@ run: install kafka-up ## Start Kafka, a fake HubSpot, a webhook receiver and the
 	@echo "then look it up:"
 	@echo
 	@echo "  $(BIN)/crmsync --config $(CONFIG) profile get --email ada@example.com"
+	@echo "  CRMSYNC_READ_TOKEN=$(CRMSYNC_READ_TOKEN) $(BIN)/crmsync --config $(CONFIG) logs ada@example.com"
 	@echo "  curl -sS -H 'Authorization: Bearer $(CRMSYNC_READ_TOKEN)' 'http://127.0.0.1:8082/profiles?email=ada@example.com'"
 	@echo
 	@echo "and what went out to the demo's webhook destination (signed Standard Webhooks):"

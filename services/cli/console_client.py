@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from services.cli.admin_client import listener_url
 from services.core.config import Settings
 from services.core.http import TRANSIENT, client
+from services.core.settings_base import MissingSecretError
 
 CONSOLE_URL_ENV: Final = "CRMSYNC_CONSOLE_URL"
 
@@ -33,8 +34,8 @@ def console_call(
     form: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """(status, body); status 0 when the console did not answer."""
-    token_ref = settings.services.ingest.admin_token or settings.services.console.read_token
-    headers = {"Authorization": f"Bearer {token_ref.resolve()}"} if token_ref is not None else {}
+    token = _token(settings)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     wanted = {k: v for k, v in (query or {}).items() if v is not None}
     url = f"{console_url(settings)}/api{path}" + (f"?{urlencode(wanted)}" if wanted else "")
     try:
@@ -48,3 +49,22 @@ def console_call(
     except ValueError:
         body = {"error": response.text[:200]}
     return response.status_code, body
+
+
+def _token(settings: Settings) -> str | None:
+    """The admin token when this shell has it (replays need it), else the read token;
+    MissingSecretError when the config names tokens and the shell has neither."""
+    refs = [
+        ref
+        for ref in (settings.services.ingest.admin_token, settings.services.console.read_token)
+        if ref is not None
+    ]
+    missing: MissingSecretError | None = None
+    for ref in refs:
+        try:
+            return ref.resolve()
+        except MissingSecretError as exc:
+            missing = missing or exc
+    if missing is not None:
+        raise missing
+    return None
