@@ -63,6 +63,7 @@ from services.core.config import PostgresStoreSettings
 from services.core.contracts import FieldValue, ProfileUpdate
 from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
+from services.writer.identity_claims import claim_key
 from services.writer.stores.base import BatchReport, ProfileStore
 from services.writer.stores.postgres import PostgresProfileStore
 from services.writer.stores.rows import ATTRIBUTE_COLUMNS
@@ -97,6 +98,8 @@ COMPARED_TABLES: Final = {
     "identities": "kind, value",
     "attributes": "profile_id, name",
     "consumer_offsets": "topic, partition",
+    "source_records": "source, record_id",
+    "identity_claims": "kind, value, source, record_id",
 }
 
 Workload = dict[str, list[ProfileUpdate]]
@@ -222,6 +225,14 @@ BASELINE_TABLES: Final = {
     "identities": ("kind, value, profile_id", ("kind", "value")),
     "attributes": (ATTRIBUTE_COLUMNS, ("profile_id", "name")),
     "consumer_offsets": ("topic, partition, next_offset", ("topic", "partition")),
+    "source_records": (
+        "source, record_id, source_modified_at, sequence, identities",
+        ("source", "record_id"),
+    ),
+    "identity_claims": (
+        "kind, value, source, record_id",
+        ("kind", "value", "source", "record_id"),
+    ),
 }
 
 
@@ -229,9 +240,10 @@ def merge_statement(table: str) -> str:
     columns, key = BASELINE_TABLES[table]
     updated = [c for c in (c.strip() for c in columns.split(",")) if c not in key]
     assignments = ", ".join(f"{c} = excluded.{c}" for c in updated)
+    action = f"DO UPDATE SET {assignments}" if assignments else "DO NOTHING"
     return (
         f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "  # noqa: S608
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {assignments}"
+        f"ON CONFLICT ({', '.join(key)}) {action}"
     )
 
 
@@ -284,6 +296,20 @@ def store_rows(rows: dict[str, list[tuple[Any, ...]]], placed: Placed) -> None:
     one, profile_id, now = placed.update, placed.profile_id, placed.now
     if placed.new:
         rows["identities"].extend((i.kind, i.value, profile_id) for i in one.identities)
+        # The record's claim: what it asserts (services/writer/identity_claims.py).
+        rows["identity_claims"].extend(
+            (i.kind, i.value, one.source, one.record_id) for i in one.identities if i.kind != "crm"
+        )
+        # Its claim's version: only a change of its identities moves it.
+        rows["source_records"].append(
+            (
+                one.source,
+                one.record_id,
+                to_micros(one.source_modified_at),
+                one.sequence,
+                claim_key(one.identities),
+            )
+        )
     rows["profiles"].append((profile_id, placed.created, now))
     rows["attributes"].extend(
         (

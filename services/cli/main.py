@@ -26,6 +26,7 @@ from confluent_kafka import KafkaException
 
 from services.cli.erase_command import ErasureNotSent, erase
 from services.cli.exit_codes import DONE, FAILED, UNREACHABLE, USAGE, kafka_unreachable
+from services.cli.profile_command import profile_history, profile_split, retired_note
 from services.cli.rejected_command import add_commands as add_rejected_commands
 from services.core.config import ConfigError, Settings, load_settings
 from services.core.contracts import Identity
@@ -37,6 +38,8 @@ from services.ingest.publisher import BrokerUnavailable
 from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_store
 from services.writer.stores.cdp_wire import profile_json
+from services.writer.stores.postgres import PostgresProfileStore
+from services.writer.stores.sqlite import SqliteProfileStore
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -191,18 +194,37 @@ def _add_profile_commands(commands: Any) -> None:
     profile = commands.add_parser("profile", help="look up profiles in the store")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)
     get = profile_commands.add_parser("get", help="show one profile with provenance")
-    which = get.add_mutually_exclusive_group(required=True)
-    which.add_argument("--email", help="the profile's email address")
-    which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
+    _which_profile(get)
     _json_flag(get, "JSON, as without it")
     get.set_defaults(handler=_profile_get)
     erasing = profile_commands.add_parser(
         "erase", help="erase a profile's personal data (keeps tombstones, no PII)"
     )
-    which = erasing.add_mutually_exclusive_group(required=True)
+    _which_profile(erasing)
+    erasing.set_defaults(handler=_profile_erase)
+    splitting = profile_commands.add_parser(
+        "split", help="undo a merge: give a merged profile's records back to a profile of its own"
+    )
+    splitting.add_argument("merged_id", type=int, help="the merged profile's id (see history)")
+    splitting.add_argument(
+        "--wait", type=float, default=0, metavar="SECONDS", help="until the writer has applied it"
+    )
+    _json_flag(splitting, "the event id and the profile split off, as JSON")
+    splitting.set_defaults(handler=profile_split)
+    history = profile_commands.add_parser(
+        "history", help="every identity and attribute change, with its source and rule"
+    )
+    _which_profile(history).add_argument("--profile", type=int, help="the profile id")
+    _json_flag(history, "the console's answer as JSON")
+    history.set_defaults(handler=profile_history)
+
+
+def _which_profile(parser: argparse.ArgumentParser) -> Any:
+    """--email or --id, one of them required; the group, for more ways."""
+    which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--email", help="the profile's email address")
     which.add_argument("--id", dest="crm_id", metavar="SOURCE:ID", help="a CRM record id")
-    erasing.set_defaults(handler=_profile_erase)
+    return which
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -326,10 +348,17 @@ def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
         return FAILED
     try:
         profile = store.find_profile(identity)
+        kept_by = (
+            store.retired_from(identity)
+            if profile is None and isinstance(store, SqliteProfileStore | PostgresProfileStore)
+            else []
+        )
     finally:
         store.close()
     if profile is None:
         sys.stderr.write(f"no profile with {identity.kind} {identity.value}\n")
+        for holder in kept_by:
+            sys.stderr.write(f"{retired_note(holder, identity)}\n")
         return FAILED
     print(json.dumps(profile_json(profile), indent=2, ensure_ascii=False))
     return DONE

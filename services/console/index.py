@@ -272,6 +272,19 @@ class ConsoleIndex:
             params,
         ).fetchall()
 
+    def decisions(self, event_ids: Sequence[str]) -> dict[str, sqlite3.Row]:
+        """The mapper's decided row of each of ``event_ids`` the index holds."""
+        found: dict[str, sqlite3.Row] = {}
+        wanted = sorted(set(event_ids))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in self._db.execute(
+                f"SELECT * FROM timeline WHERE kind = 'decided' AND event_id IN ({_marks(chunk)})",  # noqa: S608
+                chunk,
+            ):
+                found[row["event_id"]] = row
+        return found
+
     def linked(self, *, email: str | None, record: tuple[str, str] | None) -> Linked:
         """Everything the index ties to an email or a record: the emails, records and
         profiles seen together with it (in a change, a decision or a profile change)."""

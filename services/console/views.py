@@ -25,6 +25,7 @@ from services.console.health import (
     destination_health,
     source_health,
 )
+from services.console.history import history, merged_into
 from services.console.index import (
     APPLIED,
     INVALID,
@@ -36,6 +37,7 @@ from services.console.index import (
 from services.console.pushes import PushRunner
 from services.console.test_sync import pulls_from_api, run_test_sync
 from services.console.test_sync_report import report_json
+from services.core.admin_updates import SPLIT_SOURCE, send_update, split_update
 from services.core.config import Settings
 from services.core.contracts import ContactChange, Operation, Origin
 from services.core.http import TRANSIENT, async_client
@@ -228,6 +230,50 @@ class Views:
             "profiles": sorted(linked.profiles),
             "events": events,
         }
+
+    def profile_history(self, profile_id: int) -> dict[str, Any]:
+        """Every identity and attribute change of a profile (and of those merged into
+        it) with its source and rule (services/console/history.py)."""
+        index = self._index
+        ids = merged_into(
+            profile_id, lambda some: index.timeline(emails=[], records=[], profiles=some)
+        )
+        rows = index.timeline(emails=[], records=[], profiles=ids)
+        written = [r for r in rows if r["kind"] == "written"]
+        decisions = index.decisions([r["event_id"] for r in written if r["event_id"]])
+        splits = {r["record_id"] for r in written if r["source"] == SPLIT_SOURCE}
+        merges = [
+            {
+                "merged_profile_id": merged,
+                "into_profile_id": r["profile_id"],
+                "at": r["at"],
+                "split": str(merged) in splits,
+            }
+            for r in written
+            for merged in json.loads(r["detail"]).get("merged_profile_ids", [])
+        ]
+        return {
+            "profile_id": profile_id,
+            "profiles": ids,
+            "merges": merges,
+            "entries": history(rows, decisions, self._policy_of),
+        }
+
+    async def split(self, merged_id: int) -> str:
+        """Send the split of profile ``merged_id``; its event id once Kafka has it."""
+        update = split_update(merged_id)
+        await asyncio.to_thread(send_update, self._settings, update, what="split")
+        return update.event_id
+
+    def _policy_of(self, attribute: str) -> str:
+        policy = self._settings.profile.attributes.get(attribute)
+        if policy is None:
+            return "last_writer_wins"
+        if policy.policy == "owner_only":
+            return f"owner_only ({policy.owner})"
+        if policy.policy == "source_priority":
+            return f"source_priority ({', '.join(policy.priority)})"
+        return policy.policy
 
     def rejections(
         self, where: RejectionFilter, *, limit: int = 100, offset: int = 0

@@ -26,6 +26,7 @@ from services.console.pushes import PushRunner
 from services.console.replay import Replayer
 from services.console.test_sync import MAX_RECORDS
 from services.console.views import IngestAdmin, Views
+from services.core.admin_updates import UpdateNotSent
 
 TEMPLATES: Final = Path(__file__).parent / "templates"
 STATIC: Final = Path(__file__).parent / "static"
@@ -77,6 +78,7 @@ class Console:
             ("/sources/{name}/test", self.test_sync),
             ("/destinations/{name}", self.destination),
             ("/records", self.record),
+            ("/profiles/{id:\\d+}", self.profile),
             ("/rejected", self.rejected),
             ("/rejected/{id:\\d+}", self.rejection),
         ):
@@ -101,6 +103,7 @@ class Console:
             ("/destinations/{name}/push", self.start_push),
             ("/destinations/{name}/push/cancel", self.cancel_push),
             ("/rejected/{id:\\d+}/replay", self.replay_one),
+            ("/profiles/{id:\\d+}/split", self.split),
             ("/rejected/replay", self.replay_matching),
         ):
             app.router.add_post(path, self._acting(action))
@@ -166,6 +169,10 @@ class Console:
             return "record.html", {"query": "", "events": [], "emails": [], "records": []}
         return "record.html", await self._views.record(query)
 
+    async def profile(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        profile_id = int(request.match_info["id"])
+        return "profile.html", self._views.profile_history(profile_id)
+
     async def rejected(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         where = _rejection_filter(request.query)
         page = max(0, _int(request.query.get("page"), 0))
@@ -216,6 +223,21 @@ class Console:
         if name not in self._destinations:
             raise web.HTTPNotFound(text=f"no destination {name!r}")
         return name
+
+    async def split(self, request: web.Request) -> tuple[int, dict[str, Any], str]:
+        """Undo a merge: form field ``merged``, a profile merged into this one."""
+        profile_id = int(request.match_info["id"])
+        form = await request.post()
+        back = f"/profiles/{profile_id}"
+        merged = str(form.get("merged", ""))
+        if not merged.isdigit():
+            return 400, {"error": "name the merged profile to split off ('merged')"}, back
+        try:
+            event_id = await self._views.split(int(merged))
+        except UpdateNotSent as exc:
+            return 503, {"error": str(exc)}, back
+        body = {"split": int(merged), "event_id": event_id, "state": "sent"}
+        return 202, body, back
 
     async def replay_one(self, request: web.Request) -> tuple[int, dict[str, Any], str]:
         rejection_id = int(request.match_info["id"])
@@ -331,6 +353,8 @@ def _told(code: int, body: dict[str, Any]) -> str:
         return f"backfill of {body['push']}: {body['state']}"
     if "sync_id" in body:
         return f"full sync {body['sync_id']}: {body.get('status', '').lower()}"
+    if "split" in body:
+        return f"split of profile {body['split']} sent: the writer gives its records back"
     return "done"
 
 

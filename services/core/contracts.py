@@ -46,6 +46,7 @@ class UpdateOperation(StrEnum):
     UPSERT = "UPSERT"
     DELETE = "DELETE"
     ERASE = "ERASE"
+    SPLIT = "SPLIT"
 
 
 class ControlKind(StrEnum):
@@ -182,6 +183,10 @@ class ProfileUpdate(NamedTuple):
     mapping_version: int = 0
     cleared: tuple[str, ...] = ()
     consents: tuple[ConsentChange, ...] = ()
+    identities_version: tuple[int, int] | None = None
+    """The version of the change that set ``identities`` (the record's email field's,
+    as the mapper versions each field), when it is older than this change's; None:
+    this change's own."""
 
     @property
     def key(self) -> bytes:
@@ -210,6 +215,7 @@ class ProfileUpdate(NamedTuple):
             self.mapping_version,
             cleared,
             consents,
+            self.identities_version,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -235,6 +241,12 @@ class ProfileUpdate(NamedTuple):
                 }
                 for c in self.consents
             ],
+            "identities_version": None
+            if self.identities_version is None
+            else {
+                "modified_at": self.identities_version[0],
+                "sequence": self.identities_version[1],
+            },
         }
 
     @classmethod
@@ -264,7 +276,13 @@ class ProfileUpdate(NamedTuple):
                     for c in record["consents"]
                 ]
             ),
+            _identities_version(record),
         )
+
+
+def _identities_version(record: Mapping[str, Any]) -> tuple[int, int] | None:
+    version = record.get("identities_version")
+    return None if version is None else (version["modified_at"], version["sequence"])
 
 
 @dataclass(frozen=True, slots=True)

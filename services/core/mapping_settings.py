@@ -307,6 +307,53 @@ class Subscription(Strict):
     source: str = Field(description="the consent source: the only one that may change it")
 
 
+RetiredIdentityPolicy = Literal["stop_matching", "keep_matching"]
+AtLimit = Literal["review", "keep_oldest"]
+
+
+class IdentityLimit(Strict):
+    """The most identities of one kind a profile may hold, and what happens beyond."""
+
+    max: int | None = Field(default=None, ge=1, description="per profile; unset: no limit")
+    max_per_source: int | None = Field(
+        default=None,
+        ge=1,
+        description="crm identities only: the most records of one source a profile holds",
+    )
+    at_limit: AtLimit = Field(
+        default="review",
+        description="'review': the change that would pass the limit is rejected (the "
+        "rejected topic, replayable once resolved); 'keep_oldest': the profile keeps the "
+        "identities it has and the change's extra ones are left out (a merge past a limit "
+        "always goes to review)",
+    )
+
+
+def _default_limits() -> dict[str, IdentityLimit]:
+    # See docs/identity.md for why these defaults.
+    return {"email": IdentityLimit(max=5), "crm": IdentityLimit(max=25)}
+
+
+class IdentitySettings(Strict):
+    retired: RetiredIdentityPolicy = Field(
+        default="stop_matching",
+        description="an identity no source record asserts any more (the email changed, "
+        "the record was deleted or detached): 'stop_matching' keeps it only as history; "
+        "'keep_matching' lets it go on finding its profile (a CRM record id never does)",
+    )
+    limits: dict[str, IdentityLimit] = Field(
+        default_factory=_default_limits,
+        description="per identity kind ('email', 'crm'); kinds not named have no limit",
+    )
+
+    @model_validator(mode="after")
+    def _per_source_is_for_crm(self) -> IdentitySettings:
+        for kind, limit in self.limits.items():
+            if limit.max_per_source is not None and kind != "crm":
+                raise ValueError(f"limits.{kind}: max_per_source applies to crm identities only")
+        return self
+
+
 class ProfileSettings(Strict):
     attributes: dict[Annotated[str, Field(pattern=ATTRIBUTE_NAME)], AttributePolicy] = Field(
         default_factory=dict,
@@ -322,6 +369,7 @@ class ProfileSettings(Strict):
         description="a change whose identities belong to two profiles: merge them into "
         "the one its match key finds, or reject the change for review",
     )
+    identities: IdentitySettings = Field(default_factory=IdentitySettings)
 
 
 Problem = tuple[str, str]

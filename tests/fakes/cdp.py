@@ -15,11 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
-from services.core.contracts import Identity, ProfileUpdate
+from services.core.contracts import Identity, ProfileUpdate, UpdateOperation
 from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
+from services.writer.identity_claims import Claims, IdentityRules, crm_identity
 from services.writer.profiles import (
     ConflictRules,
+    Merge,
     Outcome,
     Profile,
     ProfileBook,
@@ -42,6 +44,9 @@ class FakeCdp:
         self.owner: dict[Identity, int] = {}
         self.tombstones: dict[str, int] = {}
         self.detached: dict[str, Version] = {}
+        self.claims = Claims()
+        self.merges: dict[int, Merge] = {}
+        self.apart: dict[int, set[int]] = {}
         self.ledger: dict[str, tuple[int, dict[str, Any]]] = {}
         self.applied = 0
         self._ids = itertools.count(1)
@@ -82,7 +87,16 @@ class FakeCdp:
         }
 
     def _book(self, updates: list[ProfileUpdate]) -> ProfileBook:
-        touched = {self.owner[i] for u in updates for i in identities_of(u) if i in self.owner}
+        asked = {i for u in updates for i in identities_of(u)}
+        asked |= {crm_identity((u.source, u.record_id)) for u in updates}
+        touched = {self.owner[i] for i in asked if i in self.owner}
+        holders = {
+            identity: [p.id for p in self.profiles.values() if identity in p.retired]
+            for identity in asked
+        }
+        touched |= {profile_id for ids in holders.values() for profile_id in ids}
+        if any(u.operation is UpdateOperation.SPLIT for u in updates):
+            touched = set(self.profiles)  # a split reaches the merge's records: all, here
         return ProfileBook(
             profiles=[self.profiles[pid] for pid in touched],
             tombstones=self.tombstones,
@@ -91,6 +105,11 @@ class FakeCdp:
             on_identity_conflict=self.settings.on_identity_conflict,
             next_id=lambda: next(self._ids),
             now=to_micros(datetime.now(UTC)),
+            claims=self.claims,
+            identity_rules=IdentityRules(self.settings.identities),
+            retired_holders=holders,
+            merges=self.merges,
+            separations=self.apart,
         )
 
     def _keep(self, book: ProfileBook) -> None:
@@ -104,6 +123,10 @@ class FakeCdp:
             else:
                 self.owner[identity] = owner
         self.tombstones.update(changes.tombstones)
+        self.merges.update((merge.merged_id, merge) for merge in changes.merges)
+        for one, other in changes.separations:
+            self.apart.setdefault(one, set()).add(other)
+            self.apart.setdefault(other, set()).add(one)
         self.detached.update(changes.detached)
 
     def find(self, identity: Identity) -> Profile | None:

@@ -262,3 +262,46 @@ def test_a_test_sync_shows_what_would_change_and_writes_nothing(
         assert len(query(stack.db_path, "SELECT 1 FROM profiles")) == 1
     finally:
         stack.stop()
+
+
+def test_a_merge_is_split_from_the_profile_page(stack: Stack, page: Page) -> None:
+    stack.start("ingest", "mapper", "writer", "console")
+    url = stack["ingest"].url
+    assert post_webhook(url, contact("mo", email="mo@x.io", first_name="Mo"))[0] == 200
+    assert post_webhook(url, contact("sam", email="sam@x.io", first_name="Sam"))[0] == 200
+    assert wait_for(lambda: attribute(stack.db_path, record_id="sam", name="first_name"))
+    # Sam's record takes up Mo's email: the two profiles merge.
+    later = "2026-12-01T09:00:00Z"
+    joined = contact("sam", email="mo@x.io", first_name="Samuel", updated_at=later)
+    assert post_webhook(url, joined)[0] == 200
+    merged_into = "SELECT profile_id FROM identities WHERE kind = 'crm' AND value = ?"
+    assert wait_for(
+        lambda: (
+            query(stack.db_path, merged_into, "demo:sam")
+            == query(stack.db_path, merged_into, "demo:mo")
+        )
+    )
+    (mo_id,) = query(stack.db_path, merged_into, "demo:mo")[0]
+    sign_in(page, stack, path=f"/profiles/{mo_id}")
+    row = page.locator("#merges tr[data-merged]")
+    assert wait_for(
+        lambda: (
+            count_shown(page, f"{stack['console'].url}/profiles/{mo_id}", "#merges tr[data-merged]")
+            == 1
+        )
+    )
+    merged_id = row.get_attribute("data-merged")
+    expect(page.locator("#history")).to_contain_text("Samuel")
+    screenshot(page, "profile-history")
+    page.get_by_role("button", name="Split off").click()
+    expect(page.locator(".done")).to_contain_text(f"split of profile {merged_id} sent")
+    assert wait_for(
+        lambda: query(stack.db_path, merged_into, "demo:sam") == [(int(str(merged_id)),)]
+    )
+    assert attribute(stack.db_path, record_id="mo", name="first_name") == '"Mo"'
+    assert attribute(stack.db_path, record_id="sam", name="first_name") == '"Samuel"'
+    assert wait_for(
+        lambda: (
+            "split off again" in shown(page, f"{stack['console'].url}/profiles/{mo_id}", "#merges")
+        )
+    )

@@ -81,6 +81,21 @@ def erase(email: str, *, t: float) -> ProfileUpdate:
     )
 
 
+def split(merged_id: int, *, t: float) -> ProfileUpdate:
+    """The split of profile ``merged_id`` off the profile it was merged into."""
+    return ProfileUpdate(
+        match_key=f"profile:{merged_id}",
+        source="split",
+        record_id=str(merged_id),
+        event_id=f"event-{next(_events)}",
+        operation=UpdateOperation.SPLIT,
+        source_modified_at=at(t),
+        received_at=at(t),
+        identities=(),
+        attributes={},
+    )
+
+
 def apply(
     store: ProfileStore, updates: Iterable[ProfileUpdate], *, topic: str = TOPIC, now: float = 0
 ) -> BatchReport:

@@ -39,7 +39,13 @@ from tests.support.postgres import fresh_database
 ORPHAN_ROWS = " UNION ALL ".join(
     f"SELECT '{table}', count(*) FROM {table} t "  # noqa: S608 (constant names)
     "WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = t.profile_id)"
-    for table in ("identities", "attributes", "consents")
+    for table in (
+        "identities",
+        "attributes",
+        "consents",
+        "retired_identities",
+        "attribute_alternatives",
+    )
 )
 
 

@@ -38,8 +38,12 @@ def test_a_store_at_version_1_keeps_its_profiles_and_loses_its_foreign_keys(
     dsn = fresh_database(postgres_dsn, f"t_{os.urandom(6).hex()}")
     with monkeypatch.context() as at_version_1:
         at_version_1.setattr(postgres, "MIGRATIONS", MIGRATIONS[:1])
-        # The code of that version wrote no outbox (migration 3).
+        # The code of that version wrote no outbox (migration 3) and nothing of 5.
         at_version_1.setattr(postgres._Session, "_outbox", lambda _self, _changes: None)
+        at_version_1.setattr(postgres._Session, "_claims", lambda _self, _changes: None)
+        at_version_1.setattr(postgres._Session, "claims", lambda _self, _records: {})
+        at_version_1.setattr(postgres._Session, "separations", lambda _self, _ids: {})
+        at_version_1.setattr(postgres._Session, "_splits", lambda _self, _changes: None)
         store = _open(dsn)
         try:
             apply(store, [update("hubspot", "1", t=1, email="a@example.com", attributes={"x": 1})])

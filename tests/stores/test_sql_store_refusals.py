@@ -88,7 +88,7 @@ def test_a_refused_write_is_rejected_and_the_batch_goes_on(refusing_store: Refus
             update("hubspot", "2", t=1, attributes={"city": "forbidden"}),
             # The same profile again: redone alone, each update writes its own rows.
             update("hubspot", "1", t=2, email="ada@example.com", attributes={"city": "London"}),
-            update("hubspot", "1", t=3, attributes={"score": 7}),
+            update("hubspot", "1", t=3, email="ada@example.com", attributes={"score": 7}),
         ],
     )
     assert [rejection.index for rejection in report.rejections] == [1]

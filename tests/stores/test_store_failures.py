@@ -60,7 +60,7 @@ def test_an_identity_too_long_for_the_index_is_rejected_and_the_batch_goes_on(
             update("hubspot", "1", t=1, email="ada@example.com", attributes={"city": "Paris"}),
             update("hubspot", LONG_RECORD_ID, t=1, attributes={"city": "Lyon"}),
             update("hubspot", "2", t=1, attributes={"city": "Oslo"}),
-            update("hubspot", "1", t=2, attributes={"score": 7}),
+            update("hubspot", "1", t=2, email="ada@example.com", attributes={"score": 7}),
         ],
     )
     assert [rejection.index for rejection in report.rejections] == [1]

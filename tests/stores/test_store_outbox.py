@@ -19,7 +19,7 @@ from services.core.profile_changed import ProfileChanged, ProfileChangeKind
 from services.writer.stores.base import ProfileStore
 from services.writer.stores.http import HttpProfileStore
 from services.writer.stores.outbox import unpack
-from tests.stores.changes import apply, at, erase, profile, update
+from tests.stores.changes import apply, at, erase, profile, split, update
 from tests.stores.conftest import StoreFactory
 
 CODEC = load_contracts().profile_changed
@@ -229,3 +229,33 @@ def test_relayed_events_are_forgotten_and_new_ones_follow(open_sql_store: StoreF
     apply(store, [update("hubspot", "9", t=9, attributes={"n": 9})])
     [newer] = store.pending_changes(10)
     assert newer.seq > left[-1].seq, "a seq is never given twice"
+
+
+def test_a_split_tells_both_profiles_what_changed(open_sql_store: StoreFactory) -> None:
+    """Destinations hear the profile split from (values and identities it gave back) and
+    the profile split off (created again, with everything it holds)."""
+    store = open_sql_store(ProfileSettings())
+    apply(
+        store,
+        [
+            update("hubspot", "1", t=1, email="ada@x.io", attributes={"first_name": "Ada"}),
+            update("sfdc", "A1", t=2, email="a1@x.io", attributes={"first_name": "A."}),
+        ],
+    )
+    other = profile(store, "crm", "sfdc:A1")
+    assert other is not None
+    joining = update("sfdc", "A1", t=3, email="ada@x.io", attributes={"city": "London"})
+    apply(store, [joining._replace(identities=(*joining.identities, Identity("email", "a1@x.io")))])
+    drain(store)
+    apply(store, [split(other.profile_id, t=4)])
+    lead, back = drain(store)
+    assert lead.kind is ProfileChangeKind.UPDATED
+    assert set(lead.identities_removed) == {
+        Identity("crm", "sfdc:A1"),
+        Identity("email", "a1@x.io"),
+    }
+    assert attribute_changes(lead) == {"first_name": ("A.", "Ada"), "city": ("London", None)}
+    assert back.kind is ProfileChangeKind.CREATED
+    assert back.profile_id == other.profile_id
+    assert set(back.identities) == {Identity("crm", "sfdc:A1"), Identity("email", "a1@x.io")}
+    assert attribute_changes(back) == {"first_name": (None, "A."), "city": (None, "London")}

@@ -290,6 +290,69 @@ def test_a_blank_leaves_the_emitted_attribute_as_it_is(blank: Any) -> None:
     assert state.attributes == {"first_name": "Ada"}
 
 
+@pytest.mark.parametrize("blank", [None, ""])
+def test_a_blank_email_never_lets_go_of_the_record_s_email(blank: Any) -> None:
+    src = source(mapping={"fn": "first_name", "email": "email"})
+    step, state = last(
+        [change({"email": "ada@example.com", "fn": "Ada"}, at=0), change({"email": blank}, at=1)],
+        src=src,
+    )
+    assert step.update is None
+    assert EMAIL in state.identities
+
+
+def test_a_changed_email_is_the_only_one_the_record_asserts() -> None:
+    src = source(mapping={"fn": "first_name", "email": "email"})
+    step, state = last(
+        [change({"email": "ada@example.com"}, at=0), change({"email": "ada@work.io"}, at=1)],
+        src=src,
+    )
+    assert step.update is not None
+    assert [i for i in step.update.identities if i.kind == "email"] == [
+        Identity("email", "ada@work.io")
+    ]
+    assert step.update.match_key == "email:ada@work.io"
+    assert EMAIL not in state.identities
+
+
+def test_a_change_carries_the_version_of_its_emails() -> None:
+    """The writer keeps a record's identities by their own version: a late change of
+    another field carries the email of the record's newest email field, and its
+    version; a record deleted and back has identities from just after the deletion."""
+    src = source(mapping={"fn": "first_name", "email": "email"})
+    steps, _ = run(
+        [
+            change({"email": "ada@example.com", "fn": "Ada"}, at=0),
+            change({"email": "ada@work.io"}, at=5),
+            change({"fn": "Ada L."}, at=3),
+        ],
+        src=src,
+    )
+    late = steps[2].update
+    assert late is not None
+    assert Identity("email", "ada@work.io") in late.identities
+    assert late.identities_version == version_of(change({}, at=5))
+    steps, _state = run([change({"fn": "A"}, at=0), delete(at=2), change({"fn": "B"}, at=3)])
+    back = steps[2].update
+    assert back is not None and back.identities_version is not None
+    assert back.identities_version > version_of(delete(at=2))
+
+
+def test_a_blank_email_of_a_source_that_clears_it_lets_go_of_the_email() -> None:
+    src = source(mapping={"fn": "first_name", "email": "email"}, clears=["email"])
+    profile = ProfileSettings.model_validate(
+        {"attributes": {"email": {"policy": "owner_only", "owner": "crm"}}}
+    )
+    step, state = last(
+        [change({"email": "ada@example.com"}, at=0), change({"email": None}, at=1)],
+        src=src,
+        profile=profile,
+    )
+    assert step.update is not None
+    assert [i.kind for i in step.update.identities] == ["crm"]
+    assert EMAIL not in state.identities
+
+
 def test_an_owned_attribute_listed_in_clears_is_cleared_once() -> None:
     src = source(clears=["first_name"])
     steps, state = run(

@@ -51,6 +51,7 @@ from services.core.mapping_settings import ProfileSettings
 from services.core.versions import Version
 from services.mapper.rules.consent import CONSENT_PREFIX
 from services.mapper.rules.errors import InvalidValue
+from services.mapper.rules.identity import EMAIL, match_key
 from services.mapper.rules.mapping import CompiledSource, Drop, Touched, map_change
 from services.mapper.rules.values import is_blank
 
@@ -275,6 +276,8 @@ def apply_change(
         if not known.attributes and not known.identities:
             return Step(detached, None, drops=tuple(drops))
         return Step(detached, _with_known_identities(update, known), drops=tuple(drops))
+    update = _blank_keeps_email(update, known, merged, source=source)
+    update = _versioned_identities(update, versions, known.deleted, source=source)
     # The fields, their versions and the known attributes go into one new state, built
     # at once: a NamedTuple's _replace costs as much as building it twice.
     step = _changed(known, (merged, versions, valued), update, mapped.rules, drops, source=source)
@@ -381,6 +384,50 @@ def _delete(
         for attribute, value in known.attributes.items()
     )
     return Step(forgotten, update, changes)
+
+
+def _versioned_identities(
+    update: ProfileUpdate,
+    versions: Mapping[str, Version],
+    deleted: Version | None,
+    *,
+    source: CompiledSource,
+) -> ProfileUpdate:
+    """The update with the version of its identities: its email field's, or, when the
+    record was deleted since, just after the deletion (it exists again from this
+    change). The writer keeps a record's identities by it, so a late change of another
+    field carries the emails the record has and changes none of them."""
+    version = versions.get(source.settings.email_field, OLDEST)
+    if deleted is not None:
+        version = max(version, (deleted[0], deleted[1] + 1))
+    if version == (update.identities_version or (-1, -1)):
+        return update
+    return update._replace(identities_version=version)
+
+
+def _blank_keeps_email(
+    update: ProfileUpdate,
+    known: RecordState,
+    fields: Mapping[str, FieldValue],
+    *,
+    source: CompiledSource,
+) -> ProfileUpdate:
+    """A blank email field never lets go of the record's email (the profile store
+    retires an email its record stops asserting), unless the source clears what the
+    field feeds: then a blank is the CRM saying the contact has no email."""
+    email_field = source.settings.email_field
+    if not is_blank(fields.get(email_field)) or not known.identities:
+        return update
+    if any(identity.kind == EMAIL for identity in update.identities):
+        return update
+    kept = tuple(identity for identity in known.identities if identity.kind == EMAIL)
+    if not kept or source.attributes_from((email_field,)) & set(source.settings.clears):
+        return update
+    identities = (*kept, *update.identities)
+    return update._replace(
+        identities=identities,
+        match_key=match_key(identities, prefer=source.settings.match_key),
+    )
 
 
 def _with_known_identities(update: ProfileUpdate, known: RecordState) -> ProfileUpdate:

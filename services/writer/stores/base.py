@@ -38,6 +38,17 @@ class StoredConsentView:
 
 
 @dataclass(frozen=True)
+class StoredRetiredIdentity:
+    """An identity no source record asserts any more: history, it matches nothing."""
+
+    identity: Identity
+    retired_at: datetime
+    """The source time of the change that let go of it last."""
+    source: str
+    record_id: str
+
+
+@dataclass(frozen=True)
 class StoredProfile:
     profile_id: int
     identities: tuple[Identity, ...]
@@ -45,6 +56,7 @@ class StoredProfile:
     consents: tuple[StoredConsentView, ...]
     created_at: datetime
     updated_at: datetime
+    retired: tuple[StoredRetiredIdentity, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,10 @@ def stored_profile(profile: Profile) -> StoredProfile:
         ),
         created_at=from_micros(profile.created_at),
         updated_at=from_micros(profile.updated_at),
+        retired=tuple(
+            StoredRetiredIdentity(identity, from_micros(r.retired_at), r.source, r.record_id)
+            for identity, r in sorted(profile.retired.items())
+        ),
     )
 
 

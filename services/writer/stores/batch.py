@@ -4,7 +4,10 @@ Every SQL store applies a batch the same way:
 
 1. Updates no store can hold (``update_problem``) are refused up front.
 2. The store finds the profiles owning the batch's identities and loads them, with
-   the tombstones and detachments of those identities and the highest profile id.
+   the tombstones and detachments of those identities and the highest profile id; and
+   the claims of the batch's records, with the other asserters of any identity one of
+   them may let go of (services/writer/identity_claims.py). A batch erasing someone
+   also loads the profiles holding one of its identities as retired.
    Only the attributes the batch writes are read (their values too: the batch's
    ProfileChanged events say old and new), every identity of those profiles, and the
    consents only if the batch writes any: that is all the book needs to decide writes
@@ -31,12 +34,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.core.contracts import Identity, ProfileUpdate
+from services.core.contracts import Identity, ProfileUpdate, UpdateOperation
+from services.core.mapping_settings import ProfileSettings
+from services.writer.identity_claims import (
+    Claims,
+    IdentityRules,
+    RecordClaim,
+    RecordKey,
+    claim_key,
+    crm_identity,
+    letting_go,
+)
 from services.writer.profiles import (
     BatchWrites,
     BookChanges,
     ConflictRules,
     IdentityConflictPolicy,
+    Merge,
     NeedsValues,
     Outcome,
     Profile,
@@ -55,11 +69,23 @@ class StorePoison(Exception):
 
 
 @dataclass
+class LoadedClaims:
+    records: dict[RecordKey, RecordClaim] = field(default_factory=dict)
+    asserters: dict[Identity, set[RecordKey]] = field(default_factory=dict)
+    """For each identity asked about (an entry even when nobody asserts it)."""
+
+
+@dataclass
 class Loaded:
     profiles: list[Profile] = field(default_factory=list)
     tombstones: dict[str, int] = field(default_factory=dict)
     detached: dict[str, Version] = field(default_factory=dict)
     max_profile_id: int = 0
+    claims: LoadedClaims = field(default_factory=LoadedClaims)
+    retired_holders: dict[Identity, set[int]] = field(default_factory=dict)
+    merges: dict[int, Merge] = field(default_factory=dict)
+    """The merge records the batch's splits undo."""
+    separations: dict[int, set[int]] = field(default_factory=dict)
 
 
 class BookSession(Protocol):
@@ -74,10 +100,25 @@ class BookSession(Protocol):
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
         """The profile owning each of ``identities`` that has one."""
 
+    def retired_holders(self, identities: set[Identity]) -> dict[Identity, set[int]]:
+        """The profiles holding each of ``identities`` as retired (history)."""
+
+    def claims(self, records: set[RecordKey]) -> dict[RecordKey, RecordClaim]:
+        """The claim of each of ``records`` that has one."""
+
+    def asserters(self, identities: set[Identity]) -> dict[Identity, set[RecordKey]]:
+        """The records asserting each of ``identities`` (those nobody asserts absent)."""
+
+    def merges(self, merged_ids: set[int]) -> dict[int, Merge]:
+        """The merge records of ``merged_ids`` that exist."""
+
+    def separations(self, profile_ids: set[int]) -> dict[int, set[int]]:
+        """The profiles a split keeps apart from each of ``profile_ids`` (none kept)."""
+
     def load(
-        self, owners: dict[Identity, int], identities: set[Identity], *, only: BatchWrites | None
+        self, profile_ids: set[int], identities: set[Identity], *, only: BatchWrites | None
     ) -> Loaded:
-        """The profiles ``owners`` names, the tombstones and detachments of
+        """The profiles of ``profile_ids``, the tombstones and detachments of
         ``identities``, and the highest profile id ever given.
 
         With ``only``, a profile is partial: its attributes are just those the batch
@@ -103,6 +144,16 @@ class BookSettings:
     on_identity_conflict: IdentityConflictPolicy
     encode_change: ChangeEncoder | None = None
     """The outbox's ProfileChanged codec (the writer's; a standalone one by default)."""
+    identity_rules: IdentityRules = field(default_factory=IdentityRules)
+
+    @classmethod
+    def of(cls, profile: ProfileSettings, encode_change: ChangeEncoder | None) -> BookSettings:
+        return cls(
+            rules=ConflictRules(profile),
+            on_identity_conflict=profile.on_identity_conflict,
+            encode_change=encode_change,
+            identity_rules=IdentityRules(profile.identities),
+        )
 
 
 def apply_updates(
@@ -151,24 +202,84 @@ def _apply(
     # Step 2
     carried = [identities_of(update) for _index, update in updates]
     identities = {identity for one in carried for identity in one}
-    owners = session.owners(identities)
+    sets: dict[RecordKey, list[tuple[frozenset[Identity], str]]] = {}
+    keys: list[str] = []
+    erasing = False
+    split_ids: set[int] = set()
+    for (_index, update), one in zip(updates, carried, strict=True):
+        key = claim_key(one)
+        keys.append(key)
+        if update.operation is UpdateOperation.ERASE:
+            erasing = True
+            continue
+        if update.operation is UpdateOperation.SPLIT:
+            if update.record_id.isdigit():
+                split_ids.add(int(update.record_id))
+            continue
+        record = (update.source, update.record_id)
+        # A late change is routed by its record's own id: it is always asked.
+        identities.add(crm_identity(record))
+        if update.operation is UpdateOperation.UPSERT:
+            sets.setdefault(record, []).append((frozenset(one), key))
+        else:
+            sets.setdefault(record, []).append((frozenset(), "[]"))
+    merges = session.merges(split_ids) if split_ids else {}
+    for merge in merges.values():
+        identities.update(crm_identity(record) for record in merge.records)
+    # A merged profile that stands again (split already) is loaded: the split refuses.
+    profile_ids = set(session.owners(identities).values()) | split_ids
+    holders = session.retired_holders(identities) if erasing else {}
+    for held in holders.values():
+        profile_ids |= held
+    records = session.claims(set(sets))
+    gone = letting_go(records, sets)
+    claims = LoadedClaims(records, session.asserters(gone) if gone else {})
+    for identity in gone:
+        claims.asserters.setdefault(identity, set())
+    keyed = list(zip(carried, keys, strict=True))
+    separations = session.separations(profile_ids)
     writes = batch_writes(update for _index, update in updates)
     attempt = BatchReport()
     try:
-        loaded = session.load(owners, identities, only=writes)
-        _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
+        loaded = session.load(profile_ids, identities, only=None if merges else writes)
+        loaded.claims, loaded.retired_holders = claims, holders
+        loaded.merges, loaded.separations = merges, separations
+        _with_asserters_of_split_profiles(session, loaded)
+        _decide(session, updates, keyed, loaded, settings=settings, now=now, report=attempt)
     except NeedsValues:
         session.discard_writes()
         attempt = BatchReport()
-        loaded = session.load(owners, identities, only=None)
-        _decide(session, updates, carried, loaded, settings=settings, now=now, report=attempt)
+        loaded = session.load(profile_ids, identities, only=None)
+        loaded.claims, loaded.retired_holders = claims, holders
+        loaded.merges, loaded.separations = merges, separations
+        _with_asserters_of_split_profiles(session, loaded)
+        _decide(session, updates, keyed, loaded, settings=settings, now=now, report=attempt)
     _extend(report, attempt)
+
+
+def _with_asserters_of_split_profiles(session: BookSession, loaded: Loaded) -> None:
+    """A split gives back the identities only the leaving records assert: it must know
+    every asserter of each identity of the profiles holding those records."""
+    if not loaded.merges:
+        return
+    leaving = {crm_identity(r) for merge in loaded.merges.values() for r in merge.records}
+    asked = {
+        identity
+        for profile in loaded.profiles
+        if not leaving.isdisjoint(profile.identities)
+        for identity in profile.identities
+        if identity.kind != "crm" and identity not in loaded.claims.asserters
+    }
+    if asked:
+        found = session.asserters(asked)
+        for identity in asked:
+            loaded.claims.asserters[identity] = found.get(identity, set())
 
 
 def _decide(
     session: BookSession,
     updates: Sequence[tuple[int, ProfileUpdate]],
-    carried: Sequence[list[Identity]],
+    carried: Sequence[tuple[list[Identity], str]],
     loaded: Loaded,
     *,
     settings: BookSettings,
@@ -185,11 +296,18 @@ def _decide(
         next_id=lambda: next(ids),
         now=now,
         encode_change=settings.encode_change or standalone_encoder(),
+        claims=Claims.loaded(loaded.claims.records, loaded.claims.asserters),
+        identity_rules=settings.identity_rules,
+        retired_holders=loaded.retired_holders,
+        merges=loaded.merges,
+        separations=loaded.separations,
     )
     every, last = session.write_every, len(updates)
     # Step 3
-    for position, ((index, update), identities) in enumerate(zip(updates, carried, strict=True), 1):
-        result = book.apply(update, identities)
+    for position, ((index, update), (identities, key)) in enumerate(
+        zip(updates, carried, strict=True), 1
+    ):
+        result = book.apply(update, identities, key)
         if result.outcome is Outcome.REJECTED:
             report.rejections.append(StoreRejection(index, result.reason))
         elif result.outcome is Outcome.DROPPED:

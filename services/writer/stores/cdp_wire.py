@@ -18,7 +18,12 @@ from services.core.contracts import (
     ProfileUpdate,
     UpdateOperation,
 )
-from services.writer.stores.base import StoredAttribute, StoredConsentView, StoredProfile
+from services.writer.stores.base import (
+    StoredAttribute,
+    StoredConsentView,
+    StoredProfile,
+    StoredRetiredIdentity,
+)
 
 
 class WireError(ValueError):
@@ -77,6 +82,11 @@ def change_json(update: ProfileUpdate) -> dict[str, Any]:
             }
             for c in update.consents
         ],
+        **(
+            {"identities_version": list(update.identities_version)}
+            if update.identities_version is not None
+            else {}
+        ),
     }
 
 
@@ -110,6 +120,7 @@ def change_from_json(body: Any) -> ProfileUpdate:
                 )
                 for c in body.get("consents", [])
             ),
+            identities_version=_version(body.get("identities_version")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, WireError):
@@ -143,6 +154,16 @@ def profile_json(profile: StoredProfile) -> dict[str, Any]:
         ],
         "created_at": iso(profile.created_at),
         "updated_at": iso(profile.updated_at),
+        "retired_identities": [
+            {
+                "kind": r.identity.kind,
+                "value": r.identity.value,
+                "retired_at": iso(r.retired_at),
+                "source": r.source,
+                "record_id": r.record_id,
+            }
+            for r in profile.retired
+        ],
     }
 
 
@@ -173,9 +194,25 @@ def profile_from_json(body: Any) -> StoredProfile:
             ),
             created_at=parse_time(body["created_at"], where="created_at"),
             updated_at=parse_time(body["updated_at"], where="updated_at"),
+            retired=tuple(
+                StoredRetiredIdentity(
+                    identity=Identity(r["kind"], r["value"]),
+                    retired_at=parse_time(r["retired_at"], where="retired_at"),
+                    source=r["source"],
+                    record_id=r["record_id"],
+                )
+                for r in body.get("retired_identities", ())
+            ),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(f"not a profile: {exc}") from exc
+
+
+def _version(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    modified, sequence = value
+    return (int(modified), int(sequence))
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -44,11 +44,12 @@ from services.core.config import PostgresStoreSettings
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
+from services.writer.identity_claims import RecordClaim, RecordKey
 from services.writer.profiles import (
     TIME_NOT_LOADED,
     BatchWrites,
     BookChanges,
-    ConflictRules,
+    Merge,
     Profile,
     identity_hash,
 )
@@ -69,14 +70,26 @@ from services.writer.stores.postgres_schema import MIGRATIONS
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
+    RETIRED_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
     identity_rows,
+    merge_of,
+    merge_row,
 )
 from services.writer.stores.snapshots import PushProgress, snapshot_messages
 
 log = logging.getLogger(__name__)
+
+# A profile's rows in every table keyed by it, deleted when it is merged or erased.
+REMOVED_WITH_PROFILE: Final = (
+    "attributes",
+    "consents",
+    "identities",
+    "retired_identities",
+    "attribute_alternatives",
+)
 
 # "crms" as an integer: the advisory lock every crmsync writer takes per batch.
 BATCH_LOCK: Final = 0x63726D73
@@ -158,10 +171,46 @@ UPSERT_TOMBSTONES: Final = """
 INSERT INTO erased_identities SELECT * FROM unnest(%s::text[], %s::bigint[])
 ON CONFLICT (identity_hash) DO UPDATE SET erased_at = excluded.erased_at
 """
+# A profile split off and merged again has a new merge record.
 UPSERT_MERGES: Final = """
-INSERT INTO profile_merges SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])
-ON CONFLICT (merged_id) DO NOTHING
+INSERT INTO profile_merges (merged_id, into_id, event_id, records, merged_created_at)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::bigint[])
+ON CONFLICT (merged_id) DO UPDATE SET
+    into_id = excluded.into_id, event_id = excluded.event_id, records = excluded.records,
+    merged_created_at = excluded.merged_created_at, split_at = NULL
 """
+UPSERT_ALTERNATIVES: Final = f"""
+INSERT INTO attribute_alternatives AS a ({ATTRIBUTE_COLUMNS})
+SELECT (r->>0)::bigint, r->>1, NULLIF(r->2, 'null'::jsonb), r->>3, r->>4, (r->>5)::bigint,
+    (r->>6)::bigint, (r->>7)::integer, (r->>8)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS b (r)
+ON CONFLICT (profile_id, name, source, source_record_id) DO UPDATE SET
+    value = excluded.value, source_modified_at = excluded.source_modified_at,
+    sequence = excluded.sequence, mapping_version = excluded.mapping_version,
+    written_at = excluded.written_at
+WHERE (excluded.source_modified_at, excluded.sequence) > (a.source_modified_at, a.sequence)
+"""  # noqa: S608 (constant column lists, no input)
+DELETE_ALTERNATIVES: Final = """
+DELETE FROM attribute_alternatives a
+USING unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS gone (p, n, s, r)
+WHERE a.profile_id = gone.p AND a.name = gone.n AND a.source = gone.s
+    AND a.source_record_id = gone.r
+"""
+DELETE_ATTRIBUTES: Final = """
+DELETE FROM attributes a USING unnest(%s::bigint[], %s::text[]) AS gone (p, n)
+WHERE a.profile_id = gone.p AND a.name = gone.n
+"""
+INSERT_SEPARATIONS: Final = """
+INSERT INTO profile_separations SELECT * FROM unnest(%s::bigint[], %s::bigint[])
+ON CONFLICT DO NOTHING
+"""
+MARK_SPLITS: Final = """
+UPDATE profile_merges m SET split_at = s.at
+FROM unnest(%s::bigint[], %s::bigint[]) AS s (merged_id, at) WHERE m.merged_id = s.merged_id
+"""
+ALTERNATIVES_OF_PROFILES: Final = f"""
+SELECT {ATTRIBUTE_COLUMNS} FROM attribute_alternatives WHERE profile_id = ANY(%b::bigint[])
+"""  # noqa: S608 (a constant column list)
 UPSERT_ERASURES: Final = """
 INSERT INTO erasures SELECT * FROM unnest(%s::bigint[], %s::bigint[])
 ON CONFLICT (profile_id) DO UPDATE SET erased_at = excluded.erased_at
@@ -206,6 +255,57 @@ JOIN identities i ON i.profile_id = b.id::bigint
 ANY_TOMBSTONES_OR_DETACHMENTS: Final = """
 SELECT EXISTS (SELECT 1 FROM erased_identities) OR EXISTS (SELECT 1 FROM detached_identities)
 """
+# A batch's records, as its identities (OWNERS_OF_IDENTITIES): JSON arrays, rows back
+# by position.
+CLAIMS_OF_RECORDS: Final = """
+SELECT b.position - 1, s.source_modified_at, s.sequence, s.identities
+FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json))
+    WITH ORDINALITY AS b (source, record_id, position)
+JOIN source_records s ON s.source = b.source AND s.record_id = b.record_id
+"""
+ASSERTERS_OF_IDENTITIES: Final = """
+SELECT c.kind, c.value, c.source, c.record_id
+FROM unnest(%s::text[], %s::text[]) AS b (kind, value)
+JOIN identity_claims c ON c.kind = b.kind AND c.value = b.value
+"""
+RETIRED_HOLDERS: Final = """
+SELECT r.kind, r.value, r.profile_id FROM unnest(%s::text[], %s::text[]) AS b (kind, value)
+JOIN retired_identities r ON r.kind = b.kind AND r.value = b.value
+"""
+UPSERT_RECORDS: Final = """
+INSERT INTO source_records
+SELECT r->>0, r->>1, (r->>2)::bigint, (r->>3)::bigint, r->>4
+FROM jsonb_array_elements(%s::jsonb) AS b (r)
+ON CONFLICT (source, record_id) DO UPDATE SET
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence,
+    identities = excluded.identities
+"""
+DELETE_RECORDS: Final = """
+DELETE FROM source_records s USING unnest(%s::text[], %s::text[]) AS gone (source, record_id)
+WHERE s.source = gone.source AND s.record_id = gone.record_id
+"""
+DELETE_CLAIMS: Final = """
+DELETE FROM identity_claims c USING unnest(%s::text[], %s::text[]) AS gone (source, record_id)
+WHERE c.source = gone.source AND c.record_id = gone.record_id
+"""
+INSERT_CLAIMS: Final = """
+INSERT INTO identity_claims
+SELECT r->>0, r->>1, r->>2, r->>3 FROM jsonb_array_elements(%s::jsonb) AS b (r)
+"""
+DELETE_RETIRED: Final = """
+DELETE FROM retired_identities r
+USING unnest(%s::bigint[], %s::text[], %s::text[]) AS gone (profile_id, kind, value)
+WHERE r.profile_id = gone.profile_id AND r.kind = gone.kind AND r.value = gone.value
+"""
+UPSERT_RETIRED: Final = """
+INSERT INTO retired_identities
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])
+ON CONFLICT (profile_id, kind, value) DO UPDATE SET
+    retired_at = excluded.retired_at, source = excluded.source, record_id = excluded.record_id
+"""
+RETIRED_OF_PROFILES: Final = f"""
+SELECT {RETIRED_COLUMNS} FROM retired_identities WHERE profile_id = ANY(%b::bigint[])
+"""  # noqa: S608 (a constant column list)
 HIGHEST_PROFILE_ID: Final = """
 SELECT GREATEST(
     (SELECT coalesce(max(id), 0) FROM profiles),
@@ -231,11 +331,7 @@ class PostgresProfileStore:
         self._settings = settings
         self._read_only = read_only
         profile = profile or ProfileSettings()
-        self._book = BookSettings(
-            rules=ConflictRules(profile),
-            on_identity_conflict=profile.on_identity_conflict,
-            encode_change=encode_change,
-        )
+        self._book = BookSettings.of(profile, encode_change)
         self._conn: psycopg.Connection[Any] | None = None
         self._write_every = write_every
         self._relaying: psycopg.Connection[Any] | None = None
@@ -326,6 +422,19 @@ class PostgresProfileStore:
 
         found = self._read(read)
         return stored_profile(found[0]) if found else None
+
+    def retired_from(self, identity: Identity) -> list[StoredProfile]:
+        """The profiles holding ``identity`` as retired (it matches none of them)."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[Profile]:
+            rows = conn.execute(
+                "SELECT profile_id FROM retired_identities WHERE kind = %s AND value = %s "
+                "ORDER BY profile_id",
+                (identity.kind, identity.value),
+            ).fetchall()
+            return _load_profiles(conn, [int(row[0]) for row in rows])
+
+        return [stored_profile(profile) for profile in self._read(read)]
 
     def all_profiles(self) -> list[StoredProfile]:
         def read(conn: psycopg.Connection[Any]) -> list[Profile]:
@@ -539,10 +648,57 @@ class _Session:
         rows = self._conn.execute(OWNERS_OF_IDENTITIES, (kinds, values)).fetchall()
         return {asked[position]: owner for position, owner in rows}
 
+    def retired_holders(self, identities: set[Identity]) -> dict[Identity, set[int]]:
+        holders: dict[Identity, set[int]] = {}
+        for kind, value, profile_id in self._conn.execute(
+            RETIRED_HOLDERS, _columns(list(identities), 2)
+        ).fetchall():
+            holders.setdefault(Identity(kind, value), set()).add(int(profile_id))
+        return holders
+
+    def claims(self, records: set[RecordKey]) -> dict[RecordKey, RecordClaim]:
+        asked = list(records)
+        sources, record_ids = _json([r[0] for r in asked]), _json([r[1] for r in asked])
+        return {
+            asked[position]: RecordClaim((modified, sequence), key)
+            for position, modified, sequence, key in self._conn.execute(
+                CLAIMS_OF_RECORDS, (sources, record_ids)
+            ).fetchall()
+        }
+
+    def asserters(self, identities: set[Identity]) -> dict[Identity, set[RecordKey]]:
+        found: dict[Identity, set[RecordKey]] = {}
+        for kind, value, source, record_id in self._conn.execute(
+            ASSERTERS_OF_IDENTITIES, _columns(list(identities), 2)
+        ).fetchall():
+            found.setdefault(Identity(kind, value), set()).add((source, record_id))
+        return found
+
+    def merges(self, merged_ids: set[int]) -> dict[int, Merge]:
+        rows = self._conn.execute(
+            "SELECT merged_id, into_id, event_id, records, merged_created_at "
+            "FROM profile_merges WHERE merged_id = ANY(%b::bigint[])",
+            (sorted(merged_ids),),
+        ).fetchall()
+        return {int(row[0]): merge_of(row) for row in rows}
+
+    def separations(self, profile_ids: set[int]) -> dict[int, set[int]]:
+        conn = self._conn
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM profile_separations)").fetchone()
+        if not profile_ids or row is None or not row[0]:
+            return {}
+        apart: dict[int, set[int]] = {}
+        for profile_id, other_id in conn.execute(
+            "SELECT profile_id, other_id FROM profile_separations "
+            "WHERE profile_id = ANY(%b::bigint[])",
+            (sorted(profile_ids),),
+        ).fetchall():
+            apart.setdefault(int(profile_id), set()).add(int(other_id))
+        return apart
+
     def load(
-        self, owners: dict[Identity, int], identities: set[Identity], *, only: BatchWrites | None
+        self, profile_ids: set[int], identities: set[Identity], *, only: BatchWrites | None
     ) -> Loaded:
-        profile_ids = sorted(set(owners.values()))
         conn = self._conn
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
@@ -567,7 +723,7 @@ class _Session:
             }
         highest = conn.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(conn, profile_ids, only=only),
+            profiles=_load_profiles(conn, sorted(profile_ids), only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(highest[0]) if highest is not None else 0,
@@ -592,7 +748,7 @@ class _Session:
                 self._execute("profiles", TOUCH_PROFILES, (ids, times))
             removed = list(changes.removed_profiles)
             if removed:
-                for table in ("attributes", "consents", "identities"):
+                for table in REMOVED_WITH_PROFILE:
                     self._execute(
                         table,
                         f"DELETE FROM {table} WHERE profile_id = ANY(%b::bigint[])",  # noqa: S608
@@ -608,22 +764,30 @@ class _Session:
                 self._execute(
                     "profiles", "DELETE FROM profiles WHERE id = ANY(%b::bigint[])", (removed,)
                 )
-            if changes.attributes:
-                rows = [
-                    attribute_row(pid, name, v, encoded=False)
-                    for (pid, name), v in changes.attributes.items()
-                ]
-                self._execute("attributes", UPSERT_ATTRIBUTES, (_json(rows),))
+            self._attributes(changes)
             if changes.consents:
                 consents = [consent_row(key, c) for key, c in changes.consents.items()]
                 self._execute("consents", UPSERT_CONSENTS, (_json(consents),))
             self._rare(changes)
+            self._claims(changes)
             self._outbox(changes)
         except psycopg.Error as exc:
             if postgres_is_transient(exc):
                 raise
             # Redone an update at a time (no pipeline), the error is the statement's.
             raise StorePoison(f"writing {self._writing}: {postgres_reason(exc)}") from exc
+
+    def _attributes(self, changes: BookChanges) -> None:
+        if changes.attributes_gone:
+            # Before the writes: a later update of the batch may write one again.
+            gone = _columns(list(changes.attributes_gone), 2)
+            self._execute("attributes", DELETE_ATTRIBUTES, gone)
+        if changes.attributes:
+            rows = [
+                attribute_row(pid, name, v, encoded=False)
+                for (pid, name), v in changes.attributes.items()
+            ]
+            self._execute("attributes", UPSERT_ATTRIBUTES, (_json(rows),))
 
     def _execute(self, table: str, query: Any, params: Any) -> None:
         """One write statement into ``table``, named in the reason should it be refused."""
@@ -651,11 +815,69 @@ class _Session:
             tombstones = _columns(list(changes.tombstones.items()), 2)
             self._execute("erased_identities", UPSERT_TOMBSTONES, tombstones)
         if changes.merges:
-            rows3 = [(m.merged_id, m.into_id, m.event_id) for m in changes.merges]
-            self._execute("profile_merges", UPSERT_MERGES, _columns(rows3, 3))
+            rows5 = [merge_row(m) for m in changes.merges]
+            self._execute("profile_merges", UPSERT_MERGES, _columns(rows5, 5))
+        self._splits(changes)
         if changes.erasures:
             erasures = _columns(list(changes.erasures.items()), 2)
             self._execute("erasures", UPSERT_ERASURES, erasures)
+
+    def _splits(self, changes: BookChanges) -> None:
+        """What a split needs and does (services/writer/unmerge.py)."""
+        if changes.alternatives:
+            kept = [
+                attribute_row(pid, name, value, encoded=False)
+                for (pid, name, _s, _r), value in changes.alternatives.items()
+                if value is not None
+            ]
+            if kept:
+                self._execute("attribute_alternatives", UPSERT_ALTERNATIVES, (_json(kept),))
+            gone = [key for key, value in changes.alternatives.items() if value is None]
+            if gone:
+                self._execute("attribute_alternatives", DELETE_ALTERNATIVES, _columns(gone, 4))
+        if changes.separations:
+            pairs = [p for one, other in changes.separations for p in ((one, other), (other, one))]
+            self._execute("profile_separations", INSERT_SEPARATIONS, _columns(pairs, 2))
+        if changes.splits:
+            self._execute("profile_merges", MARK_SPLITS, _columns(list(changes.splits.items()), 2))
+
+    def _claims(self, changes: BookChanges) -> None:
+        """Records' claims (a version each change) and the identities kept as history."""
+        versions = [
+            (s, r, c.version[0], c.version[1], c.key)
+            for (s, r), c in changes.claims.items()
+            if c is not None
+        ]
+        if versions:
+            self._execute("source_records", UPSERT_RECORDS, (_json(versions),))
+        forgotten = [record for record, v in changes.claims.items() if v is None]
+        if forgotten:
+            self._execute("source_records", DELETE_RECORDS, _columns(forgotten, 2))
+        if changes.claimed:
+            replaced = [record for record in changes.claimed if record not in changes.first_claims]
+            if replaced:
+                self._execute("identity_claims", DELETE_CLAIMS, _columns(replaced, 2))
+            rows = [
+                (i.kind, i.value, s, r)
+                for (s, r), held in changes.claimed.items()
+                for i in held
+                if i.kind != "crm"  # only its own record asserts a record's id
+            ]
+            if rows:
+                self._execute("identity_claims", INSERT_CLAIMS, (_json(rows),))
+        if changes.retired:
+            gone = [
+                (p, i.kind, i.value) for (p, i), kept in changes.retired.items() if kept is None
+            ]
+            if gone:
+                self._execute("retired_identities", DELETE_RETIRED, _columns(gone, 3))
+            kept_rows = [
+                (p, i.kind, i.value, *kept)
+                for (p, i), kept in changes.retired.items()
+                if kept is not None
+            ]
+            if kept_rows:
+                self._execute("retired_identities", UPSERT_RETIRED, _columns(kept_rows, 6))
 
     def savepoint(self) -> None:
         self._conn.execute("SAVEPOINT one_update")
@@ -723,4 +945,6 @@ def _load_profiles(
         else [],
         decode_value=lambda value: value,  # jsonb: decoded by psycopg
         partial=only is not None,
+        retired=conn.execute(RETIRED_OF_PROFILES, ids).fetchall() if only is None else [],
+        alternatives=conn.execute(ALTERNATIVES_OF_PROFILES, ids).fetchall() if only is None else [],
     )

@@ -119,4 +119,66 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         )
         """,
     ),
+    (
+        5,
+        # Which records assert which identities, and retired identities as history
+        # (services/writer/identity_claims.py); before it, every record asserts its own
+        # id and every other identity of its profile, at version 0.
+        """
+        CREATE TABLE source_records (
+            source              text   NOT NULL,
+            record_id           text   NOT NULL,
+            source_modified_at  bigint NOT NULL,
+            sequence            bigint NOT NULL,
+            identities          text   NOT NULL,
+            PRIMARY KEY (source, record_id)
+        );
+        CREATE TABLE identity_claims (
+            kind       text NOT NULL,
+            value      text NOT NULL,
+            source     text NOT NULL,
+            record_id  text NOT NULL,
+            PRIMARY KEY (kind, value, source, record_id)
+        );
+        CREATE INDEX identity_claims_by_record ON identity_claims (source, record_id);
+        CREATE TABLE retired_identities (
+            profile_id  bigint NOT NULL,
+            kind        text   NOT NULL,
+            value       text   NOT NULL,
+            retired_at  bigint NOT NULL,
+            source      text   NOT NULL,
+            record_id   text   NOT NULL,
+            PRIMARY KEY (profile_id, kind, value)
+        );
+        CREATE INDEX retired_identities_by_identity ON retired_identities (kind, value);
+        CREATE TABLE attribute_alternatives (
+            profile_id          bigint  NOT NULL,
+            name                text    NOT NULL,
+            value               jsonb,
+            source              text    NOT NULL,
+            source_record_id    text    NOT NULL,
+            source_modified_at  bigint  NOT NULL,
+            sequence            bigint  NOT NULL,
+            mapping_version     integer NOT NULL,
+            written_at          bigint  NOT NULL,
+            PRIMARY KEY (profile_id, name, source, source_record_id)
+        );
+        CREATE TABLE profile_separations (
+            profile_id  bigint NOT NULL,
+            other_id    bigint NOT NULL,
+            PRIMARY KEY (profile_id, other_id)
+        );
+        ALTER TABLE profile_merges ADD COLUMN records text NOT NULL DEFAULT '[]';
+        ALTER TABLE profile_merges ADD COLUMN merged_created_at bigint NOT NULL DEFAULT 0;
+        ALTER TABLE profile_merges ADD COLUMN split_at bigint;
+        INSERT INTO identity_claims
+        SELECT i.kind, i.value, split_part(c.value, ':', 1),
+               substr(c.value, strpos(c.value, ':') + 1)
+        FROM identities c JOIN identities i ON i.profile_id = c.profile_id
+        WHERE c.kind = 'crm' AND (i.kind <> 'crm' OR i.value = c.value);
+        INSERT INTO source_records
+        SELECT c.source, c.record_id, 0, 0, json_agg(json_build_array(c.kind, c.value))::text
+        FROM identity_claims c GROUP BY c.source, c.record_id
+        """,
+    ),
 )

@@ -31,10 +31,11 @@ import orjson
 from services.core.contracts import Identity, ProfileUpdate
 from services.core.mapping_settings import ProfileSettings
 from services.core.versions import to_micros
+from services.writer.identity_claims import RecordClaim, RecordKey
 from services.writer.profiles import (
     BatchWrites,
     BookChanges,
-    ConflictRules,
+    Merge,
     Profile,
     identity_hash,
 )
@@ -54,10 +55,13 @@ from services.writer.stores.outbox import ChangeEncoder, pack, standalone_encode
 from services.writer.stores.rows import (
     ATTRIBUTE_COLUMNS,
     CONSENT_COLUMNS,
+    RETIRED_COLUMNS,
     assemble_profiles,
     attribute_row,
     consent_row,
     identity_rows,
+    merge_of,
+    merge_row,
 )
 from services.writer.stores.snapshots import PushProgress, snapshot_messages
 from services.writer.stores.sqlite_schema import MIGRATIONS
@@ -109,7 +113,30 @@ REMOVE_PROFILE_ROWS: Final = (
     "DELETE FROM attributes WHERE profile_id = ?",
     "DELETE FROM consents WHERE profile_id = ?",
     "DELETE FROM identities WHERE profile_id = ?",
+    "DELETE FROM retired_identities WHERE profile_id = ?",
+    "DELETE FROM attribute_alternatives WHERE profile_id = ?",
 )
+UPSERT_ALTERNATIVE: Final = f"""
+INSERT INTO attribute_alternatives ({ATTRIBUTE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (profile_id, name, source, source_record_id) DO UPDATE SET
+    value = excluded.value, source_modified_at = excluded.source_modified_at,
+    sequence = excluded.sequence, mapping_version = excluded.mapping_version,
+    written_at = excluded.written_at
+WHERE (excluded.source_modified_at, excluded.sequence)
+    > (attribute_alternatives.source_modified_at, attribute_alternatives.sequence)
+"""  # noqa: S608 (a constant column list)
+UPSERT_RECORD: Final = """
+INSERT INTO source_records (source, record_id, source_modified_at, sequence, identities)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (source, record_id) DO UPDATE SET
+    source_modified_at = excluded.source_modified_at, sequence = excluded.sequence,
+    identities = excluded.identities
+"""
+UPSERT_RETIRED: Final = f"""
+INSERT INTO retired_identities ({RETIRED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (profile_id, kind, value) DO UPDATE SET
+    retired_at = excluded.retired_at, source = excluded.source, record_id = excluded.record_id
+"""  # noqa: S608 (a constant column list)
 PUSH_COLUMNS: Final = (
     "destination, run_id, after_profile_id, pushed, total, started_at, finished_at, mapping_version"
 )
@@ -140,11 +167,7 @@ class SqliteProfileStore:
         codec; a standalone one by default)."""
         self._path = path
         profile = profile or ProfileSettings()
-        self._book = BookSettings(
-            rules=ConflictRules(profile),
-            on_identity_conflict=profile.on_identity_conflict,
-            encode_change=encode_change,
-        )
+        self._book = BookSettings.of(profile, encode_change)
         if read_only:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -273,6 +296,20 @@ class SqliteProfileStore:
             loaded = _load_profiles(db, [int(row[0])])
         return stored_profile(loaded[0]) if loaded else None
 
+    def retired_from(self, identity: Identity) -> list[StoredProfile]:
+        """The profiles holding ``identity`` as retired (it matches none of them)."""
+        with self._locked_is_transient():
+            ids = [
+                int(row[0])
+                for row in self._db.execute(
+                    "SELECT profile_id FROM retired_identities WHERE kind = ? AND value = ? "
+                    "ORDER BY profile_id",
+                    (identity.kind, identity.value),
+                )
+            ]
+            loaded = _load_profiles(self._db, ids)
+        return [stored_profile(profile) for profile in loaded]
+
     def all_profiles(self) -> list[StoredProfile]:
         with self._locked_is_transient():
             ids = [int(row[0]) for row in self._db.execute("SELECT id FROM profiles ORDER BY id")]
@@ -380,23 +417,76 @@ class _Session:
         self._db = db
 
     def owners(self, identities: set[Identity]) -> dict[Identity, int]:
-        db = self._db
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_identities (kind TEXT, value TEXT)")
-        db.execute("DELETE FROM batch_identities")
         # An Identity is a (kind, value) tuple: a row as it is.
-        db.executemany("INSERT INTO batch_identities VALUES (?, ?)", identities)
+        _fill(self._db, "batch_identities", "kind TEXT, value TEXT", identities)
         return {
             Identity(kind, value): int(owner)
-            for kind, value, owner in db.execute(
+            for kind, value, owner in self._db.execute(
                 "SELECT i.kind, i.value, i.profile_id FROM batch_identities b "
                 "JOIN identities i ON i.kind = b.kind AND i.value = b.value"
             )
         }
 
+    def retired_holders(self, identities: set[Identity]) -> dict[Identity, set[int]]:
+        _fill(self._db, "batch_identities", "kind TEXT, value TEXT", identities)
+        holders: dict[Identity, set[int]] = {}
+        for kind, value, profile_id in self._db.execute(
+            "SELECT r.kind, r.value, r.profile_id FROM batch_identities b "
+            "JOIN retired_identities r ON r.kind = b.kind AND r.value = b.value"
+        ):
+            holders.setdefault(Identity(kind, value), set()).add(int(profile_id))
+        return holders
+
+    def claims(self, records: set[RecordKey]) -> dict[RecordKey, RecordClaim]:
+        db = self._db
+        _fill(db, "batch_records", "source TEXT, record_id TEXT", records)
+        return {
+            (source, record_id): RecordClaim((modified, sequence), key)
+            for source, record_id, modified, sequence, key in db.execute(
+                "SELECT s.source, s.record_id, s.source_modified_at, s.sequence, s.identities "
+                "FROM batch_records b JOIN source_records s "
+                "ON s.source = b.source AND s.record_id = b.record_id"
+            )
+        }
+
+    def asserters(self, identities: set[Identity]) -> dict[Identity, set[RecordKey]]:
+        _fill(self._db, "batch_identities", "kind TEXT, value TEXT", identities)
+        found: dict[Identity, set[RecordKey]] = {}
+        for kind, value, source, record_id in self._db.execute(
+            "SELECT c.kind, c.value, c.source, c.record_id FROM batch_identities b "
+            "JOIN identity_claims c ON c.kind = b.kind AND c.value = b.value"
+        ):
+            found.setdefault(Identity(kind, value), set()).add((source, record_id))
+        return found
+
+    def merges(self, merged_ids: set[int]) -> dict[int, Merge]:
+        found = {}
+        for merged_id in merged_ids:
+            row = self._db.execute(
+                "SELECT merged_id, into_id, event_id, records, merged_created_at "
+                "FROM profile_merges WHERE merged_id = ?",
+                (merged_id,),
+            ).fetchone()
+            if row is not None:
+                found[merged_id] = merge_of(row)
+        return found
+
+    def separations(self, profile_ids: set[int]) -> dict[int, set[int]]:
+        db = self._db
+        if not profile_ids or not _any_rows(db, "profile_separations"):
+            return {}
+        _fill(db, "batch_profile_ids", "id INTEGER", [(p,) for p in profile_ids])
+        apart: dict[int, set[int]] = {}
+        for profile_id, other_id in db.execute(
+            "SELECT s.profile_id, s.other_id FROM batch_profile_ids b "
+            "JOIN profile_separations s ON s.profile_id = b.id"
+        ):
+            apart.setdefault(int(profile_id), set()).add(int(other_id))
+        return apart
+
     def load(
-        self, owners: dict[Identity, int], identities: set[Identity], *, only: BatchWrites | None
+        self, profile_ids: set[int], identities: set[Identity], *, only: BatchWrites | None
     ) -> Loaded:
-        profile_ids = sorted(set(owners.values()))
         db = self._db
         tombstones: dict[str, int] = {}
         detached: dict[str, tuple[int, int]] = {}
@@ -420,7 +510,7 @@ class _Session:
             }
         (max_id,) = db.execute(HIGHEST_PROFILE_ID).fetchone()
         return Loaded(
-            profiles=_load_profiles(db, profile_ids, only=only),
+            profiles=_load_profiles(db, sorted(profile_ids), only=only),
             tombstones=tombstones,
             detached=detached,
             max_profile_id=int(max_id),
@@ -445,6 +535,11 @@ class _Session:
                 [(i.kind, i.value, o) for i, o in changes.identities.items() if o is not None],
             )
             db.executemany("DELETE FROM profiles WHERE id = ?", removed)
+            # Before the writes: a later update of the batch may write one again.
+            db.executemany(
+                "DELETE FROM attributes WHERE profile_id = ? AND name = ?",
+                list(changes.attributes_gone),
+            )
             db.executemany(
                 UPSERT_ATTRIBUTE,
                 [attribute_row(pid, name, v) for (pid, name), v in changes.attributes.items()],
@@ -458,14 +553,16 @@ class _Session:
             )
             db.executemany(UPSERT_TOMBSTONE, list(changes.tombstones.items()))
             db.executemany(
-                "INSERT OR REPLACE INTO profile_merges (merged_id, into_id, event_id) "
-                "VALUES (?, ?, ?)",
-                [(m.merged_id, m.into_id, m.event_id) for m in changes.merges],
+                "INSERT OR REPLACE INTO profile_merges "
+                "(merged_id, into_id, event_id, records, merged_created_at) VALUES (?, ?, ?, ?, ?)",
+                [merge_row(m) for m in changes.merges],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO erasures (profile_id, erased_at) VALUES (?, ?)",
                 list(changes.erasures.items()),
             )
+            _write_claims(db, changes)
+            _write_splits(db, changes)
             if changes.events:
                 db.execute(
                     "INSERT INTO profile_outbox (messages) VALUES (?)",
@@ -490,6 +587,84 @@ class _Session:
 
     def release_savepoint(self) -> None:
         self._db.execute("RELEASE one_update")
+
+
+def _fill(db: sqlite3.Connection, table: str, columns: str, rows: Any) -> None:
+    """The temporary table ``table`` holding just ``rows``."""
+    # Constant SQL put together from constants: nothing from input.
+    db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns})")
+    db.execute(f"DELETE FROM {table}")  # noqa: S608
+    marks = ", ".join("?" * (columns.count(",") + 1))
+    db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608
+
+
+def _write_splits(db: sqlite3.Connection, changes: BookChanges) -> None:
+    """What a split needs and does (services/writer/unmerge.py)."""
+    if changes.alternatives:
+        db.executemany(
+            UPSERT_ALTERNATIVE,
+            [
+                attribute_row(pid, name, value)
+                for (pid, name, _s, _r), value in changes.alternatives.items()
+                if value is not None
+            ],
+        )
+        db.executemany(
+            "DELETE FROM attribute_alternatives "
+            "WHERE profile_id = ? AND name = ? AND source = ? AND source_record_id = ?",
+            [key for key, value in changes.alternatives.items() if value is None],
+        )
+    db.executemany(
+        "INSERT OR IGNORE INTO profile_separations (profile_id, other_id) VALUES (?, ?)",
+        [pair for one, other in changes.separations for pair in ((one, other), (other, one))],
+    )
+    db.executemany(
+        "UPDATE profile_merges SET split_at = ? WHERE merged_id = ?",
+        [(at, merged_id) for merged_id, at in changes.splits.items()],
+    )
+
+
+def _write_claims(db: sqlite3.Connection, changes: BookChanges) -> None:
+    """Records' claims and the identities kept as history."""
+    db.executemany(
+        UPSERT_RECORD,
+        [
+            (s, r, c.version[0], c.version[1], c.key)
+            for (s, r), c in changes.claims.items()
+            if c is not None
+        ],
+    )
+    db.executemany(
+        "DELETE FROM source_records WHERE source = ? AND record_id = ?",
+        [record for record, v in changes.claims.items() if v is None],
+    )
+    if changes.claimed:
+        db.executemany(
+            "DELETE FROM identity_claims WHERE source = ? AND record_id = ?",
+            [record for record in changes.claimed if record not in changes.first_claims],
+        )
+        db.executemany(
+            "INSERT INTO identity_claims (kind, value, source, record_id) VALUES (?, ?, ?, ?)",
+            [
+                (i.kind, i.value, s, r)
+                for (s, r), held in changes.claimed.items()
+                for i in held
+                if i.kind != "crm"  # only its own record asserts a record's id
+            ],
+        )
+    if changes.retired:
+        db.executemany(
+            "DELETE FROM retired_identities WHERE profile_id = ? AND kind = ? AND value = ?",
+            [(pid, i.kind, i.value) for (pid, i), kept in changes.retired.items() if kept is None],
+        )
+        db.executemany(
+            UPSERT_RETIRED,
+            [
+                (pid, i.kind, i.value, *kept)
+                for (pid, i), kept in changes.retired.items()
+                if kept is not None
+            ],
+        )
 
 
 def _attribute_rows(
@@ -548,4 +723,12 @@ def _load_profiles(
         else (),
         decode_value=orjson.loads,
         partial=only is not None,
+        retired=db.execute(f"SELECT {RETIRED_COLUMNS} FROM retired_identities {in_batch}")  # noqa: S608
+        if only is None
+        else (),
+        alternatives=db.execute(
+            f"SELECT {ATTRIBUTE_COLUMNS} FROM attribute_alternatives {in_batch}"  # noqa: S608
+        )
+        if only is None
+        else (),
     )
