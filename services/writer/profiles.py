@@ -13,16 +13,25 @@ Applying one update:
 2. **Identity resolution.** The update finds its profiles by every identity it
    carries, match key first. None: a new profile. Several: the configured policy
    merges them into the first (the leading profile) or rejects the update for review
-   naming both profile ids. No identity ever belongs to two profiles.
-3. **ERASE** removes the profile's identities, attributes and consents and leaves a
-   tombstone per identity: a SHA-256 hash, so no personal data is kept.
-4. **DELETE** detaches the source record (its CRM identity) and remembers the
-   detachment's version, so a replayed older update does not attach it again.
+   naming both profile ids; a merge past an identity limit, or of two profiles a split
+   keeps apart, does not happen. No identity ever belongs to two profiles. The
+   update's identities are what its record asserts now (services/writer/
+   identity_claims.py): those it asserted before and no record asserts any more are
+   retired, kept as history. An update no newer than its record's claim asserts
+   nothing and only writes its values.
+3. **ERASE** removes the profile's identities, attributes and consents (and those
+   of a profile keeping one of its identities as retired) and leaves a tombstone per
+   identity: a SHA-256 hash, so no personal data is kept.
+4. **DELETE** detaches the source record (its CRM identity) and retires what only it
+   asserted; its claim keeps the deletion's version, so a replayed older update does
+   not attach it again.
 5. **UPSERT** attaches the update's identities and writes each attribute that wins
    under the attribute's conflict policy; a blank never clears, only ``cleared``
    does, and a clear is kept as a versioned marker so an older value cannot return.
-   Consents change only from their subscription's consent source, and only with a
-   newer ``changed_at``.
+   Another record's value that loses, or is replaced, is kept as an alternative, by
+   provenance. Consents change only from their subscription's consent source, and
+   only with a newer ``changed_at``.
+6. **SPLIT** undoes a merge from its record (services/writer/unmerge.py).
 
 Every comparison is a version guard, so applying any update a second time changes
 nothing: replaying any range of the topic leaves the book as it was.
@@ -33,8 +42,10 @@ and new values, which the store commits to its outbox with the batch. A write of
 same value under a newer version moves the provenance and is no event; a replay is
 none either.
 
-The profile model in one module (identity resolution, merges, field ownership and
-conflicts), the rules every store applies alike; hence over 400 lines.
+The profile model in one module (identity resolution, merges and splits, field
+ownership and conflicts), the rules every store applies alike, read together; hence
+over 1,000 lines. What can stand alone does: the claims and limits
+(identity_claims.py) and a split's plan (unmerge.py).
 """
 
 from __future__ import annotations
