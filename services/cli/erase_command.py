@@ -12,13 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
-from services.core.admin_updates import UpdateNotSent, admin_update, send_update
+from services.core.admin_updates import admin_update, send_update
 from services.core.config import Settings
 from services.core.contracts import Identity, UpdateOperation
 
 ERASURE_SOURCE: Final = "erasure"
-
-ErasureNotSent = UpdateNotSent
 
 
 def erase(settings: Settings, identity: Identity, *, requested_at: datetime | None = None) -> str:

@@ -24,18 +24,22 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from services.cli.erase_command import ErasureNotSent, erase
+from services.cli.erase_command import erase
 from services.cli.exit_codes import DONE, FAILED, UNREACHABLE, USAGE, kafka_unreachable
-from services.cli.profile_command import profile_history, profile_split, retired_note
+from services.cli.profile_command import (
+    named_identity,
+    profile_history,
+    profile_split,
+    retired_note,
+)
 from services.cli.rejected_command import add_commands as add_rejected_commands
+from services.core.admin_updates import UpdateNotSent
 from services.core.config import ConfigError, Settings, load_settings
-from services.core.contracts import Identity
 from services.core.kafka import TopicMismatchError
 from services.core.schema_registry import RegistryUnavailable
 from services.core.schema_topic import SchemaPublishError
 from services.core.settings_base import MissingSecretError
 from services.ingest.publisher import BrokerUnavailable
-from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_store
 from services.writer.stores.cdp_wire import profile_json
 from services.writer.stores.postgres import PostgresProfileStore
@@ -314,22 +318,13 @@ def _destination_preview(settings: Settings, args: argparse.Namespace) -> int:
     return preview(settings, args.name, limit=args.limit, email=args.email, as_json=args.json)
 
 
-def _named_identity(args: argparse.Namespace) -> Identity | None:
-    """The profile --email or --id names, or None (and why, on stderr)."""
-    try:
-        return identity_of(email=args.email, crm_id=args.crm_id, flag="--")
-    except BadLookup as exc:
-        sys.stderr.write(f"{exc}\n")
-        return None
-
-
 def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
-    identity = _named_identity(args)
+    identity = named_identity(args)
     if identity is None:
         return USAGE
     try:
         event_id = erase(settings, identity)
-    except ErasureNotSent as exc:
+    except UpdateNotSent as exc:
         sys.stderr.write(f"{exc}\n")
         return FAILED
     print(f"erasure sent ({event_id}); the writer applies it in order with other changes")
@@ -338,7 +333,7 @@ def _profile_erase(settings: Settings, args: argparse.Namespace) -> int:
 
 def _profile_get(settings: Settings, args: argparse.Namespace) -> int:
     """The profile as JSON, with or without ``--json`` (it always printed JSON)."""
-    identity = _named_identity(args)
+    identity = named_identity(args)
     if identity is None:
         return USAGE
     try:

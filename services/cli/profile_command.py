@@ -13,11 +13,11 @@ import sys
 import time
 
 from services.cli.console_client import console_call
-from services.cli.exit_codes import DONE, FAILED, UNREACHABLE, refused
+from services.cli.exit_codes import DONE, FAILED, UNREACHABLE, USAGE, refused
 from services.core.admin_updates import UpdateNotSent, send_update, split_update
 from services.core.config import Settings
 from services.core.contracts import Identity
-from services.writer.lookup import identity_of
+from services.writer.lookup import BadLookup, identity_of
 from services.writer.stores import open_sql_store, open_store
 from services.writer.stores.base import StoredProfile
 from services.writer.stores.cdp_wire import profile_json
@@ -63,25 +63,36 @@ def profile_split(settings: Settings, args: argparse.Namespace) -> int:
 def _wait_for_profile(
     settings: Settings, profile_id: int, timeout_s: float
 ) -> StoredProfile | None:
+    store = open_sql_store(settings.store, read_only=True)
+    if store is None:
+        return None  # a CDP: nothing to read it back from
     deadline = time.monotonic() + timeout_s
-    while True:
-        store = open_sql_store(settings.store, read_only=True)
-        if store is None:
-            return None  # a CDP: nothing to read it back from
-        try:
+    try:
+        while True:
             found = store.profiles_by_id([profile_id])
-        finally:
-            store.close()
-        if found or time.monotonic() >= deadline:
-            return found[0] if found else None
-        time.sleep(0.5)
+            if found or time.monotonic() >= deadline:
+                return found[0] if found else None
+            time.sleep(0.5)
+    finally:
+        store.close()
+
+
+def named_identity(args: argparse.Namespace) -> Identity | None:
+    """The profile --email or --id names, or None (and why, on stderr)."""
+    try:
+        return identity_of(email=args.email, crm_id=args.crm_id, flag="--")
+    except BadLookup as exc:
+        sys.stderr.write(f"{exc}\n")
+        return None
 
 
 def profile_history(settings: Settings, args: argparse.Namespace) -> int:
     """``crmsync profile history``: the console's account of a profile's changes."""
     profile_id = args.profile
     if profile_id is None:
-        identity = identity_of(email=args.email, crm_id=args.crm_id, flag="--")
+        identity = named_identity(args)
+        if identity is None:
+            return USAGE
         store = open_store(settings.store, read_only=True)
         try:
             found = store.find_profile(identity)

@@ -180,3 +180,11 @@ def test_an_invalid_config_is_2_for_every_command(
         ran = crmsync(capsys, "--config", str(broken), *command)
         assert ran.code == USAGE
         assert "kafka.bootstrap_servers (line 1): Field required" in ran.err
+
+
+def test_a_profile_named_wrongly_is_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_file(tmp_path)
+    for command in (["get"], ["erase"], ["history"]):
+        ran = crmsync(capsys, "--config", str(config), "profile", *command, "--id", "no-colon")
+        assert ran.code == USAGE, command
+        assert "--id" in ran.err
